@@ -1,0 +1,95 @@
+//! The error type of the core crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `tracemark-core`. Variants are grouped by what a caller
+/// can do about them: fix the input, fix the output location, fix the key, or give up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input file does not exist.
+    #[error("input file not found: {0}")]
+    InputNotFound(PathBuf),
+    /// The input exists but is empty.
+    #[error("input file is empty: {0}")]
+    EmptyInput(PathBuf),
+    /// FFmpeg could not open or parse the input as a media file.
+    #[error("cannot read {path} as video: {reason}")]
+    NotAVideo {
+        /// The input path.
+        path: PathBuf,
+        /// What FFmpeg said.
+        reason: String,
+    },
+    /// The container holds no video stream.
+    #[error("{0} has no video stream")]
+    NoVideoStream(PathBuf),
+    /// The input uses a pixel format or geometry that is refused (with the reason).
+    #[error("unsupported input: {0}")]
+    Unsupported(String),
+    /// Decoding failed part-way (truncated or corrupt stream).
+    #[error("decoding {path} failed after {frames} frames: {reason}")]
+    Decode {
+        /// The input path.
+        path: PathBuf,
+        /// Frames decoded before the failure.
+        frames: u64,
+        /// What FFmpeg said.
+        reason: String,
+    },
+    /// The encoder or muxer failed.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// An encoder this build needs is missing from the FFmpeg libraries.
+    #[error("the FFmpeg libraries have no {0} encoder; install libavcodec with {0} support")]
+    EncoderUnavailable(&'static str),
+    /// The output path is the input (or resolves to it).
+    #[error("output {0} is the input file; choose another output path")]
+    OutputIsInput(PathBuf),
+    /// The output file exists already and overwriting was not allowed.
+    #[error("output {0} exists already; remove it or choose another path")]
+    OutputExists(PathBuf),
+    /// The output's directory does not exist.
+    #[error("output directory does not exist: {0}")]
+    OutputDirMissing(PathBuf),
+    /// Filesystem error on a given path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The key file is missing, corrupt or of an unknown version.
+    #[error("key file {path}: {reason}")]
+    BadKey {
+        /// The key file path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A frame transform reported an error.
+    #[error("frame transform failed on frame {frame}: {reason}")]
+    Transform {
+        /// Index of the frame.
+        frame: u64,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The caller cancelled the job through the progress callback.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}
+
+/// Result alias for the core crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,16 @@
+//! `tracemark-core`: the embedding side of tracemark.
+//!
+//! - [`frame`]: stride-aware 8-bit planar frames, the currency of every other module.
+//! - [`pipeline`]: the [`FrameTransform`](pipeline::FrameTransform) trait and progress types.
+//! - [`video`] (feature `video`): FFmpeg decoding/encoding and the bounded parallel
+//!   transcode pipeline.
+
+pub mod error;
+pub mod frame;
+pub mod pipeline;
+#[cfg(feature = "video")]
+pub mod video;
+
+pub use error::{Error, Result};
+pub use frame::{Frame, Plane};
+pub use pipeline::{FrameTransform, Identity, Progress};

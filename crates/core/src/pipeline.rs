@@ -1,0 +1,49 @@
+//! The frame transform interface and the bounded parallel frame pipeline.
+//!
+//! Frames flow decode → transform (on rayon, several frames at once) → encode in order.
+//! A fixed pool of frame slots bounds the number of frames in flight, so memory does not
+//! grow with the length of the clip, and the slots (with their scratch buffers) are reused:
+//! nothing is allocated per frame once the pool is full.
+
+use std::ops::ControlFlow;
+
+use crate::frame::Frame;
+
+/// A per-frame operation that can run on many frames at once.
+pub trait FrameTransform: Send + Sync + 'static {
+    /// Reusable working memory for one frame in flight.
+    type Scratch: Send + 'static;
+    /// Makes one scratch area (called once per pipeline slot, not per frame).
+    fn new_scratch(&self) -> Self::Scratch;
+    /// Transforms `frame` in place. `index` counts frames from 0 in decode order.
+    fn apply(&self, frame: &mut Frame, index: u64, scratch: &mut Self::Scratch) -> Result<(), String>;
+}
+
+/// The transform that leaves frames untouched (plain transcode).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Identity;
+
+impl FrameTransform for Identity {
+    type Scratch = ();
+    fn new_scratch(&self) {}
+    fn apply(&self, _: &mut Frame, _: u64, _: &mut ()) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Progress of a long job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Frames finished.
+    pub done: u64,
+    /// Frames expected in all, when known (container estimates can be off by a few).
+    pub total: Option<u64>,
+}
+
+/// Progress callback: return `ControlFlow::Break(())` to cancel the job.
+pub type ProgressFn<'a> = dyn FnMut(Progress) -> ControlFlow<()> + Send + 'a;
+
+/// A progress callback that never cancels and reports nowhere.
+pub fn no_progress(_: Progress) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}

@@ -1,0 +1,337 @@
+//! File to file: decode → parallel transform → encode, written atomically.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel as chan;
+use ffmpeg_next as ff;
+
+use super::reader::{ReadEvent, VideoInfo, VideoReader};
+use super::writer::{EncodeSettings, VideoWriter};
+use crate::frame::Frame;
+use crate::pipeline::{FrameTransform, Progress, ProgressFn};
+use crate::{Error, Result};
+
+/// Settings of a transcode job. Build with [`TranscodeConfig::new`] and the `with_*`
+/// methods; [`TranscodeConfig::validate`] is called by [`transcode`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TranscodeConfig {
+    /// Encoder settings.
+    pub encode: EncodeSettings,
+    /// Threads for the frame transform; 0 means one per available core.
+    pub threads: usize,
+    /// Frames decoded but not yet encoded, at most; 0 means `2 * threads + 2`.
+    pub frames_in_flight: usize,
+    /// Replace an existing output file (never the input).
+    pub overwrite: bool,
+}
+
+impl TranscodeConfig {
+    /// Defaults: crf 18, preset medium, all cores, refuse to overwrite.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the x264 crf.
+    pub fn with_crf(mut self, crf: u8) -> Self {
+        self.encode.crf = crf;
+        self
+    }
+    /// Sets the x264 preset.
+    pub fn with_preset(mut self, preset: impl Into<String>) -> Self {
+        self.encode.preset = preset.into();
+        self
+    }
+    /// Sets the transform threads (0 = all cores).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+    /// Sets the bound on frames in flight (0 = automatic).
+    pub fn with_frames_in_flight(mut self, n: usize) -> Self {
+        self.frames_in_flight = n;
+        self
+    }
+    /// Allows replacing an existing output file.
+    pub fn with_overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+    /// Sets the odd-size policy.
+    pub fn with_odd_dimensions(mut self, policy: super::OddDimensions) -> Self {
+        self.encode.odd_dimensions = policy;
+        self
+    }
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        self.encode.validate()?;
+        if self.threads > 1024 {
+            return Err(Error::InvalidConfig(format!("{} threads is not sensible", self.threads)));
+        }
+        if self.frames_in_flight > 4096 {
+            return Err(Error::InvalidConfig(format!(
+                "{} frames in flight would use unbounded memory",
+                self.frames_in_flight
+            )));
+        }
+        Ok(())
+    }
+    fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+    fn effective_in_flight(&self) -> usize {
+        if self.frames_in_flight > 0 {
+            self.frames_in_flight
+        } else {
+            2 * self.effective_threads() + 2
+        }
+    }
+}
+
+/// What a transcode did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TranscodeReport {
+    /// Frames encoded.
+    pub frames: u64,
+    /// Facts about the input video.
+    pub input: VideoInfo,
+    /// Output picture size.
+    pub output_size: (usize, usize),
+    /// Streams that the output container could not take (not copied).
+    pub skipped_streams: Vec<String>,
+    /// Where the output was written.
+    pub output: PathBuf,
+}
+
+/// Refuses an output that is the input, sits in a missing directory, or exists already
+/// (unless `overwrite`).
+fn check_output(input: &Path, output: &Path, overwrite: bool) -> Result<()> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::OutputDirMissing(parent));
+    }
+    if output.file_name().is_none() {
+        return Err(Error::InvalidConfig(format!("output {} names no file", output.display())));
+    }
+    if let Ok(canon_in) = input.canonicalize() {
+        let canon_out = output
+            .canonicalize()
+            .or_else(|_| parent.canonicalize().map(|p| p.join(output.file_name().unwrap())));
+        if canon_out.is_ok_and(|o| o == canon_in) {
+            return Err(Error::OutputIsInput(output.to_path_buf()));
+        }
+    }
+    if output.exists() && !overwrite {
+        return Err(Error::OutputExists(output.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// A temporary file next to the final output, removed unless [`TempOutput::commit`] ran.
+struct TempOutput {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempOutput {
+    fn next_to(output: &Path) -> Self {
+        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let ext =
+            output.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "mp4".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        // Keep the extension last: FFmpeg picks the container from it.
+        let tmp = format!(".{name}.partial-{}-{nanos:08x}.{ext}", std::process::id());
+        Self { path: output.with_file_name(tmp), committed: false }
+    }
+
+    /// Makes the file durable and moves it to `output` (without clobbering unless `overwrite`).
+    fn commit(mut self, output: &Path, overwrite: bool) -> Result<()> {
+        let f = std::fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        f.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        if overwrite {
+            std::fs::rename(&self.path, output).map_err(|e| Error::io(output, e))?;
+        } else {
+            // A hard link fails if the name was taken meanwhile: no race can clobber a file.
+            match std::fs::hard_link(&self.path, output) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::OutputExists(output.to_path_buf()));
+                }
+                Err(_) => std::fs::rename(&self.path, output).map_err(|e| Error::io(output, e))?,
+            }
+        }
+        if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+struct Slot<S> {
+    frame: Frame,
+    scratch: S,
+}
+
+enum Msg<S> {
+    Done(u64, Slot<S>, std::result::Result<(), String>),
+    Packet(ff::Packet),
+    End(Result<u64>),
+}
+
+/// Transcodes `input` to `output` through `transform`: decode, transform frames in
+/// parallel (at most `frames_in_flight` at once), encode in order, then atomically move the
+/// finished file into place. On any error or cancellation no output file is left behind.
+pub fn transcode<T: FrameTransform>(
+    input: &Path,
+    output: &Path,
+    config: &TranscodeConfig,
+    transform: Arc<T>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<TranscodeReport> {
+    config.validate()?;
+    check_output(input, output, config.overwrite)?;
+    let reader = VideoReader::open(input)?;
+    let info = reader.info().clone();
+    let tmp = TempOutput::next_to(output);
+    let mut writer = VideoWriter::create(&tmp.path, &reader, &config.encode)?;
+    let output_size = writer.size();
+    let skipped_streams = writer.skipped_streams().to_vec();
+
+    let threads = config.effective_threads();
+    let in_flight = config.effective_in_flight();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tracemark-frame-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidConfig(format!("cannot start {threads} threads: {e}")))?;
+    let (slot_tx, slot_rx) = chan::bounded::<Slot<T::Scratch>>(in_flight);
+    for _ in 0..in_flight {
+        let slot = Slot { frame: Frame::new(info.width, info.height), scratch: transform.new_scratch() };
+        slot_tx.send(slot).expect("channel has room for every slot");
+    }
+    let (done_tx, done_rx) = chan::unbounded::<Msg<T::Scratch>>();
+    let cancel = Arc::new(AtomicBool::new(false));
+
+    let frames = std::thread::scope(|scope| {
+        let cancel_dec = Arc::clone(&cancel);
+        let transform = Arc::clone(&transform);
+        scope.spawn(move || decode_loop(reader, slot_rx, done_tx, &pool, transform, &cancel_dec));
+        let result = encode_loop(&mut writer, slot_tx, done_rx, info.frames_estimate, progress);
+        if result.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        result
+    })?;
+    writer.finish()?;
+    tmp.commit(output, config.overwrite)?;
+    Ok(TranscodeReport { frames, input: info, output_size, skipped_streams, output: output.to_path_buf() })
+}
+
+fn decode_loop<T: FrameTransform>(
+    mut reader: VideoReader,
+    slots: chan::Receiver<Slot<T::Scratch>>,
+    done: chan::Sender<Msg<T::Scratch>>,
+    pool: &rayon::ThreadPool,
+    transform: Arc<T>,
+    cancel: &AtomicBool,
+) {
+    let mut index = 0u64;
+    let mut current: Option<Slot<T::Scratch>> = None;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut slot = match current.take() {
+            Some(s) => s,
+            None => match slots.recv() {
+                Ok(s) => s,
+                Err(_) => return, // the encoder side has gone
+            },
+        };
+        match reader.next(&mut slot.frame) {
+            Ok(ReadEvent::Frame) => {
+                let (t, d, i) = (Arc::clone(&transform), done.clone(), index);
+                pool.spawn(move || {
+                    let r = t.apply(&mut slot.frame, i, &mut slot.scratch);
+                    let _ = d.send(Msg::Done(i, slot, r));
+                });
+                index += 1;
+            }
+            Ok(ReadEvent::Packet(p)) => {
+                current = Some(slot);
+                if done.send(Msg::Packet(p)).is_err() {
+                    return;
+                }
+            }
+            Ok(ReadEvent::End) => {
+                let _ = done.send(Msg::End(Ok(index)));
+                return;
+            }
+            Err(e) => {
+                let _ = done.send(Msg::End(Err(e)));
+                return;
+            }
+        }
+    }
+}
+
+fn encode_loop<S>(
+    writer: &mut VideoWriter,
+    slots: chan::Sender<Slot<S>>,
+    done: chan::Receiver<Msg<S>>,
+    total: Option<u64>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<u64> {
+    let mut pending: BTreeMap<u64, Slot<S>> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut end: Option<u64> = None;
+    loop {
+        if end == Some(next) {
+            return Ok(next);
+        }
+        let msg =
+            done.recv().map_err(|_| Error::Encode("the decoder thread stopped without a result".into()))?;
+        match msg {
+            Msg::Done(i, slot, r) => {
+                r.map_err(|reason| Error::Transform { frame: i, reason })?;
+                pending.insert(i, slot);
+                while let Some(slot) = pending.remove(&next) {
+                    writer.write_frame(&slot.frame)?;
+                    // The decoder may have stopped; then nobody needs the slot back.
+                    let _ = slots.send(slot);
+                    next += 1;
+                    let total = total.map(|t| t.max(next));
+                    if let ControlFlow::Break(()) = progress(Progress { done: next, total }) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+            Msg::Packet(p) => writer.write_packet(p)?,
+            Msg::End(r) => end = Some(r?),
+        }
+    }
+}
