@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod frame;
+pub mod key;
+pub mod payload;
 pub mod pipeline;
 #[cfg(feature = "video")]
 pub mod video;
