@@ -5,14 +5,22 @@
 //! - [`video`] (feature `video`): FFmpeg decoding/encoding and the bounded parallel
 //!   transcode pipeline.
 
+pub mod dct;
+pub mod embed;
 pub mod error;
 pub mod frame;
+pub mod grid;
 pub mod key;
+pub mod layout;
+pub mod mask;
 pub mod payload;
 pub mod pipeline;
 #[cfg(feature = "video")]
 pub mod video;
 
+pub use embed::{EmbedConfig, Embedder};
 pub use error::{Error, Result};
 pub use frame::{Frame, Plane};
+pub use key::MasterKey;
+pub use payload::MarkId;
 pub use pipeline::{FrameTransform, Identity, Progress};

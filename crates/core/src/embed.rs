@@ -1,0 +1,354 @@
+//! The embedder: adds one export's mark to frames.
+//!
+//! Per frame: the luma is brought onto the working grid (area downscale for HD), a
+//! perceptual mask is computed per 8x8 block, the global strength is solved so the mark
+//! meets the configured PSNR, and each block gets `strength * mask * pattern`, where the
+//! pattern (the keyed chips times codeword signs times Watson-weighted DCT basis images of
+//! the band) is precomputed once per export for the whole periodic tile. For HD the residual
+//! is interpolated back to full resolution before it is added. The per-frame loop does not
+//! allocate once the scratch has seen the frame size.
+
+use crate::dct::{self, BAND, BAND_THRESHOLDS};
+use crate::frame::Frame;
+use crate::grid::{self, AreaTaps, Grid, LinearTaps};
+use crate::key::MasterKey;
+use crate::layout::{TileLayout, PILOT, TILE_BLOCKS};
+use crate::mask::{self, MaskParams};
+use crate::payload::{Codebook, MarkId, CODE_BITS};
+use crate::pipeline::FrameTransform;
+use crate::{Error, Result};
+
+/// Settings of the embedder. Build with [`EmbedConfig::new`] and `with_*`; checked by
+/// [`EmbedConfig::validate`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmbedConfig {
+    /// Luma PSNR of the marked frame against the unmarked one that the strength is solved
+    /// for (frames with little texture may end up above it: the strength is also capped).
+    pub target_psnr_db: f64,
+    /// Perceptual mask parameters.
+    pub mask: MaskParams,
+}
+
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        Self { target_psnr_db: 46.0, mask: MaskParams::default() }
+    }
+}
+
+impl EmbedConfig {
+    /// Default settings (46 dB).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the PSNR target.
+    pub fn with_target_psnr_db(mut self, db: f64) -> Self {
+        self.target_psnr_db = db;
+        self
+    }
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(30.0..=70.0).contains(&self.target_psnr_db) {
+            return Err(Error::InvalidConfig(format!(
+                "target PSNR {} dB is outside 30..=70 dB",
+                self.target_psnr_db
+            )));
+        }
+        self.mask.validate().map_err(Error::InvalidConfig)
+    }
+    /// Target per-pixel RMS of the mark in 8-bit levels.
+    pub fn target_rms(&self) -> f64 {
+        255.0 / 10f64.powf(self.target_psnr_db / 20.0)
+    }
+}
+
+/// Per-frame numbers, for tests and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EmbedStats {
+    /// Global strength used.
+    pub strength: f32,
+    /// RMS of the mark on the working grid, before rounding and clipping.
+    pub mark_rms: f32,
+}
+
+/// Band weights normalised so one pattern block has unit energy.
+fn band_weights() -> [f32; 9] {
+    let norm = BAND_THRESHOLDS.iter().map(|t| t * t).sum::<f32>().sqrt();
+    BAND_THRESHOLDS.map(|t| t / norm)
+}
+
+/// Adds the mark of one export. Cheap to share between threads (`Sync`).
+#[derive(Clone, Debug)]
+pub struct Embedder {
+    mark_id: MarkId,
+    config: EmbedConfig,
+    layout: TileLayout,
+    codeword: [i8; CODE_BITS],
+    /// Unit-energy pattern of every block of the tile, row-major 8x8.
+    pattern: Vec<[f32; 64]>,
+}
+
+/// Working memory of one frame in flight; sized on first use and reused.
+#[derive(Debug, Default)]
+pub struct EmbedScratch {
+    grid: Option<Grid>,
+    hx: AreaTaps,
+    vy: AreaTaps,
+    ux: LinearTaps,
+    uy: LinearTaps,
+    tmp: Vec<f32>,
+    work: Vec<f32>,
+    resid: Vec<f32>,
+    row: Vec<f32>,
+    mask_raw: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+impl EmbedScratch {
+    fn prepare(&mut self, w: usize, h: usize) -> Grid {
+        if let Some(g) = self.grid.filter(|g| g.frame_w == w && g.frame_h == h) {
+            return g;
+        }
+        let g = Grid::for_frame(w, h);
+        let nblocks = g.blocks_x() * g.blocks_y();
+        if !g.is_native() {
+            self.hx = AreaTaps::new(w, g.work_w);
+            self.vy = AreaTaps::new(h, g.work_h);
+            self.ux = LinearTaps::new(g.work_w, w);
+            self.uy = LinearTaps::new(g.work_h, h);
+            self.tmp = vec![0.0; h * g.work_w];
+            self.row = vec![0.0; g.work_w];
+        }
+        self.work = vec![0.0; g.work_w * g.work_h];
+        self.resid = vec![0.0; g.work_w * g.work_h];
+        self.mask_raw = vec![0.0; nblocks];
+        self.mask = vec![0.0; nblocks];
+        self.grid = Some(g);
+        g
+    }
+}
+
+impl Embedder {
+    /// The embedder of mark `mark_id` under `key`.
+    pub fn new(key: &MasterKey, mark_id: MarkId, config: EmbedConfig) -> Result<Self> {
+        config.validate()?;
+        let layout = TileLayout::new(key);
+        let codeword = Codebook::new(key).codeword(mark_id);
+        let basis = dct::band_basis();
+        let weights = band_weights();
+        let pattern = (0..TILE_BLOCKS * TILE_BLOCKS)
+            .map(|b| {
+                let mut p = [0f32; 64];
+                for k in 0..BAND.len() {
+                    let slot = layout.slots[b * BAND.len() + k];
+                    let sign = if slot.role == PILOT { 1 } else { codeword[slot.role as usize] };
+                    let a = weights[k] * f32::from(slot.chip * sign);
+                    for (d, s) in p.iter_mut().zip(&basis[k]) {
+                        *d += a * s;
+                    }
+                }
+                p
+            })
+            .collect();
+        Ok(Self { mark_id, config, layout, codeword, pattern })
+    }
+
+    /// The mark id this embedder writes.
+    pub fn mark_id(&self) -> MarkId {
+        self.mark_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EmbedConfig {
+        &self.config
+    }
+
+    /// A scratch area for [`Embedder::embed`].
+    pub fn new_scratch(&self) -> EmbedScratch {
+        EmbedScratch::default()
+    }
+
+    /// Global strength for a frame whose blocks have mask values `mask` on a grid of
+    /// `pixels` working pixels: meets the PSNR target, capped so a frame with little texture
+    /// does not get a louder mark per block than a busy one would.
+    fn strength(&self, mask: &[f32], pixels: usize) -> f32 {
+        let sum_m2: f64 = mask.iter().map(|&m| f64::from(m) * f64::from(m)).sum();
+        let target = self.config.target_rms();
+        if sum_m2 <= 0.0 {
+            return 0.0;
+        }
+        // A block with mask m carries energy (strength * m)^2 over 64 pixels.
+        let psnr_strength = (target * target * pixels as f64 / sum_m2).sqrt();
+        psnr_strength.min(16.0 * target) as f32
+    }
+
+    /// Marks `frame` in place (luma only).
+    pub fn embed(&self, frame: &mut Frame, s: &mut EmbedScratch) -> EmbedStats {
+        let (w, h) = (frame.width(), frame.height());
+        let g = s.prepare(w, h);
+        let (bx, by) = (g.blocks_x(), g.blocks_y());
+        if bx == 0 || by == 0 {
+            return EmbedStats::default();
+        }
+        if g.is_native() {
+            for (d, row) in s.work.chunks_exact_mut(w).zip(frame.y.rows()) {
+                for (o, &p) in d.iter_mut().zip(row) {
+                    *o = f32::from(p);
+                }
+            }
+        } else {
+            grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
+        }
+        mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
+        let strength = self.strength(&s.mask, g.work_w * g.work_h);
+        if g.is_native() {
+            for j in 0..by {
+                for i in 0..bx {
+                    let a = strength * s.mask[j * bx + i];
+                    let p = &self.pattern[(j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS];
+                    for y in 0..8 {
+                        let row = &mut frame.y.row_mut(j * 8 + y)[i * 8..i * 8 + 8];
+                        for (px, &pv) in row.iter_mut().zip(&p[y * 8..y * 8 + 8]) {
+                            *px = (f32::from(*px) + a * pv).round().clamp(0.0, 255.0) as u8;
+                        }
+                    }
+                }
+            }
+        } else {
+            let ww = g.work_w;
+            s.resid.fill(0.0);
+            for j in 0..by {
+                for i in 0..bx {
+                    let a = strength * s.mask[j * bx + i];
+                    let p = &self.pattern[(j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS];
+                    for y in 0..8 {
+                        let d = &mut s.resid[(j * 8 + y) * ww + i * 8..(j * 8 + y) * ww + i * 8 + 8];
+                        for (o, &pv) in d.iter_mut().zip(&p[y * 8..y * 8 + 8]) {
+                            *o = a * pv;
+                        }
+                    }
+                }
+            }
+            for (y, &(i0, fy)) in s.uy.taps.iter().enumerate() {
+                let r0 = &s.resid[i0 as usize * ww..(i0 as usize + 1) * ww];
+                let r1 = &s.resid[(i0 as usize + 1).min(g.work_h - 1) * ww..][..ww];
+                for ((o, &a), &b) in s.row.iter_mut().zip(r0).zip(r1) {
+                    *o = a + (b - a) * fy;
+                }
+                let row = frame.y.row_mut(y);
+                for (px, &(j0, fx)) in row.iter_mut().zip(&s.ux.taps) {
+                    let j0 = j0 as usize;
+                    let a = s.row[j0];
+                    let b = s.row[(j0 + 1).min(ww - 1)];
+                    let r = a + (b - a) * fx;
+                    *px = (f32::from(*px) + r).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        let sum_m2: f32 = s.mask.iter().map(|m| m * m).sum();
+        let mark_rms = strength * (sum_m2 / (g.work_w * g.work_h) as f32).sqrt();
+        EmbedStats { strength, mark_rms }
+    }
+
+    /// Scalar reference implementation of [`Embedder::embed`]: f64 throughout, the mark
+    /// built coefficient by coefficient with the textbook inverse DCT, resampling computed
+    /// from its definition. Slow; for tests of the fast kernel.
+    pub fn embed_reference(&self, frame: &mut Frame) -> EmbedStats {
+        let (w, h) = (frame.width(), frame.height());
+        let g = Grid::for_frame(w, h);
+        let (bx, by, ww, wh) = (g.blocks_x(), g.blocks_y(), g.work_w, g.work_h);
+        if bx == 0 || by == 0 {
+            return EmbedStats::default();
+        }
+        // Working image: box average of the picture area each working pixel covers.
+        let mut work = vec![0f64; ww * wh];
+        let (sx, sy) = (w as f64 / ww as f64, h as f64 / wh as f64);
+        for v in 0..wh {
+            for u in 0..ww {
+                let (x0, x1, y0, y1) =
+                    (u as f64 * sx, (u + 1) as f64 * sx, v as f64 * sy, (v + 1) as f64 * sy);
+                let mut acc = 0.0;
+                for y in y0.floor() as usize..(y1.ceil() as usize).min(h) {
+                    let cy = (y1.min(y as f64 + 1.0) - y0.max(y as f64)).max(0.0);
+                    for x in x0.floor() as usize..(x1.ceil() as usize).min(w) {
+                        let cx = (x1.min(x as f64 + 1.0) - x0.max(x as f64)).max(0.0);
+                        acc += cx * cy * f64::from(frame.y.get(x, y));
+                    }
+                }
+                work[v * ww + u] = acc / (sx * sy);
+            }
+        }
+        let mut raw = vec![0f32; bx * by];
+        for j in 0..by {
+            for i in 0..bx {
+                let px: Vec<f64> = (0..64).map(|k| work[(j * 8 + k / 8) * ww + i * 8 + k % 8]).collect();
+                let mean = px.iter().sum::<f64>() / 64.0;
+                let var = px.iter().map(|p| (p - mean) * (p - mean)).sum::<f64>() / 64.0;
+                raw[j * bx + i] = self.config.mask.block_value(mean as f32, var.sqrt() as f32);
+            }
+        }
+        let mut m = vec![0f32; bx * by];
+        mask::smooth(&raw, bx, by, &mut m);
+        let strength = f64::from(self.strength(&m, ww * wh));
+        let weights = band_weights();
+        let mut resid = vec![0f64; ww * wh];
+        for j in 0..by {
+            for i in 0..bx {
+                let tb = (j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS;
+                let mut coefs = [0f64; 64];
+                for (k, &(fv, fu)) in BAND.iter().enumerate() {
+                    let slot = self.layout.slots[tb * BAND.len() + k];
+                    let sign =
+                        if slot.role == PILOT { 1.0 } else { f64::from(self.codeword[slot.role as usize]) };
+                    coefs[fv * 8 + fu] = strength
+                        * f64::from(m[j * bx + i])
+                        * f64::from(weights[k])
+                        * f64::from(slot.chip)
+                        * sign;
+                }
+                let block = dct::inverse_reference(&coefs);
+                for (k, v) in block.iter().enumerate() {
+                    resid[(j * 8 + k / 8) * ww + i * 8 + k % 8] = *v;
+                }
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let r = if g.is_native() {
+                    resid[y * ww + x]
+                } else {
+                    // Bilinear, pixel centres aligned, clamped at the edges.
+                    let u = ((x as f64 + 0.5) / sx - 0.5).clamp(0.0, (ww - 1) as f64);
+                    let v = ((y as f64 + 0.5) / sy - 0.5).clamp(0.0, (wh - 1) as f64);
+                    let (u0, v0) = ((u.floor() as usize).min(ww - 2), (v.floor() as usize).min(wh - 2));
+                    let (fu, fv) = (u - u0 as f64, v - v0 as f64);
+                    let at = |a: usize, b: usize| resid[b * ww + a];
+                    (1.0 - fv) * ((1.0 - fu) * at(u0, v0) + fu * at(u0 + 1, v0))
+                        + fv * ((1.0 - fu) * at(u0, v0 + 1) + fu * at(u0 + 1, v0 + 1))
+                };
+                let p = &mut frame.y.row_mut(y)[x];
+                *p = (f64::from(*p) + r).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        let sum_m2: f32 = m.iter().map(|v| v * v).sum();
+        EmbedStats {
+            strength: strength as f32,
+            mark_rms: strength as f32 * (sum_m2 / (ww * wh) as f32).sqrt(),
+        }
+    }
+}
+
+impl FrameTransform for Embedder {
+    type Scratch = EmbedScratch;
+    fn new_scratch(&self) -> EmbedScratch {
+        EmbedScratch::default()
+    }
+    fn apply(
+        &self,
+        frame: &mut Frame,
+        _index: u64,
+        scratch: &mut EmbedScratch,
+    ) -> std::result::Result<(), String> {
+        self.embed(frame, scratch);
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The canonical working grid and resampling between it and the picture.
+//!
+//! Pictures up to [`MAX_NATIVE_HEIGHT`] lines are marked at their own resolution. Taller
+//! ones are marked on a grid of [`HD_WORK_HEIGHT`] lines (same aspect), so a mark made on a
+//! 1080p export is the same mark on the 720p, 576i, 480p or 360p copy a channel airs. The
+//! residual is then interpolated back onto the full-resolution luma.
+
+/// Tallest picture marked at its own resolution.
+pub const MAX_NATIVE_HEIGHT: usize = 576;
+/// Working-grid height for taller pictures.
+pub const HD_WORK_HEIGHT: usize = 360;
+
+/// Geometry of a picture and its working grid.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    /// Picture width.
+    pub frame_w: usize,
+    /// Picture height.
+    pub frame_h: usize,
+    /// Working-grid width.
+    pub work_w: usize,
+    /// Working-grid height.
+    pub work_h: usize,
+    /// Picture pixels per working-grid pixel (1 for native).
+    pub scale: f64,
+}
+
+impl Grid {
+    /// The canonical grid of a `w` x `h` picture.
+    pub fn for_frame(w: usize, h: usize) -> Self {
+        if h <= MAX_NATIVE_HEIGHT {
+            return Self { frame_w: w, frame_h: h, work_w: w, work_h: h, scale: 1.0 };
+        }
+        let scale = h as f64 / HD_WORK_HEIGHT as f64;
+        let work_w = ((w as f64 / scale).round() as usize).max(1);
+        Self { frame_w: w, frame_h: h, work_w, work_h: HD_WORK_HEIGHT, scale }
+    }
+
+    /// A grid with an explicit working size (used by the detector after registration).
+    pub fn with_work_size(frame_w: usize, frame_h: usize, work_w: usize, work_h: usize) -> Self {
+        Self { frame_w, frame_h, work_w, work_h, scale: frame_h as f64 / work_h as f64 }
+    }
+
+    /// Whether the working grid is the picture itself.
+    pub fn is_native(&self) -> bool {
+        self.work_w == self.frame_w && self.work_h == self.frame_h
+    }
+
+    /// Whole 8x8 blocks across.
+    pub fn blocks_x(&self) -> usize {
+        self.work_w / crate::dct::N
+    }
+
+    /// Whole 8x8 blocks down.
+    pub fn blocks_y(&self) -> usize {
+        self.work_h / crate::dct::N
+    }
+}
+
+/// Precomputed weights of an area (box) filter from `src` samples to `dst` samples: for
+/// every output sample, the input samples it covers and their coverage.
+#[derive(Clone, Debug, Default)]
+pub struct AreaTaps {
+    /// Start index into `taps` for each output sample (len = dst + 1).
+    pub offsets: Vec<usize>,
+    /// (input index, weight) pairs; weights of one output sum to 1.
+    pub taps: Vec<(u32, f32)>,
+}
+
+impl AreaTaps {
+    /// Taps for `src` -> `dst` samples (`dst <= src`).
+    pub fn new(src: usize, dst: usize) -> Self {
+        let ratio = src as f64 / dst as f64;
+        let mut offsets = Vec::with_capacity(dst + 1);
+        let mut taps = Vec::new();
+        for o in 0..dst {
+            offsets.push(taps.len());
+            let (a, b) = (o as f64 * ratio, (o + 1) as f64 * ratio);
+            let mut i = a.floor() as usize;
+            while (i as f64) < b && i < src {
+                let cover = (b.min(i as f64 + 1.0) - a.max(i as f64)).max(0.0);
+                if cover > 1e-9 {
+                    taps.push((i as u32, (cover / ratio) as f32));
+                }
+                i += 1;
+            }
+        }
+        offsets.push(taps.len());
+        Self { offsets, taps }
+    }
+
+    /// Taps of output sample `o`.
+    pub fn of(&self, o: usize) -> &[(u32, f32)] {
+        &self.taps[self.offsets[o]..self.offsets[o + 1]]
+    }
+}
+
+/// Precomputed linear-interpolation positions from a coarse axis (`src`) to a fine one
+/// (`dst`), pixel centres aligned.
+#[derive(Clone, Debug, Default)]
+pub struct LinearTaps {
+    /// For each output sample: the left input index and the weight of the right one.
+    pub taps: Vec<(u32, f32)>,
+}
+
+impl LinearTaps {
+    /// Taps for `src` -> `dst` samples.
+    pub fn new(src: usize, dst: usize) -> Self {
+        let ratio = src as f64 / dst as f64;
+        let taps = (0..dst)
+            .map(|o| {
+                let u = ((o as f64 + 0.5) * ratio - 0.5).clamp(0.0, (src - 1) as f64);
+                let i = (u.floor() as usize).min(src.saturating_sub(2));
+                (i as u32, (u - i as f64) as f32)
+            })
+            .collect();
+        Self { taps }
+    }
+}
+
+/// Area-downscales an 8-bit plane into `out` (`dst_w` x `dst_h` floats) using `tmp`
+/// (`src_h` x `dst_w` floats) between the separable passes.
+pub fn downscale_area(
+    src: &crate::Plane,
+    hx: &AreaTaps,
+    vy: &AreaTaps,
+    tmp: &mut [f32],
+    out: &mut [f32],
+    dst_w: usize,
+) {
+    for (y, row) in src.rows().enumerate() {
+        let t = &mut tmp[y * dst_w..(y + 1) * dst_w];
+        for (o, v) in t.iter_mut().enumerate() {
+            *v = hx.of(o).iter().map(|&(i, w)| f32::from(row[i as usize]) * w).sum();
+        }
+    }
+    for (o, orow) in out.chunks_exact_mut(dst_w).enumerate() {
+        orow.fill(0.0);
+        for &(i, w) in vy.of(o) {
+            let t = &tmp[i as usize * dst_w..(i as usize + 1) * dst_w];
+            for (d, s) in orow.iter_mut().zip(t) {
+                *d += s * w;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids() {
+        assert!(Grid::for_frame(768, 576).is_native());
+        let g = Grid::for_frame(1920, 1080);
+        assert_eq!((g.work_w, g.work_h, g.scale), (640, 360, 3.0));
+        let g = Grid::for_frame(1280, 720);
+        assert_eq!((g.work_w, g.work_h, g.scale), (640, 360, 2.0));
+        assert_eq!(Grid::for_frame(176, 144).blocks_x(), 22);
+    }
+
+    #[test]
+    fn area_taps_preserve_mean() {
+        for (s, d) in [(1080, 360), (1920, 640), (720, 360), (1000, 333), (405, 405)] {
+            let t = AreaTaps::new(s, d);
+            let total: f64 = t.taps.iter().map(|&(_, w)| f64::from(w)).sum();
+            assert!((total - d as f64).abs() < 1e-3, "{s}->{d}: {total}");
+            for o in 0..d {
+                let sum: f32 = t.of(o).iter().map(|x| x.1).sum();
+                assert!((sum - 1.0).abs() < 1e-4);
+            }
+        }
+    }
+}

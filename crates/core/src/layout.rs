@@ -1,0 +1,85 @@
+//! The keyed layout of the mark on its periodic tile.
+//!
+//! The mark lives on a tile of [`TILE_BLOCKS`] x [`TILE_BLOCKS`] DCT blocks of the working
+//! grid, repeated over the whole picture: a crop only shifts the tile cyclically, which
+//! the blind detector can find. Each (block, band coefficient) of the tile is a *slot* with
+//! a keyed ±1 chip and a role: a pilot slot (known sign, for synchronisation and "is a mark
+//! of this key present") or one of the codeword bits.
+
+use rand_core::RngCore;
+
+use crate::dct::BAND;
+use crate::key::{MasterKey, Purpose};
+use crate::payload::CODE_BITS;
+
+/// Tile side in blocks (128 working-grid pixels).
+pub const TILE_BLOCKS: usize = 16;
+/// Tile side in working-grid pixels.
+pub const TILE_PX: usize = TILE_BLOCKS * crate::dct::N;
+/// Slots per tile.
+pub const SLOTS: usize = TILE_BLOCKS * TILE_BLOCKS * BAND.len();
+/// Slots given to the pilot (a quarter): the rest carry the codeword.
+pub const PILOT_SLOTS: usize = SLOTS / 4;
+
+/// Role of a slot.
+pub const PILOT: u16 = u16::MAX;
+
+/// One slot: its chip and what it carries (`PILOT` or a codeword bit index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Keyed ±1 chip.
+    pub chip: i8,
+    /// [`PILOT`] or the codeword bit it carries.
+    pub role: u16,
+}
+
+/// All slots of the tile, indexed `block_in_tile * BAND.len() + band_index` where
+/// `block_in_tile = ty * TILE_BLOCKS + tx`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TileLayout {
+    /// The slots.
+    pub slots: Vec<Slot>,
+}
+
+impl TileLayout {
+    /// The layout of `key`: a keyed shuffle assigns roles, so each codeword bit gets an
+    /// equal share of slots spread over the whole tile, and chips are keyed coin flips.
+    pub fn new(key: &MasterKey) -> Self {
+        let mut rng = key.rng(Purpose::Layout, 0);
+        let mut order: Vec<usize> = (0..SLOTS).collect();
+        for i in (1..SLOTS).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let mut slots = vec![Slot { chip: 1, role: PILOT }; SLOTS];
+        for (rank, &slot) in order.iter().enumerate() {
+            slots[slot].role =
+                if rank < PILOT_SLOTS { PILOT } else { ((rank - PILOT_SLOTS) % CODE_BITS) as u16 };
+            slots[slot].chip = if rng.next_u32() & 1 == 0 { 1 } else { -1 };
+        }
+        Self { slots }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bit_gets_a_fair_share() {
+        let l = TileLayout::new(&MasterKey::from_seed(1));
+        let mut counts = vec![0usize; CODE_BITS];
+        let mut pilot = 0;
+        for s in &l.slots {
+            if s.role == PILOT {
+                pilot += 1;
+            } else {
+                counts[s.role as usize] += 1;
+            }
+        }
+        assert_eq!(pilot, PILOT_SLOTS);
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(hi - lo <= 1 && *lo >= 6, "{lo}..{hi}");
+        assert_ne!(l, TileLayout::new(&MasterKey::from_seed(2)));
+    }
+}

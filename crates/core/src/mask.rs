@@ -1,0 +1,137 @@
+//! Watson-style perceptual masking per block of the working grid.
+//!
+//! Three factors decide how much mark a block can hide: frequency sensitivity (static,
+//! [`crate::dct::BAND_THRESHOLDS`]), luminance masking (darker blocks show less, so they
+//! get less; saturated highlights too, where the mark would clip) and contrast masking
+//! (texture hides a mark, flat sky and walls do not: amplitude grows as the block's AC
+//! energy to the power 0.7, from a small floor). Neighbouring blocks are blended so the
+//! mark's strength has no hard steps at block edges.
+
+/// Parameters of the mask. Defaults are tuned for 8-bit video.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaskParams {
+    /// Block standard deviation (in 8-bit levels) at which contrast masking gives 1.
+    pub contrast_ref: f32,
+    /// Exponent of contrast masking (Watson: 0.7).
+    pub contrast_exp: f32,
+    /// Smallest contrast factor: flat areas get almost nothing.
+    pub floor: f32,
+    /// Largest contrast factor.
+    pub ceiling: f32,
+    /// Mean luma at which luminance masking gives 1.
+    pub luma_ref: f32,
+    /// Exponent of luminance masking (Watson: 0.649).
+    pub luma_exp: f32,
+}
+
+impl Default for MaskParams {
+    fn default() -> Self {
+        Self {
+            contrast_ref: 6.0,
+            contrast_exp: 0.7,
+            floor: 0.1,
+            ceiling: 4.0,
+            luma_ref: 110.0,
+            luma_exp: 0.649,
+        }
+    }
+}
+
+impl MaskParams {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = self.contrast_ref > 0.0
+            && (0.0..=2.0).contains(&self.contrast_exp)
+            && self.floor > 0.0
+            && self.ceiling >= self.floor
+            && self.luma_ref > 0.0
+            && (0.0..=2.0).contains(&self.luma_exp);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("mask parameters out of range: {self:?}"))
+        }
+    }
+
+    /// Mask value of one block from its mean and standard deviation.
+    pub fn block_value(&self, mean: f32, std: f32) -> f32 {
+        let contrast = (std / self.contrast_ref).powf(self.contrast_exp).clamp(self.floor, self.ceiling);
+        let lum = (mean / self.luma_ref).clamp(0.05, 1.0).powf(self.luma_exp);
+        // Highlights near 255 would clip the mark: fade it out over the top 20 levels.
+        let top = ((255.0 - mean) / 20.0).clamp(0.1, 1.0);
+        contrast * lum * top
+    }
+}
+
+/// Computes the mask of every whole block of a working-grid image (`w` wide, row-major)
+/// into `mask` (`bx * by`), using `raw` as scratch of the same size.
+pub fn compute(
+    params: &MaskParams,
+    img: &[f32],
+    w: usize,
+    bx: usize,
+    by: usize,
+    raw: &mut [f32],
+    mask: &mut [f32],
+) {
+    for j in 0..by {
+        for i in 0..bx {
+            let (mut s, mut s2) = (0f32, 0f32);
+            for y in 0..8 {
+                let row = &img[(j * 8 + y) * w + i * 8..(j * 8 + y) * w + i * 8 + 8];
+                for &p in row {
+                    s += p;
+                    s2 += p * p;
+                }
+            }
+            let mean = s / 64.0;
+            let var = (s2 / 64.0 - mean * mean).max(0.0);
+            raw[j * bx + i] = params.block_value(mean, var.sqrt());
+        }
+    }
+    smooth(raw, bx, by, mask);
+}
+
+/// Blends each block with its 4-neighbours (weight 1/2 own, 1/2 neighbours' mean), taking
+/// the smaller of the blend and the block's own value twice over so a flat block beside
+/// texture stays quiet.
+pub(crate) fn smooth(raw: &[f32], bx: usize, by: usize, out: &mut [f32]) {
+    for j in 0..by {
+        for i in 0..bx {
+            let own = raw[j * bx + i];
+            let (mut s, mut n) = (0f32, 0f32);
+            if i > 0 {
+                s += raw[j * bx + i - 1];
+                n += 1.0;
+            }
+            if i + 1 < bx {
+                s += raw[j * bx + i + 1];
+                n += 1.0;
+            }
+            if j > 0 {
+                s += raw[(j - 1) * bx + i];
+                n += 1.0;
+            }
+            if j + 1 < by {
+                s += raw[(j + 1) * bx + i];
+                n += 1.0;
+            }
+            let blend = if n > 0.0 { 0.5 * own + 0.5 * s / n } else { own };
+            out[j * bx + i] = blend.min(2.0 * own);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texture_gets_more_than_flat_and_dark_gets_little() {
+        let p = MaskParams::default();
+        assert!(p.block_value(128.0, 20.0) > 5.0 * p.block_value(128.0, 0.0));
+        assert!(p.block_value(10.0, 20.0) < 0.25 * p.block_value(128.0, 20.0));
+        assert!(p.block_value(254.0, 20.0) < 0.2 * p.block_value(200.0, 20.0));
+        assert!(p.validate().is_ok());
+    }
+}

@@ -1,0 +1,153 @@
+//! The embedder on real frames from `testdata/`: fast kernel vs scalar reference,
+//! invisibility, no flicker, clipping, odd and tiny sizes.
+#![cfg(feature = "video")]
+
+use std::path::{Path, PathBuf};
+
+use tracemark_core::frame::{psnr, ssim};
+use tracemark_core::video::VideoReader;
+use tracemark_core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey, Plane};
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+}
+
+fn frames(clip: &str, n: usize) -> Vec<Frame> {
+    let mut r = VideoReader::open(&testdata(clip)).unwrap();
+    let mut out = Vec::new();
+    let mut f = Frame::new(2, 2);
+    while out.len() < n && r.read_frame(&mut f).unwrap() {
+        out.push(f.clone());
+    }
+    out
+}
+
+fn embedder() -> Embedder {
+    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), EmbedConfig::new()).unwrap()
+}
+
+const CLIPS: [&str; 4] = ["vtest-4s.avi", "city-2s.mpg", "cockatoo-3s.mp4", "pan1080-1s.mp4"];
+
+#[test]
+fn fast_kernel_agrees_with_scalar_reference() {
+    let e = embedder();
+    let mut scratch = e.new_scratch();
+    for clip in CLIPS {
+        let f = frames(clip, 1).remove(0);
+        let (mut fast, mut slow) = (f.clone(), f.clone());
+        let a = e.embed(&mut fast, &mut scratch);
+        let b = e.embed_reference(&mut slow);
+        assert!((a.strength - b.strength).abs() <= 1e-3 * b.strength, "{clip}: {a:?} vs {b:?}");
+        let (mut differ, mut worst) = (0usize, 0i32);
+        for (ra, rb) in fast.y.rows().zip(slow.y.rows()) {
+            for (&x, &y) in ra.iter().zip(rb) {
+                let d = (i32::from(x) - i32::from(y)).abs();
+                worst = worst.max(d);
+                differ += usize::from(d != 0);
+            }
+        }
+        let total = f.width() * f.height();
+        assert!(worst <= 1, "{clip}: a pixel differs by {worst}");
+        assert!(differ * 1000 <= total, "{clip}: {differ} of {total} pixels differ (rounding only expected)");
+        assert_ne!(fast.y, f.y, "{clip}: nothing was marked");
+    }
+}
+
+#[test]
+fn mark_is_invisible_by_psnr_and_ssim() {
+    let e = embedder();
+    let mut scratch = e.new_scratch();
+    for clip in CLIPS {
+        for f in frames(clip, 10) {
+            let mut m = f.clone();
+            e.embed(&mut m, &mut scratch);
+            let (p, s) = (psnr(&f.y, &m.y), ssim(&f.y, &m.y));
+            assert!(p >= 45.0, "{clip}: PSNR {p:.2} dB");
+            assert!(s >= 0.99, "{clip}: SSIM {s:.4}");
+            assert_eq!((m.u.clone(), m.v.clone()), (f.u.clone(), f.v.clone()), "chroma must be untouched");
+        }
+    }
+}
+
+/// The mark is the same pattern in every frame: on a static scene it adds no change from
+/// frame to frame, and on the real CCTV clip the marks of consecutive frames are nearly
+/// identical (only the mask follows the moving people).
+#[test]
+fn no_flicker() {
+    let e = embedder();
+    let mut scratch = e.new_scratch();
+    let f = frames("vtest-4s.avi", 1).remove(0);
+    let (mut a, mut b) = (f.clone(), f.clone());
+    e.embed(&mut a, &mut scratch);
+    e.embed(&mut b, &mut scratch);
+    assert_eq!(a.y, b.y, "identical frames must be marked identically");
+
+    let fs = frames("vtest-4s.avi", 6);
+    let marks: Vec<Vec<f64>> = fs
+        .iter()
+        .map(|f| {
+            let mut m = f.clone();
+            e.embed(&mut m, &mut scratch);
+            m.y.rows()
+                .zip(f.y.rows())
+                .flat_map(|(r, o)| {
+                    r.iter().zip(o).map(|(&x, &y)| f64::from(x) - f64::from(y)).collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect();
+    for pair in marks.windows(2) {
+        let dot: f64 = pair[0].iter().zip(&pair[1]).map(|(a, b)| a * b).sum();
+        let n0: f64 = pair[0].iter().map(|a| a * a).sum();
+        let n1: f64 = pair[1].iter().map(|a| a * a).sum();
+        let corr = dot / (n0 * n1).sqrt();
+        assert!(corr > 0.9, "consecutive marks correlate only {corr:.3}");
+    }
+}
+
+#[test]
+fn extremes_clip_without_wrapping() {
+    // Left half black, right half white, a textured band in the middle.
+    let mut y = Plane::new(256, 128, 0);
+    for (r, row) in y.rows_mut().enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = match c {
+                0..=95 => 0,
+                96..=159 => ((r * 31 + c * 17) % 256) as u8,
+                _ => 255,
+            };
+        }
+    }
+    let f = Frame::from_luma(y);
+    let mut m = f.clone();
+    let e = embedder();
+    e.embed(&mut m, &mut e.new_scratch());
+    for (ro, rm) in f.y.rows().zip(m.y.rows()) {
+        for (c, (&o, &v)) in ro.iter().zip(rm).enumerate() {
+            if c < 88 {
+                assert!(v <= 3, "black became {v}");
+            }
+            if c >= 168 {
+                assert!(v >= 252, "white became {v}");
+            }
+            assert!((i32::from(o) - i32::from(v)).abs() <= 40, "jump from {o} to {v}");
+        }
+    }
+}
+
+#[test]
+fn odd_and_tiny_frames_do_not_panic() {
+    let e = embedder();
+    let mut scratch = e.new_scratch();
+    for (w, h) in [(176, 144), (720, 405), (721, 577), (7, 5), (1, 1), (9, 8), (1919, 1081)] {
+        let mut f = Frame::new(w, h);
+        for (r, row) in f.y.rows_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = ((r * 13 + c * 7) % 200) as u8 + 20;
+            }
+        }
+        let orig = f.clone();
+        e.embed(&mut f, &mut scratch);
+        assert!(psnr(&orig.y, &f.y) >= 45.0, "{w}x{h}");
+    }
+}
