@@ -1,6 +1,597 @@
-//! The `tracemark` command-line tool.
+//! The `tracemark` command-line tool: a thin layer over `tracemark-core` (embedding) and
+//! `tracemark-extract` (tracing), plus the export registry.
+
+mod registry;
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
+use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
+use tracemark_extract::trace::{trace_blind, trace_informed, Registration, TraceConfig, TraceResult};
+use tracemark_extract::Candidate;
+
+use registry::{ExportRecord, Registry};
+
+const EXAMPLES: &str = "\
+Examples:
+  tracemark keygen --out unit.key
+  tracemark embed --key unit.key --registry exports.db --recipient channel-A \\
+      --officer 'PC Smith' --approved-by 'Insp. Jones' --case CR-2031 cam3.avi copy-A.mp4
+  tracemark trace --key unit.key --registry exports.db --original cam3.avi aired.mp4 --report evidence.html
+  tracemark registry verify --registry exports.db";
+
+/// Forensic video watermarking: mark every exported copy, trace leaks to their recipient.
+#[derive(Parser, Debug)]
+#[command(name = "tracemark", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// No progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new secret key file (mode 0600; never overwrites).
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export a marked copy of a clip for one recipient and record it in the registry.
+    Embed {
+        /// The unit's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The export registry (created if missing).
+        #[arg(long)]
+        registry: PathBuf,
+        /// Who receives this copy.
+        #[arg(long)]
+        recipient: String,
+        /// The exporting officer.
+        #[arg(long)]
+        officer: String,
+        /// The senior officer who approved the export.
+        #[arg(long = "approved-by")]
+        approved_by: String,
+        /// Case reference.
+        #[arg(long = "case")]
+        case_ref: Option<String>,
+        /// Why the clip leaves the building.
+        #[arg(long)]
+        reason: Option<String>,
+        /// x264 constant rate factor (0 = lossless).
+        #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
+        crf: u8,
+        /// x264 preset.
+        #[arg(long, default_value = "medium")]
+        preset: String,
+        /// Print the export record as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The clip to export.
+        input: PathBuf,
+        /// The marked copy to write (must not exist).
+        output: PathBuf,
+    },
+    /// Find out which export a leaked clip came from.
+    Trace {
+        /// The unit's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The export registry.
+        #[arg(long)]
+        registry: PathBuf,
+        /// The source clip the exports were made from (informed mode: stronger).
+        #[arg(long)]
+        original: Option<PathBuf>,
+        /// Family-wise false-positive probability needed to name an export.
+        #[arg(long, default_value_t = 1e-6)]
+        threshold: f64,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Write a self-contained HTML evidence report.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The leaked clip.
+        leaked: PathBuf,
+    },
+    /// Inspect and verify the registry.
+    Registry {
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryAction {
+    /// List all exports.
+    List {
+        #[arg(long)]
+        registry: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one export (by mark id or a unique prefix).
+    Show {
+        id: String,
+        #[arg(long)]
+        registry: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the audit chain and every export against it.
+    Verify {
+        #[arg(long)]
+        registry: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("tracemark: error: {msg}");
+            if e.downcast_ref::<Interrupted>().is_some() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Interrupted;
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted: no output was written and nothing was registered")
+    }
+}
+impl std::error::Error for Interrupted {}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let show_progress = !cli.quiet && std::io::stderr().is_terminal();
+    match cli.command {
+        Command::Keygen { out } => {
+            let key = MasterKey::generate();
+            key.save_new(&out).map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "wrote key {} (fingerprint {}); keep it secret, keep a backup",
+                out.display(),
+                key.fingerprint()
+            );
+        }
+        Command::Embed {
+            key,
+            registry,
+            recipient,
+            officer,
+            approved_by,
+            case_ref,
+            reason,
+            crf,
+            preset,
+            json,
+            input,
+            output,
+        } => {
+            embed(EmbedArgs {
+                key,
+                registry,
+                recipient,
+                officer,
+                approved_by,
+                case_ref,
+                reason,
+                crf,
+                preset,
+                json,
+                input,
+                output,
+                show_progress,
+            })?;
+        }
+        Command::Trace { key, registry, original, threshold, json, report, leaked } => {
+            let key = load_key(&key)?;
+            let reg = Registry::open_existing(&registry, &key.fingerprint())?;
+            let candidates: Vec<Candidate> = reg
+                .exports()?
+                .into_iter()
+                .filter_map(|e| {
+                    e.mark_id
+                        .parse::<MarkId>()
+                        .ok()
+                        .map(|id| Candidate { mark_id: id, recipient: e.recipient })
+                })
+                .collect();
+            let config = TraceConfig::new().with_threshold(threshold);
+            let bar = progress_bar(show_progress, "tracing");
+            let mut cb = |p: Progress| {
+                if let Some(b) = &bar {
+                    if let Some(t) = p.total {
+                        b.set_length(t);
+                    }
+                    b.set_position(p.done);
+                }
+                ControlFlow::Continue(())
+            };
+            let result = match &original {
+                Some(src) => trace_informed(&key, &leaked, src, &candidates, &config, &mut cb),
+                None => trace_blind(&key, &leaked, &candidates, &config, &mut cb),
+            }
+            .map_err(|e| anyhow!("{e}"))?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if let Some(path) = &report {
+                write_atomic(
+                    path,
+                    report_html(&result, &reg, &key, &leaked, original.as_deref())?.as_bytes(),
+                )?;
+            }
+            if json {
+                println!("{}", trace_json(&result));
+            } else {
+                print_trace(&result, report.as_deref());
+            }
+        }
+        Command::Registry { action } => match action {
+            RegistryAction::List { registry, json } => {
+                let reg = Registry::open_readonly(&registry)?;
+                let all = reg.exports()?;
+                if json {
+                    println!("{}", serde_json::Value::Array(all.iter().map(ExportRecord::to_json).collect()));
+                } else {
+                    println!(
+                        "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  created",
+                        "mark id", "recipient", "officer", "approved by", "case"
+                    );
+                    for e in all {
+                        println!(
+                            "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  {}",
+                            e.mark_id,
+                            e.recipient,
+                            e.officer,
+                            e.approved_by,
+                            e.case_ref.as_deref().unwrap_or("-"),
+                            e.created_at
+                        );
+                    }
+                }
+            }
+            RegistryAction::Show { id, registry, json } => {
+                let reg = Registry::open_readonly(&registry)?;
+                let e = reg
+                    .find(&id)?
+                    .ok_or_else(|| anyhow!("no export with mark id {id:?} in {}", registry.display()))?;
+                if json {
+                    println!("{}", e.to_json());
+                } else {
+                    for (k, v) in e.to_json().as_object().expect("record is an object") {
+                        println!("{k:>16}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                    }
+                }
+            }
+            RegistryAction::Verify { registry } => {
+                let reg = Registry::open_readonly(&registry)?;
+                let rep = reg.verify()?;
+                if rep.problems.is_empty() {
+                    println!(
+                        "registry OK: {} exports, {} audit entries, chain head {}",
+                        rep.exports, rep.audit_rows, rep.head
+                    );
+                } else {
+                    for p in &rep.problems {
+                        eprintln!("tracemark: verify: {p}");
+                    }
+                    bail!(
+                        "registry {} FAILED verification: {} problem(s)",
+                        registry.display(),
+                        rep.problems.len()
+                    );
+                }
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_key(path: &Path) -> Result<MasterKey> {
+    MasterKey::load(path).map_err(|e| anyhow!("{e}; pass the key file made by `tracemark keygen`"))
+}
+
+fn progress_bar(show: bool, what: &str) -> Option<indicatif::ProgressBar> {
+    show.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} frames ({eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_message(what.to_string());
+        b
+    })
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("output directory {} does not exist", dir.display());
+    }
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        path.file_name().map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let res = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+struct EmbedArgs {
+    key: PathBuf,
+    registry: PathBuf,
+    recipient: String,
+    officer: String,
+    approved_by: String,
+    case_ref: Option<String>,
+    reason: Option<String>,
+    crf: u8,
+    preset: String,
+    json: bool,
+    input: PathBuf,
+    output: PathBuf,
+    show_progress: bool,
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    for (name, v) in
+        [("--recipient", &a.recipient), ("--officer", &a.officer), ("--approved-by", &a.approved_by)]
+    {
+        if v.trim().is_empty() {
+            bail!("{name} must not be empty: every export needs a recipient, an exporting officer and an approving officer");
+        }
+    }
+    if a.officer.trim() == a.approved_by.trim() {
+        bail!("--approved-by must name a different officer than --officer: an export cannot approve itself");
+    }
+    let key = load_key(&a.key)?;
+    let config = TranscodeConfig::new().with_crf(a.crf).with_preset(a.preset.as_str());
+    config.validate().map_err(|e| anyhow!("{e}"))?;
+    if !a.input.exists() {
+        bail!("input file not found: {}", a.input.display());
+    }
+    let mut reg = Registry::open_or_create(&a.registry, &key.fingerprint())?;
+    let mark_id = loop {
+        let id = MarkId::random();
+        if !reg.contains(&id.to_string())? {
+            break id;
+        }
+    };
+    let embed_config = EmbedConfig::new();
+    let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config).map_err(|e| anyhow!("{e}"))?);
+    let source_sha256 = sha256_file(&a.input)?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = Arc::clone(&interrupted);
+        // A second handler cannot be installed; then Ctrl-C simply kills the process, and
+        // the temporary output is the only thing left (never the final name).
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let bar = progress_bar(a.show_progress, "marking");
+    let mut cb = |p: Progress| {
+        if let Some(b) = &bar {
+            if let Some(t) = p.total {
+                b.set_length(t);
+            }
+            b.set_position(p.done);
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let mut record: Option<ExportRecord> = None;
+    let mut commit =
+        |tmp: &Path, rep: &tracemark_core::video::TranscodeReport| -> tracemark_core::Result<()> {
+            let fail = |e: anyhow::Error| tracemark_core::Error::Commit(format!("{e:#}"));
+            let output_sha256 = sha256_file(tmp).map_err(fail)?;
+            let rec = ExportRecord {
+                mark_id: mark_id.to_string(),
+                recipient: a.recipient.trim().to_string(),
+                officer: a.officer.trim().to_string(),
+                approved_by: a.approved_by.trim().to_string(),
+                case_ref: a.case_ref.clone(),
+                reason: a.reason.clone(),
+                source_path: std::fs::canonicalize(&a.input).unwrap_or(a.input.clone()).display().to_string(),
+                source_sha256: source_sha256.clone(),
+                output_path: std::path::absolute(&a.output).unwrap_or(a.output.clone()).display().to_string(),
+                output_sha256,
+                frames: rep.frames as i64,
+                duration_s: rep.input.duration_seconds,
+                width: rep.output_size.0 as i64,
+                height: rep.output_size.1 as i64,
+                embed_params: json!({
+                    "crf": a.crf, "preset": a.preset, "target_psnr_db": embed_config.target_psnr_db,
+                    "scheme": "tracemark/v1", "tool_version": env!("CARGO_PKG_VERSION"),
+                })
+                .to_string(),
+                key_fingerprint: key.fingerprint(),
+                created_at: registry::now_utc(),
+            };
+            if interrupted.load(Ordering::SeqCst) {
+                return Err(tracemark_core::Error::Cancelled);
+            }
+            reg.insert_export(&rec).map_err(fail)?;
+            record = Some(rec);
+            Ok(())
+        };
+    let result = transcode_with_commit(&a.input, &a.output, &config, embedder, &mut cb, &mut commit);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Err(tracemark_core::Error::Cancelled) => return Err(Interrupted.into()),
+        Err(e) => return Err(anyhow!("{e}")),
+        Ok(rep) => {
+            let rec = record.expect("the commit hook ran");
+            if a.json {
+                println!("{}", rec.to_json());
+            } else {
+                println!(
+                    "exported {} -> {} for {} (mark {}, {} frames {}x{}; approved by {}; recorded in {})",
+                    a.input.display(),
+                    a.output.display(),
+                    rec.recipient,
+                    rec.mark_id,
+                    rep.frames,
+                    rep.output_size.0,
+                    rep.output_size.1,
+                    rec.approved_by,
+                    reg.path().display()
+                );
+                if rep.input.height % 2 == 1 || rep.input.width % 2 == 1 {
+                    eprintln!(
+                        "tracemark: note: {}x{} is odd; H.264 4:2:0 needs even sizes, so the copy is {}x{} (last row/column dropped)",
+                        rep.input.width, rep.input.height, rep.output_size.0, rep.output_size.1
+                    );
+                }
+                for s in &rep.skipped_streams {
+                    eprintln!(
+                        "tracemark: note: {s} could not be copied into this container and was left out"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn registration_json(r: &Registration) -> serde_json::Value {
+    match r {
+        Registration::Informed { geometry, time_offset_s, ncc } => json!({
+            "kind": "informed", "scale_x": geometry.sx, "scale_y": geometry.sy,
+            "offset_x": geometry.tx, "offset_y": geometry.ty, "time_offset_s": time_offset_s, "ncc": ncc,
+        }),
+        Registration::Blind { scale, analysis_factor, shift, hypotheses } => json!({
+            "kind": "blind", "scale": scale, "analysis_factor": analysis_factor,
+            "tile_shift": [shift.0, shift.1], "hypotheses": hypotheses,
+        }),
+    }
+}
+
+fn trace_json(r: &TraceResult) -> serde_json::Value {
+    let d = &r.decision;
+    let scored = |s: &tracemark_extract::Scored| {
+        json!({"recipient": s.recipient, "mark_id": s.mark_id.to_string(),
+               "false_positive_probability": s.false_positive_probability, "score": s.score})
+    };
+    json!({
+        "verdict": d.verdict.as_str(),
+        "suspects": d.suspects.iter().map(scored).collect::<Vec<_>>(),
+        "mode": if r.informed { "informed" } else { "blind" },
+        "frames_used": r.frames_used,
+        "registration": registration_json(&r.registration),
+        "threshold": r.threshold,
+        "candidates": d.candidates.iter().map(scored).collect::<Vec<_>>(),
+        "pilot": {"z": d.pilot_z, "probability_without_mark": d.pilot_p},
+        "decoded": {"mark_id": d.decoded.0.to_string(), "score": d.decoded.1, "false_positive_probability": d.decoded.2},
+    })
+}
+
+fn print_trace(r: &TraceResult, report: Option<&Path>) {
+    let d = &r.decision;
+    let mode = if r.informed { "informed" } else { "blind" };
+    match d.verdict {
+        tracemark_extract::Verdict::Identified => {
+            println!("IDENTIFIED ({mode}, {} frames):", r.frames_used);
+            for s in &d.suspects {
+                println!(
+                    "  {}  mark {}  score {:.1}  false-positive probability {:.2e}",
+                    s.recipient, s.mark_id, s.score, s.false_positive_probability
+                );
+            }
+        }
+        tracemark_extract::Verdict::Inconclusive => println!(
+            "INCONCLUSIVE ({mode}, {} frames): signs of a mark, but no export reaches p <= {:.0e}{}",
+            r.frames_used,
+            r.threshold,
+            d.candidates.first().map_or(String::new(), |s| format!(
+                " (best: {} score {:.1}, p {:.2e})",
+                s.recipient, s.score, s.false_positive_probability
+            ))
+        ),
+        tracemark_extract::Verdict::NoMark => {
+            println!(
+                "NO MARK found ({mode}, {} frames): no export of this key is evident in this clip",
+                r.frames_used
+            )
+        }
+    }
+    if let Some(p) = report {
+        println!("evidence report: {}", p.display());
+    }
+}
+
+fn report_html(
+    r: &TraceResult,
+    _reg: &Registry,
+    key: &MasterKey,
+    leaked: &Path,
+    original: Option<&Path>,
+) -> Result<String> {
+    let d = &r.decision;
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut rows = String::new();
+    for s in &d.candidates {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.3e}</td></tr>",
+            esc(&s.recipient),
+            s.mark_id,
+            s.score,
+            s.false_positive_probability
+        ));
+    }
+    Ok(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>tracemark evidence report</title></head><body>\
+         <h1>tracemark evidence report</h1><p>Verdict: <b>{}</b></p><p>Leaked: {} (SHA-256 {})</p>{}\
+         <p>Key fingerprint {}; tool version {}</p><table border=1><tr><th>recipient</th><th>mark</th><th>score</th><th>p</th></tr>{}</table></body></html>",
+        d.verdict.as_str(),
+        esc(&leaked.display().to_string()),
+        sha256_file(leaked)?,
+        original.map_or(Ok(String::new()), |o| sha256_file(o).map(|h| format!("<p>Source: {} (SHA-256 {h})</p>", esc(&o.display().to_string()))))?,
+        key.fingerprint(),
+        env!("CARGO_PKG_VERSION"),
+        rows
+    ))
 }

@@ -79,6 +79,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The caller's commit hook refused the finished output (nothing was published).
+    #[error("{0}")]
+    Commit(String),
     /// The caller cancelled the job through the progress callback.
     #[error("cancelled")]
     Cancelled,

@@ -1,2 +1,39 @@
 //! `tracemark-extract`: finds tracemark marks in leaked footage.
+//!
+//! - [`detect`]: residual images → per-slot sums → pilot statistic, soft bits, scores.
+//! - [`verdict`]: family-wise false-positive probabilities and the verdict.
+//! - [`register`]: spatial registration against the source (informed mode).
+//! - [`trace`] (feature `video`): whole files, informed or blind.
+
+pub mod detect;
+pub mod fft2d;
+pub mod image;
+pub mod register;
+#[cfg(feature = "video")]
+pub mod trace;
+pub mod verdict;
+
+pub use detect::{Detector, SlotSums};
 pub use tracemark_core as core;
+pub use verdict::{Candidate, Decision, Scored, Verdict};
+
+/// Errors of the extract crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading a video failed (missing, not a video, truncated, …).
+    #[error(transparent)]
+    Video(#[from] tracemark_core::Error),
+    /// The clip holds no frames.
+    #[error("the clip holds no decodable frames")]
+    NoFrames,
+    /// The leaked clip could not be registered against the source.
+    #[error("registration failed: {0}")]
+    Registration(String),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Result alias for the extract crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

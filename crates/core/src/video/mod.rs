@@ -17,7 +17,7 @@ mod transcode;
 mod writer;
 
 pub use reader::{ReadEvent, VideoInfo, VideoReader};
-pub use transcode::{transcode, TranscodeConfig, TranscodeReport};
+pub use transcode::{transcode, transcode_with_commit, CommitHook, TranscodeConfig, TranscodeReport};
 pub use writer::{output_size, EncodeSettings, OddDimensions, VideoWriter, X264_PRESETS};
 
 /// Re-export of the FFmpeg bindings this crate was built with.

@@ -212,6 +212,24 @@ pub fn transcode<T: FrameTransform>(
     transform: Arc<T>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<TranscodeReport> {
+    transcode_with_commit(input, output, config, transform, progress, &mut |_, _| Ok(()))
+}
+
+/// Called with the finished temporary file and the report just before the output is moved
+/// into place; an error here discards the output. Callers use it to record the output (its
+/// hash, say) transactionally: nothing is published that was not recorded.
+pub type CommitHook<'a> = dyn FnMut(&Path, &TranscodeReport) -> Result<()> + 'a;
+
+/// [`transcode`] with a hook that runs on the finished temporary file before it is moved
+/// into place.
+pub fn transcode_with_commit<T: FrameTransform>(
+    input: &Path,
+    output: &Path,
+    config: &TranscodeConfig,
+    transform: Arc<T>,
+    progress: &mut ProgressFn<'_>,
+    before_commit: &mut CommitHook<'_>,
+) -> Result<TranscodeReport> {
     config.validate()?;
     check_output(input, output, config.overwrite)?;
     let reader = VideoReader::open(input)?;
@@ -247,8 +265,11 @@ pub fn transcode<T: FrameTransform>(
         result
     })?;
     writer.finish()?;
+    let report =
+        TranscodeReport { frames, input: info, output_size, skipped_streams, output: output.to_path_buf() };
+    before_commit(&tmp.path, &report)?;
     tmp.commit(output, config.overwrite)?;
-    Ok(TranscodeReport { frames, input: info, output_size, skipped_streams, output: output.to_path_buf() })
+    Ok(report)
 }
 
 fn decode_loop<T: FrameTransform>(

@@ -1,0 +1,141 @@
+//! Small 2-D FFT helper on rustfft: plans made once per size, buffers reused.
+
+use std::sync::Arc;
+
+use rustfft::num_complex::Complex32;
+use rustfft::{Fft, FftPlanner};
+
+/// Forward and inverse 2-D FFT of one size (row-major `w` x `h`).
+pub struct Fft2d {
+    w: usize,
+    h: usize,
+    row_fwd: Arc<dyn Fft<f32>>,
+    row_inv: Arc<dyn Fft<f32>>,
+    col_fwd: Arc<dyn Fft<f32>>,
+    col_inv: Arc<dyn Fft<f32>>,
+    column: Vec<Complex32>,
+    scratch: Vec<Complex32>,
+}
+
+impl Fft2d {
+    /// Plans for `w` x `h`.
+    pub fn new(w: usize, h: usize) -> Self {
+        let mut p = FftPlanner::new();
+        let (row_fwd, row_inv) = (p.plan_fft_forward(w), p.plan_fft_inverse(w));
+        let (col_fwd, col_inv) = (p.plan_fft_forward(h), p.plan_fft_inverse(h));
+        let scratch_len = [&row_fwd, &row_inv, &col_fwd, &col_inv]
+            .iter()
+            .map(|f| f.get_inplace_scratch_len())
+            .max()
+            .unwrap_or(0);
+        Self {
+            w,
+            h,
+            row_fwd,
+            row_inv,
+            col_fwd,
+            col_inv,
+            column: vec![Complex32::default(); h],
+            scratch: vec![Complex32::default(); scratch_len],
+        }
+    }
+
+    /// Width.
+    pub fn width(&self) -> usize {
+        self.w
+    }
+    /// Height.
+    pub fn height(&self) -> usize {
+        self.h
+    }
+
+    fn run(&mut self, data: &mut [Complex32], inverse: bool) {
+        assert_eq!(data.len(), self.w * self.h);
+        let (row, col) =
+            if inverse { (&self.row_inv, &self.col_inv) } else { (&self.row_fwd, &self.col_fwd) };
+        for r in data.chunks_exact_mut(self.w) {
+            row.process_with_scratch(r, &mut self.scratch);
+        }
+        for x in 0..self.w {
+            for y in 0..self.h {
+                self.column[y] = data[y * self.w + x];
+            }
+            col.process_with_scratch(&mut self.column, &mut self.scratch);
+            for y in 0..self.h {
+                data[y * self.w + x] = self.column[y];
+            }
+        }
+    }
+
+    /// In-place forward transform.
+    pub fn forward(&mut self, data: &mut [Complex32]) {
+        self.run(data, false);
+    }
+
+    /// In-place inverse transform (unnormalised: divide by `w * h`).
+    pub fn inverse(&mut self, data: &mut [Complex32]) {
+        self.run(data, true);
+    }
+}
+
+/// Cyclic cross-correlation surface `c(d) = sum_p a(p) b(p - d)` of two real `w` x `h`
+/// images, written into `out`. With `phase_only`, the cross-spectrum is whitened first
+/// (phase correlation: a sharp peak, insensitive to brightness and blur).
+pub fn cross_correlate(
+    fft: &mut Fft2d,
+    a: &[f32],
+    b: &[f32],
+    phase_only: bool,
+    buf_a: &mut Vec<Complex32>,
+    buf_b: &mut Vec<Complex32>,
+    out: &mut [f32],
+) {
+    let n = fft.width() * fft.height();
+    buf_a.clear();
+    buf_a.extend(a.iter().map(|&v| Complex32::new(v, 0.0)));
+    buf_b.clear();
+    buf_b.extend(b.iter().map(|&v| Complex32::new(v, 0.0)));
+    fft.forward(buf_a);
+    fft.forward(buf_b);
+    for (x, y) in buf_a.iter_mut().zip(buf_b.iter()) {
+        let p = *x * y.conj();
+        *x = if phase_only {
+            let m = p.norm();
+            if m > 1e-12 {
+                p / m
+            } else {
+                Complex32::default()
+            }
+        } else {
+            p
+        };
+    }
+    fft.inverse(buf_a);
+    let scale = 1.0 / n as f32;
+    for (o, v) in out.iter_mut().zip(buf_a.iter()) {
+        *o = v.re * scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_cyclic_shift() {
+        let (w, h) = (32, 16);
+        let a: Vec<f32> = (0..w * h).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+        // b(p) = a(p + (5, 3)): then c(d) = sum a(p) b(p - d) peaks at d = (5, 3).
+        let mut b = vec![0f32; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                b[y * w + x] = a[((y + 3) % h) * w + (x + 5) % w];
+            }
+        }
+        let mut fft = Fft2d::new(w, h);
+        let mut out = vec![0f32; w * h];
+        cross_correlate(&mut fft, &a, &b, true, &mut Vec::new(), &mut Vec::new(), &mut out);
+        let best = out.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
+        assert_eq!((best % w, best / w), (5, 3));
+    }
+}

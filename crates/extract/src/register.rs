@@ -1,0 +1,240 @@
+//! Spatial registration of a leaked frame against its source (informed mode).
+//!
+//! The model: a point at continuous position `x` of the source picture (pixel `i` covers
+//! `[i, i+1)`) appears at `sx * x + tx` in the leaked picture (likewise for `y`). This covers
+//! scaling (also anisotropic), crops, letterbox/pillarbox and a picture-in-picture window.
+//! A coarse search runs FFT phase correlation over a list of scale hypotheses on small
+//! thumbnails; the best candidates are then refined by pattern search on the normalised
+//! cross-correlation at higher resolution.
+
+use rustfft::num_complex::Complex32;
+
+use crate::fft2d::{cross_correlate, Fft2d};
+use crate::image::{Gray, Ncc};
+
+/// Where the source picture sits in the leaked picture.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Geometry {
+    /// Horizontal scale (leaked pixels per source pixel).
+    pub sx: f64,
+    /// Vertical scale.
+    pub sy: f64,
+    /// Horizontal offset in leaked pixels.
+    pub tx: f64,
+    /// Vertical offset in leaked pixels.
+    pub ty: f64,
+}
+
+impl Geometry {
+    /// Identity.
+    pub const IDENTITY: Geometry = Geometry { sx: 1.0, sy: 1.0, tx: 0.0, ty: 0.0 };
+
+    /// The same geometry for images downscaled by `src_factor` (source) and `leak_factor`
+    /// (leaked): each is original pixels per image pixel.
+    pub fn rescaled(&self, src_factor: f64, leak_factor: f64) -> Geometry {
+        Geometry {
+            sx: self.sx * src_factor / leak_factor,
+            sy: self.sy * src_factor / leak_factor,
+            tx: self.tx / leak_factor,
+            ty: self.ty / leak_factor,
+        }
+    }
+
+    /// Maps a source pixel centre to leaked sample coordinates (pixel-centre convention of
+    /// [`Gray::sample`]).
+    #[inline]
+    pub fn map(&self, i: f64, j: f64) -> (f32, f32) {
+        ((self.sx * (i + 0.5) + self.tx - 0.5) as f32, (self.sy * (j + 0.5) + self.ty - 0.5) as f32)
+    }
+}
+
+/// NCC between `src` and `leak` under `g`, sampling every `step`-th source pixel.
+pub fn ncc_at(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> Ncc {
+    let mut n = Ncc::default();
+    for j in (0..src.h).step_by(step) {
+        for i in (0..src.w).step_by(step) {
+            let (x, y) = g.map(i as f64, j as f64);
+            if let Some(v) = leak.sample(x, y) {
+                n.add(src.data[j * src.w + i], v);
+            }
+        }
+    }
+    n
+}
+
+/// Zero-mean, edge-tapered copy of `img` placed at the origin of a `cw` x `ch` canvas.
+fn canvas(img: &Gray, cw: usize, ch: usize) -> Vec<f32> {
+    let mean = img.data.iter().sum::<f32>() / img.data.len().max(1) as f32;
+    let mut out = vec![0f32; cw * ch];
+    let taper = |k: usize, n: usize| {
+        let edge = (n / 8).max(1) as f32;
+        let d = k.min(n - 1 - k) as f32;
+        if d >= edge {
+            1.0
+        } else {
+            0.5 - 0.5 * (std::f32::consts::PI * (d + 0.5) / edge).cos()
+        }
+    };
+    for y in 0..img.h.min(ch) {
+        let ty = taper(y, img.h);
+        for x in 0..img.w.min(cw) {
+            out[y * cw + x] = (img.data[y * img.w + x] - mean) * ty * taper(x, img.w);
+        }
+    }
+    out
+}
+
+/// Resamples `img` by (`sx`, `sy`) with bilinear interpolation.
+fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
+    let (w, h) =
+        (((img.w as f64 * sx).round() as usize).max(2), ((img.h as f64 * sy).round() as usize).max(2));
+    let mut out = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let u = ((x as f64 + 0.5) / sx - 0.5).clamp(0.0, (img.w - 1) as f64) as f32;
+            let v = ((y as f64 + 0.5) / sy - 0.5).clamp(0.0, (img.h - 1) as f64) as f32;
+            out.data[y * w + x] = img.sample(u, v).unwrap_or(0.0);
+        }
+    }
+    out
+}
+
+/// The scale hypotheses of the coarse search: isotropic scales from 0.25 to 1.6 in 2%
+/// steps, plus the stretch that maps the whole source onto the whole leaked picture.
+pub fn scale_hypotheses(src: (usize, usize), leak: (usize, usize)) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    let mut s = 0.25f64;
+    while s <= 1.6 {
+        out.push((s, s));
+        s *= 1.02;
+    }
+    out.push((leak.0 as f64 / src.0 as f64, leak.1 as f64 / src.1 as f64));
+    out
+}
+
+/// Coarse registration on thumbnails made with the same downscale factor: returns the
+/// best geometries (in thumbnail pixels), best first, with their NCC.
+pub fn coarse(src: &Gray, leak: &Gray, keep: usize) -> Vec<(Geometry, f64)> {
+    let hyps = scale_hypotheses((src.w, src.h), (leak.w, leak.h));
+    let max_s = hyps.iter().fold(0f64, |m, h| m.max(h.0).max(h.1));
+    let cw = ((src.w as f64 * max_s).ceil() as usize + leak.w).next_power_of_two();
+    let ch = ((src.h as f64 * max_s).ceil() as usize + leak.h).next_power_of_two();
+    let mut fft = Fft2d::new(cw, ch);
+    let lc = canvas(leak, cw, ch);
+    let (mut ba, mut bb) = (Vec::<Complex32>::new(), Vec::<Complex32>::new());
+    let mut surface = vec![0f32; cw * ch];
+    let mut found: Vec<(Geometry, f64)> = Vec::new();
+    for (sx, sy) in hyps {
+        let s = scaled(src, sx, sy);
+        // Hypotheses that cannot overlap much are pointless.
+        if s.w < 8 || s.h < 8 {
+            continue;
+        }
+        let sc = canvas(&s, cw, ch);
+        cross_correlate(&mut fft, &lc, &sc, true, &mut ba, &mut bb, &mut surface);
+        let (best, _) =
+            surface.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        let (mut dx, mut dy) = ((best % cw) as f64, (best / cw) as f64);
+        if dx > (cw / 2) as f64 {
+            dx -= cw as f64;
+        }
+        if dy > (ch / 2) as f64 {
+            dy -= ch as f64;
+        }
+        let g = Geometry { sx, sy, tx: dx, ty: dy };
+        let ncc = ncc_at(src, leak, &g, 1);
+        // Demand a real overlap: at least a fifth of the source visible.
+        if ncc.count() >= 0.2 * (src.w * src.h) as f64 {
+            found.push((g, ncc.value()));
+        }
+    }
+    found.sort_by(|a, b| b.1.total_cmp(&a.1));
+    found.truncate(keep);
+    found
+}
+
+/// Refines `g` (in the pixels of `src` and `leak`) by pattern search on the NCC.
+pub fn refine(src: &Gray, leak: &Gray, mut g: Geometry, step: usize) -> (Geometry, f64) {
+    let mut best = ncc_at(src, leak, &g, step).value();
+    let (mut ds, mut dt) = (0.01 * g.sx.max(g.sy), 1.0f64);
+    for _ in 0..200 {
+        let mut improved = false;
+        let trials = [
+            (ds, 0.0, 0.0, 0.0),
+            (-ds, 0.0, 0.0, 0.0),
+            (0.0, ds, 0.0, 0.0),
+            (0.0, -ds, 0.0, 0.0),
+            (ds, ds, 0.0, 0.0),
+            (-ds, -ds, 0.0, 0.0),
+            (0.0, 0.0, dt, 0.0),
+            (0.0, 0.0, -dt, 0.0),
+            (0.0, 0.0, 0.0, dt),
+            (0.0, 0.0, 0.0, -dt),
+        ];
+        for (a, b, c, d) in trials {
+            let cand = Geometry { sx: g.sx + a, sy: g.sy + b, tx: g.tx + c, ty: g.ty + d };
+            // A scale change about the picture centre should not move the centre.
+            let cand = Geometry {
+                tx: cand.tx - a * src.w as f64 / 2.0,
+                ty: cand.ty - b * src.h as f64 / 2.0,
+                ..cand
+            };
+            let v = ncc_at(src, leak, &cand, step).value();
+            if v > best + 1e-7 {
+                best = v;
+                g = cand;
+                improved = true;
+            }
+        }
+        if !improved {
+            ds *= 0.5;
+            dt *= 0.5;
+            if dt < 0.02 {
+                break;
+            }
+        }
+    }
+    (g, best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn textured(w: usize, h: usize) -> Gray {
+        let mut g = Gray::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let (xf, yf) = (x as f32, y as f32);
+                g.data[y * w + x] = 128.0
+                    + 40.0 * (xf * 0.11).sin() * (yf * 0.07).cos()
+                    + 30.0 * ((xf + 2.0 * yf) * 0.05).sin()
+                    + 20.0 * ((xf * yf).sqrt() * 0.3).cos();
+            }
+        }
+        g
+    }
+
+    #[test]
+    fn recovers_scale_and_offset() {
+        let src = textured(160, 120);
+        let truth = Geometry { sx: 0.75, sy: 0.75, tx: 21.0, ty: 9.0 };
+        // Leaked: the source scaled by 0.75 and pasted at (21, 9) on a grey canvas.
+        let mut leak = Gray::new(200, 130);
+        leak.data.fill(100.0);
+        for y in 0..130 {
+            for x in 0..200 {
+                let u = (x as f64 + 0.5 - truth.tx) / truth.sx - 0.5;
+                let v = (y as f64 + 0.5 - truth.ty) / truth.sy - 0.5;
+                if let Some(s) = src.sample(u as f32, v as f32) {
+                    leak.data[y * 200 + x] = s;
+                }
+            }
+        }
+        let c = coarse(&src, &leak, 3);
+        let (g, ncc) = refine(&src, &leak, c[0].0, 1);
+        assert!(ncc > 0.98, "{ncc}");
+        assert!((g.sx - 0.75).abs() < 0.01 && (g.sy - 0.75).abs() < 0.01, "{g:?}");
+        assert!((g.tx - 21.0).abs() < 0.5 && (g.ty - 9.0).abs() < 0.5, "{g:?}");
+    }
+}

@@ -1,0 +1,624 @@
+//! Tracing a leaked video file: informed (with the source) or blind.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use tracemark_core::grid::Grid;
+use tracemark_core::layout::{PILOT, TILE_BLOCKS, TILE_PX};
+use tracemark_core::pipeline::{Progress, ProgressFn};
+use tracemark_core::video::VideoReader;
+use tracemark_core::{Error as CoreError, Frame, MasterKey};
+
+use crate::detect::{DetectScratch, Detector, SlotSums};
+use crate::fft2d::{cross_correlate, Fft2d};
+use crate::image::Gray;
+use crate::register::{self, Geometry};
+use crate::verdict::{decide, Candidate, Decision};
+use crate::{Error, Result};
+
+/// Settings of a trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// Family-wise false-positive probability at or below which an export is named.
+    pub threshold: f64,
+    /// Read at most this many leaked frames (0 = all).
+    pub max_frames: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self { threshold: 1e-6, max_frames: 0 }
+    }
+}
+
+impl TraceConfig {
+    /// Defaults: threshold 1e-6, all frames.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the threshold.
+    pub fn with_threshold(mut self, t: f64) -> Self {
+        self.threshold = t;
+        self
+    }
+    /// Sets the frame limit.
+    pub fn with_max_frames(mut self, n: usize) -> Self {
+        self.max_frames = n;
+        self
+    }
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.threshold > 0.0 && self.threshold < 1.0) {
+            return Err(Error::InvalidConfig(format!("threshold {} must be in (0, 1)", self.threshold)));
+        }
+        Ok(())
+    }
+}
+
+/// Which way the geometry was found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Registration {
+    /// Against the source: where the source sits in the leaked picture and in time.
+    Informed {
+        /// Source → leaked mapping in full-resolution pixels.
+        geometry: Geometry,
+        /// Leaked time + offset = source time, seconds.
+        time_offset_s: f64,
+        /// NCC of the registered pair of frames.
+        ncc: f64,
+    },
+    /// Blind: the scale and cyclic shift of the mark's tile found by the pilot search.
+    Blind {
+        /// Analysis pixels per mark working-grid pixel.
+        scale: f64,
+        /// Leaked pixels per analysis pixel.
+        analysis_factor: f64,
+        /// Tile shift found (mark working-grid pixels).
+        shift: (f64, f64),
+        /// Number of (scale, shift) hypotheses searched.
+        hypotheses: f64,
+    },
+}
+
+/// Detection strength in one second of the leaked clip.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SecondStrength {
+    /// Start of the second (leaked time).
+    pub t: f64,
+    /// Pilot statistic from that second alone.
+    pub pilot_z: f64,
+}
+
+/// Everything a trace found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceResult {
+    /// Statistics, verdict and candidates.
+    pub decision: Decision,
+    /// `true` when the source was used.
+    pub informed: bool,
+    /// Leaked frames that contributed.
+    pub frames_used: u64,
+    /// How the geometry was found.
+    pub registration: Registration,
+    /// Threshold used.
+    pub threshold: f64,
+    /// Per-second strength (informed mode).
+    pub per_second: Vec<SecondStrength>,
+    /// A registered pair of frames (leaked frame warped onto the source grid, source frame),
+    /// for the report (informed mode).
+    pub example_frames: Option<(Gray, Gray)>,
+}
+
+fn open(path: &Path) -> Result<VideoReader> {
+    VideoReader::open(path).map_err(Error::Video)
+}
+
+fn seconds(pts: Option<i64>, tb: (i32, i32)) -> f64 {
+    pts.unwrap_or(0) as f64 * f64::from(tb.0) / f64::from(tb.1)
+}
+
+fn tick(progress: &mut ProgressFn<'_>, done: u64, total: Option<u64>) -> Result<()> {
+    match progress(Progress { done, total }) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(Error::Video(CoreError::Cancelled)),
+    }
+}
+
+/// Size of a thumbnail of a `w` x `h` picture at `factor` pictures pixels per thumbnail pixel.
+fn thumb_size(w: usize, h: usize, factor: f64) -> (usize, usize) {
+    (((w as f64 / factor).round() as usize).clamp(2, w), ((h as f64 / factor).round() as usize).clamp(2, h))
+}
+
+struct Decoded {
+    thumbs: Vec<Gray>,
+    times: Vec<f64>,
+}
+
+fn decode_thumbs(
+    path: &Path,
+    factor: f64,
+    limit: usize,
+    progress: &mut ProgressFn<'_>,
+    done: &mut u64,
+    total: Option<u64>,
+) -> Result<Decoded> {
+    let mut r = open(path)?;
+    let (w, h) = (r.info().width, r.info().height);
+    let tb = r.info().time_base;
+    let (tw, th) = thumb_size(w, h, factor);
+    let mut f = Frame::new(w, h);
+    let mut out = Decoded { thumbs: Vec::new(), times: Vec::new() };
+    while (limit == 0 || out.thumbs.len() < limit) && r.read_frame(&mut f).map_err(Error::Video)? {
+        out.thumbs.push(Gray::from_plane(&f.y, tw, th));
+        out.times.push(seconds(f.pts, tb));
+        *done += 1;
+        tick(progress, *done, total)?;
+    }
+    Ok(out)
+}
+
+/// NCC of a leaked thumbnail mapped onto a source thumbnail, on every `step`-th pixel.
+fn thumb_match(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> f64 {
+    register::ncc_at(src, leak, g, step).value()
+}
+
+/// Informed trace: registers the leaked clip against `source` in time and space, subtracts
+/// the source, and reads the mark from what is left.
+pub fn trace_informed(
+    key: &MasterKey,
+    leaked: &Path,
+    source: &Path,
+    candidates: &[Candidate],
+    config: &TraceConfig,
+    progress: &mut ProgressFn<'_>,
+) -> Result<TraceResult> {
+    config.validate()?;
+    let detector = Detector::new(key);
+    let (src_info, leak_info) = (open(source)?.info().clone(), open(leaked)?.info().clone());
+    let total = Some(src_info.frames_estimate.unwrap_or(0) + 2 * leak_info.frames_estimate.unwrap_or(0));
+    let mut done = 0u64;
+    // Thumbnails of both at one scale: ~128 source pixels across.
+    let factor = (src_info.width as f64 / 128.0).max(1.0);
+    let leak = decode_thumbs(leaked, factor, config.max_frames, progress, &mut done, total)?;
+    let src = decode_thumbs(source, factor, 0, progress, &mut done, total)?;
+    if leak.thumbs.is_empty() || src.thumbs.is_empty() {
+        return Err(Error::NoFrames);
+    }
+
+    // 1. Geometry from one pair of frames: the leaked middle frame against the source frame
+    // at the same time, or else the source frame that looks most like it.
+    let mid = leak.thumbs.len() / 2;
+    let same_time = nearest(&src.times, leak.times[mid]);
+    let whole = |a: &Gray, b: &Gray| {
+        let g = Geometry { sx: b.w as f64 / a.w as f64, sy: b.h as f64 / a.h as f64, tx: 0.0, ty: 0.0 };
+        thumb_match(a, b, &g, 2)
+    };
+    let look_alike = (0..src.thumbs.len())
+        .max_by(|&a, &b| {
+            whole(&src.thumbs[a], &leak.thumbs[mid]).total_cmp(&whole(&src.thumbs[b], &leak.thumbs[mid]))
+        })
+        .unwrap_or(0);
+    let mut best: Option<(Geometry, f64)> = None;
+    for pair in [same_time, look_alike] {
+        for (g, _) in register::coarse(&src.thumbs[pair], &leak.thumbs[mid], 3) {
+            let (g, v) = register::refine(&src.thumbs[pair], &leak.thumbs[mid], g, 1);
+            if best.is_none_or(|b| v > b.1) {
+                best = Some((g, v));
+            }
+        }
+    }
+    let Some((g_thumb, _)) = best else {
+        return Err(Error::Registration("the leaked clip does not overlap the source at any scale".into()));
+    };
+
+    // 2. Time: match leaked frames to source frames under that geometry.
+    let probe: Vec<usize> = (0..leak.thumbs.len()).step_by((leak.thumbs.len() / 24).max(1)).collect();
+    let mut offsets: Vec<f64> = probe
+        .iter()
+        .map(|&k| {
+            let m = (0..src.thumbs.len())
+                .max_by(|&a, &b| {
+                    thumb_match(&src.thumbs[a], &leak.thumbs[k], &g_thumb, 2).total_cmp(&thumb_match(
+                        &src.thumbs[b],
+                        &leak.thumbs[k],
+                        &g_thumb,
+                        2,
+                    ))
+                })
+                .unwrap_or(0);
+            src.times[m] - leak.times[k]
+        })
+        .collect();
+    offsets.sort_by(f64::total_cmp);
+    let offset = offsets[offsets.len() / 2];
+    let frame_dt = if src.times.len() > 1 {
+        (src.times[src.times.len() - 1] - src.times[0]) / (src.times.len() - 1) as f64
+    } else {
+        0.04
+    };
+    let matches: Vec<Option<usize>> = (0..leak.thumbs.len())
+        .map(|k| {
+            let t = leak.times[k] + offset;
+            let lo = src.times.partition_point(|&s| s < t - 2.5 * frame_dt);
+            let hi = src.times.partition_point(|&s| s <= t + 2.5 * frame_dt);
+            (lo..hi).max_by(|&a, &b| {
+                thumb_match(&src.thumbs[a], &leak.thumbs[k], &g_thumb, 1).total_cmp(&thumb_match(
+                    &src.thumbs[b],
+                    &leak.thumbs[k],
+                    &g_thumb,
+                    1,
+                ))
+            })
+        })
+        .collect();
+    drop(src);
+
+    // 3. Read: stream both files, refine the geometry on the first pair at full detail,
+    // subtract the registered source and accumulate.
+    let grid = Grid::for_frame(src_info.width, src_info.height);
+    let mut geometry = g_thumb.rescaled(1.0 / factor, 1.0 / factor);
+    let mut refined_ncc = None;
+    let leak_factor = (geometry.sx.min(geometry.sy) * grid.scale).floor().max(1.0);
+    let (lw, lh) = thumb_size(leak_info.width, leak_info.height, leak_factor);
+    let mut sr = open(source)?;
+    let mut lr = open(leaked)?;
+    let mut sf = Frame::new(src_info.width, src_info.height);
+    let mut lf = Frame::new(leak_info.width, leak_info.height);
+    let mut src_index: Option<usize> = None;
+    let mut sums = SlotSums::default();
+    let mut scratch = DetectScratch::default();
+    let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
+    let mut resid = vec![0f32; grid.work_w * grid.work_h];
+    let mut example = None;
+    for (k, m) in matches.iter().enumerate() {
+        if !lr.read_frame(&mut lf).map_err(Error::Video)? {
+            break;
+        }
+        done += 1;
+        tick(progress, done, total)?;
+        let Some(m) = *m else { continue };
+        if src_index.is_some_and(|s| s > m) {
+            continue; // time ran backwards: skip rather than re-decode
+        }
+        while src_index != Some(m) {
+            if !sr.read_frame(&mut sf).map_err(Error::Video)? {
+                break;
+            }
+            src_index = Some(src_index.map_or(0, |s| s + 1));
+        }
+        if src_index != Some(m) {
+            break;
+        }
+        let src_work = Gray::from_plane(&sf.y, grid.work_w, grid.work_h);
+        let leak_img = Gray::from_plane(&lf.y, lw, lh);
+        if refined_ncc.is_none() {
+            let g_work = geometry.rescaled(grid.scale, leak_factor);
+            let (g, v) = register::refine(&src_work, &leak_img, g_work, 2);
+            geometry = Geometry {
+                sx: g.sx * leak_factor / grid.scale,
+                sy: g.sy * leak_factor / grid.scale,
+                tx: g.tx * leak_factor,
+                ty: g.ty * leak_factor,
+            };
+            refined_ncc = Some(v);
+        }
+        let g_work = geometry.rescaled(grid.scale, leak_factor);
+        let warped = warp_and_fit(&src_work, &leak_img, &g_work, &mut resid);
+        detector.accumulate(
+            &resid,
+            &src_work.data,
+            grid.work_w,
+            grid.work_h,
+            (0, 0),
+            &mut sums,
+            &mut scratch,
+        );
+        detector.end_frame(&mut sums);
+        let sec = leak.times[k].floor();
+        if per_second.last().is_none_or(|p| p.0 != sec) {
+            per_second.push((sec, SlotSums::default()));
+        }
+        let last = per_second.last_mut().expect("pushed above");
+        detector.accumulate(
+            &resid,
+            &src_work.data,
+            grid.work_w,
+            grid.work_h,
+            (0, 0),
+            &mut last.1,
+            &mut scratch,
+        );
+        if k == mid || example.is_none() {
+            example = Some((warped, src_work.clone()));
+        }
+    }
+    if sums.frames == 0 {
+        return Err(Error::Registration("no leaked frame could be matched to the source".into()));
+    }
+    let decision = decide(&detector, &sums, candidates, 1.0, config.threshold);
+    Ok(TraceResult {
+        decision,
+        informed: true,
+        frames_used: sums.frames,
+        registration: Registration::Informed {
+            geometry,
+            time_offset_s: offset,
+            ncc: refined_ncc.unwrap_or(0.0),
+        },
+        threshold: config.threshold,
+        per_second: per_second
+            .iter()
+            .map(|(t, s)| SecondStrength { t: *t, pilot_z: detector.pilot_z(s) })
+            .collect(),
+        example_frames: example,
+    })
+}
+
+fn nearest(times: &[f64], t: f64) -> usize {
+    (0..times.len()).min_by(|&a, &b| (times[a] - t).abs().total_cmp(&(times[b] - t).abs())).unwrap_or(0)
+}
+
+/// Warps `leak` onto the grid of `src` under `g`, fits a tone curve (leaked level as a
+/// function of source level: brightness, contrast, gamma), and writes leaked minus fitted
+/// source into `resid` (zero where the source is not visible). Returns the warped image.
+fn warp_and_fit(src: &Gray, leak: &Gray, g: &Geometry, resid: &mut [f32]) -> Gray {
+    let mut warped = Gray::new(src.w, src.h);
+    let mut valid = vec![false; src.w * src.h];
+    let (mut sum, mut cnt) = ([0f64; 256], [0f64; 256]);
+    for j in 0..src.h {
+        for i in 0..src.w {
+            let (x, y) = g.map(i as f64, j as f64);
+            if let Some(v) = leak.sample(x, y) {
+                let idx = j * src.w + i;
+                warped.data[idx] = v;
+                valid[idx] = true;
+                let b = src.data[idx].round().clamp(0.0, 255.0) as usize;
+                sum[b] += f64::from(v);
+                cnt[b] += 1.0;
+            }
+        }
+    }
+    // Tone curve: mean leaked level per source level, filled and smoothed.
+    let mut lut = [f64::NAN; 256];
+    for b in 0..256 {
+        if cnt[b] >= 3.0 {
+            lut[b] = sum[b] / cnt[b];
+        }
+    }
+    let known: Vec<usize> = (0..256).filter(|&b| !lut[b].is_nan()).collect();
+    if known.is_empty() {
+        resid.fill(0.0);
+        return warped;
+    }
+    for b in 0..256 {
+        if lut[b].is_nan() {
+            let hi = known.iter().position(|&k| k > b);
+            lut[b] = match hi {
+                Some(0) => lut[known[0]] + (b as f64 - known[0] as f64),
+                None => lut[*known.last().unwrap()] + (b as f64 - *known.last().unwrap() as f64),
+                Some(p) => {
+                    let (a, c) = (known[p - 1], known[p]);
+                    lut[a] + (lut[c] - lut[a]) * (b - a) as f64 / (c - a) as f64
+                }
+            };
+        }
+    }
+    let mut smooth = [0f64; 256];
+    for (b, out) in smooth.iter_mut().enumerate() {
+        let window = &lut[b.saturating_sub(3)..(b + 4).min(256)];
+        *out = window.iter().sum::<f64>() / window.len() as f64;
+    }
+    for (idx, r) in resid.iter_mut().enumerate() {
+        *r = if valid[idx] {
+            let s = src.data[idx].clamp(0.0, 255.0);
+            let b0 = (s as usize).min(254);
+            let f = f64::from(s) - b0 as f64;
+            let fit = smooth[b0] + (smooth[b0 + 1] - smooth[b0]) * f;
+            warped.data[idx] - fit as f32
+        } else {
+            0.0
+        };
+    }
+    warped
+}
+
+/// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
+fn pilot_tile(key: &MasterKey) -> Vec<f32> {
+    let layout = tracemark_core::layout::TileLayout::new(key);
+    let basis = tracemark_core::dct::band_basis();
+    let t = tracemark_core::dct::BAND_THRESHOLDS;
+    let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let mut tile = vec![0f32; TILE_PX * TILE_PX];
+    let nb = basis.len();
+    for b in 0..TILE_BLOCKS * TILE_BLOCKS {
+        let (bx, by) = (b % TILE_BLOCKS, b / TILE_BLOCKS);
+        for k in 0..nb {
+            let s = layout.slots[b * nb + k];
+            if s.role != PILOT {
+                continue;
+            }
+            let a = f32::from(s.chip) * t[k] / norm;
+            for y in 0..8 {
+                for x in 0..8 {
+                    tile[(by * 8 + y) * TILE_PX + bx * 8 + x] += a * basis[k][y * 8 + x];
+                }
+            }
+        }
+    }
+    tile
+}
+
+/// Whitened, locally normalised residual of one analysis image.
+fn whiten(img: &Gray) -> Gray {
+    let med = img.median3();
+    let mut r = Gray::new(img.w, img.h);
+    for (o, (a, b)) in r.data.iter_mut().zip(img.data.iter().zip(&med.data)) {
+        *o = a - b;
+    }
+    // Local RMS over 9x9 windows via an integral image of squares.
+    let (w, h) = (img.w, img.h);
+    let mut integ = vec![0f64; (w + 1) * (h + 1)];
+    for y in 0..h {
+        let mut row = 0f64;
+        for x in 0..w {
+            row += f64::from(r.data[y * w + x]).powi(2);
+            integ[(y + 1) * (w + 1) + x + 1] = integ[y * (w + 1) + x + 1] + row;
+        }
+    }
+    let mut out = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let (x0, x1, y0, y1) = (x.saturating_sub(4), (x + 5).min(w), y.saturating_sub(4), (y + 5).min(h));
+            let s = integ[y1 * (w + 1) + x1] - integ[y0 * (w + 1) + x1] - integ[y1 * (w + 1) + x0]
+                + integ[y0 * (w + 1) + x0];
+            let n = ((x1 - x0) * (y1 - y0)) as f64;
+            let rms = (s / n).sqrt() as f32;
+            out.data[y * w + x] = r.data[y * w + x] / (rms + 1.0);
+        }
+    }
+    out
+}
+
+/// Resamples `img` so one output pixel is `scale` input pixels, starting `offset` output
+/// pixels in (sub-pixel shifts).
+fn resample(img: &Gray, scale: f64, offset: (f64, f64)) -> Gray {
+    let (w, h) = (
+        ((img.w as f64 / scale) - offset.0).floor().max(1.0) as usize,
+        ((img.h as f64 / scale) - offset.1).floor().max(1.0) as usize,
+    );
+    let mut out = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let u = ((x as f64 + offset.0 + 0.5) * scale - 0.5) as f32;
+            let v = ((y as f64 + offset.1 + 0.5) * scale - 0.5) as f32;
+            out.data[y * w + x] = img.sample(u, v).unwrap_or(0.0);
+        }
+    }
+    out
+}
+
+fn fold(img: &Gray) -> Vec<f32> {
+    let mut f = vec![0f32; TILE_PX * TILE_PX];
+    for y in 0..img.h {
+        for x in 0..img.w {
+            f[(y % TILE_PX) * TILE_PX + x % TILE_PX] += img.data[y * img.w + x];
+        }
+    }
+    f
+}
+
+/// Blind trace: no source. Averages the whitened leaked frames, searches the scale and
+/// cyclic shift of the pilot, and reads the mark there.
+pub fn trace_blind(
+    key: &MasterKey,
+    leaked: &Path,
+    candidates: &[Candidate],
+    config: &TraceConfig,
+    progress: &mut ProgressFn<'_>,
+) -> Result<TraceResult> {
+    config.validate()?;
+    let detector = Detector::new(key);
+    let mut r = open(leaked)?;
+    let info = r.info().clone();
+    let total = info.frames_estimate;
+    // Analysis grid: the picture itself up to 576 lines, else 360 lines (HD sources are
+    // marked on a 360-line grid).
+    let analysis_factor = if info.height > tracemark_core::grid::MAX_NATIVE_HEIGHT {
+        info.height as f64 / tracemark_core::grid::HD_WORK_HEIGHT as f64
+    } else {
+        1.0
+    };
+    let (aw, ah) = thumb_size(info.width, info.height, analysis_factor);
+    let mut acc = Gray::new(aw, ah);
+    let mut f = Frame::new(info.width, info.height);
+    let mut frames = 0u64;
+    while (config.max_frames == 0 || frames < config.max_frames as u64)
+        && r.read_frame(&mut f).map_err(Error::Video)?
+    {
+        let a = Gray::from_plane(&f.y, aw, ah);
+        let wr = whiten(&a);
+        for (o, v) in acc.data.iter_mut().zip(&wr.data) {
+            *o += v;
+        }
+        frames += 1;
+        tick(progress, frames, total)?;
+    }
+    if frames == 0 {
+        return Err(Error::NoFrames);
+    }
+    let tile = pilot_tile(key);
+    let mut fft = Fft2d::new(TILE_PX, TILE_PX);
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    let mut surface = vec![0f32; TILE_PX * TILE_PX];
+    let mut best = (f64::MIN, 1.0f64, (0usize, 0usize));
+    let mut scales = Vec::new();
+    let mut s = 0.5f64;
+    while s <= 2.0 {
+        scales.push(s);
+        s *= 1.01;
+    }
+    for &scale in &scales {
+        let img = resample(&acc, scale, (0.0, 0.0));
+        if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
+            continue;
+        }
+        let folded = fold(&img);
+        cross_correlate(&mut fft, &folded, &tile, false, &mut ba, &mut bb, &mut surface);
+        let mean = surface.iter().map(|&v| f64::from(v)).sum::<f64>() / surface.len() as f64;
+        let var = surface.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / surface.len() as f64;
+        let (i, v) =
+            surface.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        let z = (f64::from(v) - mean) / var.sqrt().max(1e-12);
+        if z > best.0 {
+            best = (z, scale, (i % TILE_PX, i / TILE_PX));
+        }
+    }
+    let (_, scale, (dx, dy)) = best;
+    // Sub-pixel shift from a parabola through the peak and its neighbours.
+    let img = resample(&acc, scale, (0.0, 0.0));
+    let folded = fold(&img);
+    cross_correlate(&mut fft, &folded, &tile, false, &mut ba, &mut bb, &mut surface);
+    let at = |x: usize, y: usize| f64::from(surface[(y % TILE_PX) * TILE_PX + x % TILE_PX]);
+    let para = |l: f64, c: f64, r: f64| {
+        let d = l - 2.0 * c + r;
+        if d.abs() > 1e-12 {
+            (0.5 * (l - r) / d).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        }
+    };
+    let fx = para(at(dx + TILE_PX - 1, dy), at(dx, dy), at(dx + 1, dy));
+    let fy = para(at(dx, dy + TILE_PX - 1), at(dx, dy), at(dx, dy + 1));
+    let shift = (dx as f64 + fx, dy as f64 + fy);
+    // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
+    // corner.
+    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
+    let aligned = resample(&acc, scale, start);
+    let phase = (
+        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+    );
+    let flat = vec![128f32; aligned.w * aligned.h];
+    let mut sums = SlotSums::default();
+    detector.accumulate(
+        &aligned.data,
+        &flat,
+        aligned.w,
+        aligned.h,
+        phase,
+        &mut sums,
+        &mut DetectScratch::default(),
+    );
+    sums.frames = frames;
+    let hypotheses = (scales.len() * TILE_PX * TILE_PX) as f64;
+    let decision = decide(&detector, &sums, candidates, hypotheses, config.threshold);
+    Ok(TraceResult {
+        decision,
+        informed: false,
+        frames_used: frames,
+        registration: Registration::Blind { scale, analysis_factor, shift, hypotheses },
+        threshold: config.threshold,
+        per_second: Vec::new(),
+        example_frames: None,
+    })
+}
