@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tracemark_core::key::Purpose;
 use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
 use tracemark_extract::trace::{trace_blind, trace_informed, Registration, TraceConfig, TraceResult};
@@ -77,6 +78,9 @@ enum Command {
         /// x264 preset.
         #[arg(long, default_value = "medium")]
         preset: String,
+        /// Mark strength as the luma PSNR of the mark alone (higher = fainter).
+        #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
+        target_psnr: f64,
         /// Print the export record as JSON.
         #[arg(long)]
         json: bool,
@@ -136,6 +140,10 @@ enum RegistryAction {
     Verify {
         #[arg(long)]
         registry: PathBuf,
+        /// The unit's key: also authenticates the end of the chain (catches truncation
+        /// even by someone who rewrote the bookkeeping).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -187,6 +195,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reason,
             crf,
             preset,
+            target_psnr,
             json,
             input,
             output,
@@ -201,6 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 reason,
                 crf,
                 preset,
+                target_psnr,
                 json,
                 input,
                 output,
@@ -288,17 +298,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            RegistryAction::Verify { registry } => {
+            RegistryAction::Verify { registry, key } => {
                 let reg = Registry::open_readonly(&registry)?;
-                let rep = reg.verify()?;
+                let mac_key = key.as_deref().map(load_key).transpose()?.map(|k| k.subkey(Purpose::Registry));
+                let rep = reg.verify(mac_key.as_ref())?;
                 if rep.problems.is_empty() {
                     println!(
-                        "registry OK: {} exports, {} audit entries, chain head {}",
-                        rep.exports, rep.audit_rows, rep.head
+                        "registry OK: {} exports, {} audit entries, chain head {}{}",
+                        rep.exports,
+                        rep.audit_rows,
+                        rep.head,
+                        if mac_key.is_some() { " (authenticated with the key)" } else { "" }
                     );
                 } else {
                     for p in &rep.problems {
-                        eprintln!("tracemark: verify: {p}");
+                        println!("PROBLEM: {p}");
                     }
                     bail!(
                         "registry {} FAILED verification: {} problem(s)",
@@ -366,6 +380,7 @@ struct EmbedArgs {
     reason: Option<String>,
     crf: u8,
     preset: String,
+    target_psnr: f64,
     json: bool,
     input: PathBuf,
     output: PathBuf,
@@ -396,7 +411,8 @@ fn embed(a: EmbedArgs) -> Result<()> {
             break id;
         }
     };
-    let embed_config = EmbedConfig::new();
+    let embed_config = EmbedConfig::new().with_target_psnr_db(a.target_psnr);
+    embed_config.validate().map_err(|e| anyhow!("--target-psnr: {e}"))?;
     let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config).map_err(|e| anyhow!("{e}"))?);
     let source_sha256 = sha256_file(&a.input)?;
 
@@ -452,7 +468,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
             if interrupted.load(Ordering::SeqCst) {
                 return Err(tracemark_core::Error::Cancelled);
             }
-            reg.insert_export(&rec).map_err(fail)?;
+            reg.insert_export(&rec, &key.subkey(Purpose::Registry)).map_err(fail)?;
             record = Some(rec);
             Ok(())
         };

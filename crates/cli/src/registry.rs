@@ -76,6 +76,22 @@ fn is_sqlite(path: &Path) -> Result<bool> {
     Ok(n == 0 || (n == 16 && &head == b"SQLite format 3\0"))
 }
 
+/// HMAC-SHA256 (RFC 2104).
+fn hmac(key: &[u8; 32], msg: &[u8]) -> String {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(key);
+    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn head_mac(key: &[u8; 32], seq: i64, head: &str) -> String {
+    hmac(key, format!("{seq}\0{head}").as_bytes())
+}
+
 fn chain_hash(prev: &str, seq: i64, at: &str, action: &str, payload: &str) -> String {
     let mut h = Sha256::new();
     for part in [prev, &seq.to_string(), at, action, payload] {
@@ -225,8 +241,9 @@ impl Registry {
         })? > 0)
     }
 
-    /// Records an export and its audit entry in one transaction.
-    pub fn insert_export(&mut self, rec: &ExportRecord) -> Result<()> {
+    /// Records an export and its audit entry in one transaction, and moves the chain head
+    /// (authenticated with `mac_key`, so truncating the log is evident to key holders).
+    pub fn insert_export(&mut self, rec: &ExportRecord, mac_key: &[u8; 32]) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO exports (mark_id, recipient, officer, approved_by, case_ref, reason, source_path,
@@ -266,6 +283,13 @@ impl Registry {
             "INSERT INTO audit (seq, at, action, payload, prev_hash, hash) VALUES (?1, ?2, 'export', ?3, ?4, ?5)",
             params![seq, at, payload, prev, hash],
         )?;
+        for (k, v) in [
+            ("head_seq", seq.to_string()),
+            ("head_hash", hash.clone()),
+            ("head_mac", head_mac(mac_key, seq, &hash)),
+        ] {
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![k, v])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -314,8 +338,9 @@ impl Registry {
         }
     }
 
-    /// Re-computes the audit chain and checks every export against it.
-    pub fn verify(&self) -> Result<VerifyReport> {
+    /// Re-computes the audit chain and checks every export against it, and the chain's end
+    /// against the recorded head (authenticated when `mac_key` is given).
+    pub fn verify(&self, mac_key: Option<&[u8; 32]>) -> Result<VerifyReport> {
         let mut rep = VerifyReport { head: GENESIS.to_string(), ..Default::default() };
         let mut st =
             self.conn.prepare("SELECT seq, at, action, payload, prev_hash, hash FROM audit ORDER BY seq")?;
@@ -372,6 +397,28 @@ impl Registry {
         for id in audited.keys() {
             rep.problems
                 .push(format!("export {id} is in the audit log but missing from the exports (deleted)"));
+        }
+        let meta = |k: &str| -> Result<Option<String>> {
+            Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).optional()?)
+        };
+        let (seq, hash, mac) = (meta("head_seq")?, meta("head_hash")?, meta("head_mac")?);
+        let last_seq = (expect_seq - 1).to_string();
+        if rep.audit_rows > 0 || seq.is_some() {
+            if seq.as_deref() != Some(last_seq.as_str()) || hash.as_deref() != Some(rep.head.as_str()) {
+                rep.problems.push(format!(
+                    "the audit log ends at entry {last_seq} but the recorded head is entry {} (entries removed)",
+                    seq.as_deref().unwrap_or("none")
+                ));
+            }
+            if let Some(key) = mac_key {
+                let recorded = seq.as_deref().and_then(|s| s.parse().ok()).unwrap_or(-1);
+                let want = head_mac(key, recorded, hash.as_deref().unwrap_or(""));
+                if mac.as_deref() != Some(want.as_str()) {
+                    rep.problems.push(
+                        "the recorded head is not authentic for this key (forged or rolled back)".into(),
+                    );
+                }
+            }
         }
         Ok(rep)
     }

@@ -38,6 +38,8 @@ pub enum Purpose {
     Scramble,
     /// Test and calibration streams (never used for marking).
     Test,
+    /// Authentication of the registry's audit chain head.
+    Registry,
 }
 
 impl Purpose {
@@ -46,6 +48,7 @@ impl Purpose {
             Purpose::Layout => b"tracemark/v1/layout",
             Purpose::Scramble => b"tracemark/v1/scramble",
             Purpose::Test => b"tracemark/v1/test",
+            Purpose::Registry => b"tracemark/v1/registry",
         }
     }
 }
@@ -87,6 +90,15 @@ impl MasterKey {
         h.update(self.secret);
         h.update(id.to_le_bytes());
         ChaCha20Rng::from_seed(h.finalize().into())
+    }
+
+    /// A 256-bit secret for `purpose` (e.g. a MAC key), independent of every other purpose.
+    pub fn subkey(&self, purpose: Purpose) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"tracemark/v1/subkey");
+        h.update(purpose.tag());
+        h.update(self.secret);
+        h.finalize().into()
     }
 
     fn encode(&self) -> [u8; FILE_LEN] {

@@ -507,6 +507,120 @@ fn fold(img: &Gray) -> Vec<f32> {
     f
 }
 
+/// One way of looking at the leaked picture in blind mode: resampled to square pixels at a
+/// height where a mark's 8x8 blocks are near their own size.
+struct Analysis {
+    /// Leaked pixels per analysis pixel, horizontally and vertically.
+    factor: (f64, f64),
+    acc: Gray,
+}
+
+/// The analysis grids worth trying for a `w` x `h` picture with sample aspect `sar`: the
+/// picture itself up to 576 lines, 360 lines above that (HD sources are marked on a
+/// 360-line grid), and both for pictures up to 800 lines (an SD source shown at 720p).
+fn analyses(w: usize, h: usize, sar: f64) -> Vec<Analysis> {
+    let mut heights = Vec::new();
+    if h <= 800 {
+        heights.push(h);
+    }
+    if h > tracemark_core::grid::MAX_NATIVE_HEIGHT {
+        heights.push(tracemark_core::grid::HD_WORK_HEIGHT);
+    }
+    heights
+        .into_iter()
+        .map(|ah| {
+            let fy = h as f64 / ah as f64;
+            let aw = ((w as f64 * sar / fy).round() as usize).max(2);
+            Analysis { factor: (w as f64 / aw as f64, fy), acc: Gray::new(aw, ah) }
+        })
+        .collect()
+}
+
+/// Resizes a plane to `w` x `h`: area averaging where it shrinks, bilinear where it grows.
+fn resize(p: &tracemark_core::Plane, w: usize, h: usize) -> Gray {
+    let (dw, dh) = (w.min(p.width()), h.min(p.height()));
+    let down = Gray::from_plane(p, dw, dh);
+    if (dw, dh) == (w, h) {
+        return down;
+    }
+    let mut out = Gray::new(w, h);
+    let (sx, sy) = (dw as f64 / w as f64, dh as f64 / h as f64);
+    for y in 0..h {
+        for x in 0..w {
+            let u = (((x as f64 + 0.5) * sx - 0.5).clamp(0.0, (dw - 1) as f64)) as f32;
+            let v = (((y as f64 + 0.5) * sy - 0.5).clamp(0.0, (dh - 1) as f64)) as f32;
+            out.data[y * w + x] = down.sample(u, v).unwrap_or(0.0);
+        }
+    }
+    out
+}
+
+/// Pilot correlation peak of `acc` resampled at `scale`: (z of the peak over the surface,
+/// integer shift).
+struct Sync {
+    fft: Fft2d,
+    tile: Vec<f32>,
+    ba: Vec<rustfft::num_complex::Complex32>,
+    bb: Vec<rustfft::num_complex::Complex32>,
+    surface: Vec<f32>,
+}
+
+impl Sync {
+    fn new(key: &MasterKey) -> Self {
+        Self {
+            fft: Fft2d::new(TILE_PX, TILE_PX),
+            tile: pilot_tile(key),
+            ba: Vec::new(),
+            bb: Vec::new(),
+            surface: vec![0f32; TILE_PX * TILE_PX],
+        }
+    }
+
+    fn peak(&mut self, acc: &Gray, scale: f64) -> Option<(f64, (usize, usize))> {
+        let img = resample(acc, scale, (0.0, 0.0));
+        if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
+            return None;
+        }
+        let folded = fold(&img);
+        cross_correlate(
+            &mut self.fft,
+            &folded,
+            &self.tile,
+            false,
+            &mut self.ba,
+            &mut self.bb,
+            &mut self.surface,
+        );
+        let n = self.surface.len() as f64;
+        let mean = self.surface.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = self.surface.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        let (i, v) = self
+            .surface
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        Some(((f64::from(v) - mean) / var.sqrt().max(1e-12), (i % TILE_PX, i / TILE_PX)))
+    }
+
+    /// Sub-pixel refinement of a peak (parabola through the neighbours); call right after
+    /// [`Sync::peak`] for the same image and scale.
+    fn subpixel(&self, (dx, dy): (usize, usize)) -> (f64, f64) {
+        let at = |x: usize, y: usize| f64::from(self.surface[(y % TILE_PX) * TILE_PX + x % TILE_PX]);
+        let para = |l: f64, c: f64, r: f64| {
+            let d = l - 2.0 * c + r;
+            if d.abs() > 1e-12 {
+                (0.5 * (l - r) / d).clamp(-0.5, 0.5)
+            } else {
+                0.0
+            }
+        };
+        (
+            dx as f64 + para(at(dx + TILE_PX - 1, dy), at(dx, dy), at(dx + 1, dy)),
+            dy as f64 + para(at(dx, dy + TILE_PX - 1), at(dx, dy), at(dx, dy + 1)),
+        )
+    }
+}
+
 /// Blind trace: no source. Averages the whitened leaked frames, searches the scale and
 /// cyclic shift of the pilot, and reads the mark there.
 pub fn trace_blind(
@@ -521,24 +635,22 @@ pub fn trace_blind(
     let mut r = open(leaked)?;
     let info = r.info().clone();
     let total = info.frames_estimate;
-    // Analysis grid: the picture itself up to 576 lines, else 360 lines (HD sources are
-    // marked on a 360-line grid).
-    let analysis_factor = if info.height > tracemark_core::grid::MAX_NATIVE_HEIGHT {
-        info.height as f64 / tracemark_core::grid::HD_WORK_HEIGHT as f64
-    } else {
-        1.0
+    let sar = match info.sample_aspect_ratio {
+        (n, d) if n > 0 && d > 0 => f64::from(n) / f64::from(d),
+        _ => 1.0,
     };
-    let (aw, ah) = thumb_size(info.width, info.height, analysis_factor);
-    let mut acc = Gray::new(aw, ah);
+    let mut views = analyses(info.width, info.height, sar);
     let mut f = Frame::new(info.width, info.height);
     let mut frames = 0u64;
     while (config.max_frames == 0 || frames < config.max_frames as u64)
         && r.read_frame(&mut f).map_err(Error::Video)?
     {
-        let a = Gray::from_plane(&f.y, aw, ah);
-        let wr = whiten(&a);
-        for (o, v) in acc.data.iter_mut().zip(&wr.data) {
-            *o += v;
+        for v in views.iter_mut() {
+            let a = resize(&f.y, v.acc.w, v.acc.h);
+            let wr = whiten(&a);
+            for (o, x) in v.acc.data.iter_mut().zip(&wr.data) {
+                *o += x;
+            }
         }
         frames += 1;
         tick(progress, frames, total)?;
@@ -546,54 +658,43 @@ pub fn trace_blind(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    let tile = pilot_tile(key);
-    let mut fft = Fft2d::new(TILE_PX, TILE_PX);
-    let (mut ba, mut bb) = (Vec::new(), Vec::new());
-    let mut surface = vec![0f32; TILE_PX * TILE_PX];
-    let mut best = (f64::MIN, 1.0f64, (0usize, 0usize));
-    let mut scales = Vec::new();
-    let mut s = 0.5f64;
-    while s <= 2.0 {
-        scales.push(s);
-        s *= 1.01;
+    let mut sync = Sync::new(key);
+    // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
+    // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best.
+    let coarse: Vec<f64> = (-70..=70).map(|k| 1.01f64.powi(k)).collect();
+    let mut hypotheses = 0usize;
+    let mut best = (f64::MIN, 0usize, 1.0f64);
+    for (vi, v) in views.iter().enumerate() {
+        for &scale in &coarse {
+            hypotheses += 1;
+            if let Some((z, _)) = sync.peak(&v.acc, scale) {
+                if z > best.0 {
+                    best = (z, vi, scale);
+                }
+            }
+        }
     }
-    for &scale in &scales {
-        let img = resample(&acc, scale, (0.0, 0.0));
-        if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
+    let (_, vi, coarse_scale) = best;
+    for k in -10..=10 {
+        if k == 0 {
             continue;
         }
-        let folded = fold(&img);
-        cross_correlate(&mut fft, &folded, &tile, false, &mut ba, &mut bb, &mut surface);
-        let mean = surface.iter().map(|&v| f64::from(v)).sum::<f64>() / surface.len() as f64;
-        let var = surface.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / surface.len() as f64;
-        let (i, v) =
-            surface.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-        let z = (f64::from(v) - mean) / var.sqrt().max(1e-12);
-        if z > best.0 {
-            best = (z, scale, (i % TILE_PX, i / TILE_PX));
+        hypotheses += 1;
+        let scale = coarse_scale * (1.0 + 0.001 * f64::from(k));
+        if let Some((z, _)) = sync.peak(&views[vi].acc, scale) {
+            if z > best.0 {
+                best = (z, vi, scale);
+            }
         }
     }
-    let (_, scale, (dx, dy)) = best;
-    // Sub-pixel shift from a parabola through the peak and its neighbours.
-    let img = resample(&acc, scale, (0.0, 0.0));
-    let folded = fold(&img);
-    cross_correlate(&mut fft, &folded, &tile, false, &mut ba, &mut bb, &mut surface);
-    let at = |x: usize, y: usize| f64::from(surface[(y % TILE_PX) * TILE_PX + x % TILE_PX]);
-    let para = |l: f64, c: f64, r: f64| {
-        let d = l - 2.0 * c + r;
-        if d.abs() > 1e-12 {
-            (0.5 * (l - r) / d).clamp(-0.5, 0.5)
-        } else {
-            0.0
-        }
-    };
-    let fx = para(at(dx + TILE_PX - 1, dy), at(dx, dy), at(dx + 1, dy));
-    let fy = para(at(dx, dy + TILE_PX - 1), at(dx, dy), at(dx, dy + 1));
-    let shift = (dx as f64 + fx, dy as f64 + fy);
+    let scale = best.2;
+    let acc = &views[vi].acc;
+    let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
+    let shift = sync.subpixel(peak);
     // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
     // corner.
     let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
-    let aligned = resample(&acc, scale, start);
+    let aligned = resample(acc, scale, start);
     let phase = (
         ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
         ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
@@ -610,13 +711,13 @@ pub fn trace_blind(
         &mut DetectScratch::default(),
     );
     sums.frames = frames;
-    let hypotheses = (scales.len() * TILE_PX * TILE_PX) as f64;
+    let hypotheses = (hypotheses * TILE_PX * TILE_PX) as f64;
     let decision = decide(&detector, &sums, candidates, hypotheses, config.threshold);
     Ok(TraceResult {
         decision,
         informed: false,
         frames_used: frames,
-        registration: Registration::Blind { scale, analysis_factor, shift, hypotheses },
+        registration: Registration::Blind { scale, analysis_factor: views[vi].factor.1, shift, hypotheses },
         threshold: config.threshold,
         per_second: Vec::new(),
         example_frames: None,

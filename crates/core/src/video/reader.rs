@@ -118,6 +118,11 @@ impl VideoReader {
             .best(ff::media::Type::Video)
             .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
         let stream_index = stream.index();
+        // FFmpeg renders any text file as "ANSI art" video through its tty demuxer; a text
+        // file is not footage.
+        if ictx.format().name() == "tty" || stream.parameters().id() == ff::codec::Id::ANSI {
+            return Err(Error::NotAVideo { path: path.into(), reason: "it is a text file".into() });
+        }
         let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| Error::NotAVideo { path: path.into(), reason: e.to_string() })?;
         ctx.set_threading(ff::threading::Config {

@@ -1,0 +1,468 @@
+//! The `tracemark` binary end to end, on real clips, with real FFmpeg.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+}
+
+fn tm() -> Command {
+    Command::cargo_bin("tracemark").unwrap()
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    tm().args(args).current_dir(dir).output().unwrap()
+}
+
+fn ok(args: &[&str], dir: &Path) -> String {
+    let o = run(args, dir);
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a command that must fail with a one-line error naming `needle`.
+fn fails(args: &[&str], dir: &Path, needle: &str) {
+    let o = run(args, dir);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {err:?}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        ok(&["keygen", "--out", "unit.key"], dir.path());
+        Self { dir }
+    }
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+    fn embed(&self, recipient: &str, input: &Path, out: &str) -> Output {
+        run(
+            &[
+                "embed",
+                "--key",
+                "unit.key",
+                "--registry",
+                "reg.db",
+                "--recipient",
+                recipient,
+                "--officer",
+                "PC Smith",
+                "--approved-by",
+                "Insp. Jones",
+                "--case",
+                "CR-1",
+                "--preset",
+                "ultrafast",
+                input.to_str().unwrap(),
+                out,
+            ],
+            self.p(),
+        )
+    }
+    fn trace(&self, leaked: &str, original: Option<&Path>) -> Value {
+        let mut args = vec!["trace", "--key", "unit.key", "--registry", "reg.db", "--json", leaked];
+        if let Some(o) = original {
+            args.extend(["--original", o.to_str().unwrap()]);
+        }
+        serde_json::from_str(ok(&args, self.p()).trim()).unwrap()
+    }
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.p())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+    fn exports(&self) -> usize {
+        let out = ok(&["registry", "list", "--registry", "reg.db", "--json"], self.p());
+        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len()
+    }
+}
+
+fn ffmpeg(args: &[&str], dir: &Path) {
+    let o = Command::new("ffmpeg")
+        .args(["-nostdin", "-y", "-loglevel", "error"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn export_then_trace_names_the_right_recipient_and_nobody_for_a_clean_copy() {
+    let s = Setup::new();
+    let src = testdata("vtest-4s.avi");
+    assert!(s.embed("channel-A", &src, "a.mp4").status.success());
+    assert!(s.embed("channel-B", &src, "b.mp4").status.success());
+    // A TV-style re-encode with a crop of the B copy.
+    ffmpeg(
+        &[
+            "-i",
+            "b.mp4",
+            "-vf",
+            "crop=trunc(iw*0.8/2)*2:trunc(ih*0.8/2)*2",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "26",
+            "aired.mp4",
+        ],
+        s.p(),
+    );
+    for original in [None, Some(src.as_path())] {
+        let r = s.trace("aired.mp4", original);
+        assert_eq!(r["verdict"], "identified", "{r}");
+        assert_eq!(r["suspects"][0]["recipient"], "channel-B", "{r}");
+        assert_eq!(r["suspects"].as_array().unwrap().len(), 1, "{r}");
+        assert!(r["suspects"][0]["false_positive_probability"].as_f64().unwrap() <= 1e-6);
+    }
+    // The same attack on an unmarked copy accuses nobody.
+    ffmpeg(
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "crop=trunc(iw*0.8/2)*2:trunc(ih*0.8/2)*2",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "26",
+            "clean.mp4",
+        ],
+        s.p(),
+    );
+    for original in [None, Some(src.as_path())] {
+        let r = s.trace("clean.mp4", original);
+        assert_ne!(r["verdict"], "identified", "{r}");
+        assert!(r["suspects"].as_array().unwrap().is_empty());
+    }
+    let out = ok(&["registry", "verify", "--registry", "reg.db"], s.p());
+    assert!(out.contains("registry OK: 2 exports"), "{out}");
+}
+
+#[test]
+fn an_average_of_two_copies_names_both_colluders() {
+    let s = Setup::new();
+    let src = testdata("vtest-4s.avi");
+    assert!(s.embed("alice", &src, "a.mp4").status.success());
+    assert!(s.embed("bob", &src, "b.mp4").status.success());
+    assert!(s.embed("carol", &src, "c.mp4").status.success());
+    ffmpeg(
+        &[
+            "-i",
+            "a.mp4",
+            "-i",
+            "b.mp4",
+            "-filter_complex",
+            "[0][1]blend=all_mode=average",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "20",
+            "avg.mp4",
+        ],
+        s.p(),
+    );
+    for original in [None, Some(src.as_path())] {
+        let r = s.trace("avg.mp4", original);
+        assert_eq!(r["verdict"], "identified", "{r}");
+        let mut named: Vec<&str> =
+            r["suspects"].as_array().unwrap().iter().map(|v| v["recipient"].as_str().unwrap()).collect();
+        named.sort();
+        assert_eq!(named, ["alice", "bob"], "{r}");
+    }
+}
+
+#[test]
+fn bad_input_gives_one_line_errors_and_loses_nothing() {
+    let s = Setup::new();
+    let p = s.p();
+    std::fs::write(p.join("notes.txt"), "not a video\n".repeat(50)).unwrap();
+    std::fs::write(p.join("empty.mp4"), b"").unwrap();
+    let bytes = std::fs::read(testdata("cockatoo-3s.mp4")).unwrap();
+    std::fs::write(p.join("truncated.mp4"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::copy(testdata("vtest-4s.avi"), p.join("in.avi")).unwrap();
+    std::fs::write(p.join("corrupt.key"), b"TRACEMRK\x01\x00 definitely not a key").unwrap();
+    std::fs::write(p.join("notdb.db"), "hello, I am not SQLite\n").unwrap();
+    ok(&["keygen", "--out", "other.key"], p);
+    let embed = |key: &str, reg: &str, input: &str, out: &str| {
+        vec![
+            "embed".to_string(),
+            "--key".into(),
+            key.into(),
+            "--registry".into(),
+            reg.into(),
+            "--recipient".into(),
+            "X".into(),
+            "--officer".into(),
+            "A".into(),
+            "--approved-by".into(),
+            "B".into(),
+            "--preset".into(),
+            "ultrafast".into(),
+            input.into(),
+            out.into(),
+        ]
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (embed("unit.key", "reg.db", "missing.mp4", "o1.mp4"), "not found"),
+        (embed("unit.key", "reg.db", "notes.txt", "o2.mp4"), "cannot read"),
+        (embed("unit.key", "reg.db", "empty.mp4", "o3.mp4"), "empty"),
+        (embed("unit.key", "reg.db", "truncated.mp4", "o4.mp4"), "truncated.mp4"),
+        (embed("missing.key", "reg.db", "in.avi", "o5.mp4"), "key file"),
+        (embed("corrupt.key", "reg.db", "in.avi", "o6.mp4"), "key file"),
+        (embed("unit.key", "notdb.db", "in.avi", "o7.mp4"), "not a tracemark registry"),
+        (embed("unit.key", "reg.db", "in.avi", "in.avi"), "is the input"),
+        (embed("unit.key", "reg.db", "in.avi", "no/such/dir/o8.mp4"), "does not exist"),
+        (embed("unit.key", "reg.db", "in.avi", "notes.txt"), "exists already"),
+    ];
+    let before_in = std::fs::read(p.join("in.avi")).unwrap();
+    for (args, needle) in &cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&a, p, needle);
+    }
+    assert_eq!(std::fs::read(p.join("in.avi")).unwrap(), before_in, "input changed");
+    assert_eq!(std::fs::read_to_string(p.join("notes.txt")).unwrap(), "not a video\n".repeat(50));
+    // A registry made with one key refuses another.
+    assert!(s.embed("first", &testdata("vtest-4s.avi"), "first.mp4").status.success());
+    let a: Vec<String> = embed("other.key", "reg.db", "in.avi", "o9.mp4");
+    fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), p, "made with key");
+    fails(&["trace", "--key", "other.key", "--registry", "reg.db", "first.mp4"], p, "made with key");
+    fails(&["trace", "--key", "unit.key", "--registry", "none.db", "first.mp4"], p, "does not exist");
+    fails(&["trace", "--key", "unit.key", "--registry", "reg.db", "notes.txt"], p, "cannot read");
+    // Approval is mandatory, and nobody approves their own export.
+    let o = run(
+        &[
+            "embed",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--recipient",
+            "X",
+            "--officer",
+            "A",
+            "in.avi",
+            "o10.mp4",
+        ],
+        p,
+    );
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--approved-by"));
+    let mut a = embed("unit.key", "reg.db", "in.avi", "o11.mp4");
+    a[10] = "A".into();
+    fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), p, "different officer");
+    // Nothing but the one good export was written or registered.
+    assert_eq!(s.exports(), 1);
+    let files = s.files();
+    assert!(files.iter().all(|f| !f.starts_with('o') || f == "other.key"), "{files:?}");
+    assert!(files.iter().all(|f| !f.contains("partial")), "{files:?}");
+}
+
+/// A full disk (simulated with a file-size limit: writes fail like ENOSPC) leaves neither
+/// an output file nor a registry row.
+#[test]
+fn full_disk_leaves_no_output_and_no_row() {
+    use std::os::unix::process::CommandExt;
+    let s = Setup::new();
+    let mut cmd = tm();
+    cmd.args([
+        "embed",
+        "--key",
+        "unit.key",
+        "--registry",
+        "reg.db",
+        "--recipient",
+        "X",
+        "--officer",
+        "A",
+        "--approved-by",
+        "B",
+        "--crf",
+        "0",
+        "--preset",
+        "ultrafast",
+        testdata("vtest-4s.avi").to_str().unwrap(),
+        "out.mp4",
+    ])
+    .current_dir(s.p());
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 200_000, rlim_max: 200_000 };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(!o.status.success(), "embed succeeded with a full disk");
+    assert!(!s.p().join("out.mp4").exists());
+    assert!(s.files().iter().all(|f| !f.contains("partial")), "{:?}", s.files());
+    assert_eq!(s.exports(), 0);
+}
+
+#[test]
+fn interrupt_during_embed_leaves_no_output_and_no_row() {
+    let s = Setup::new();
+    let child = tm()
+        .args([
+            "embed",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--recipient",
+            "X",
+            "--officer",
+            "A",
+            "--approved-by",
+            "B",
+            "--preset",
+            "veryslow",
+            testdata("city-2s.mpg").to_str().unwrap(),
+            "out.mp4",
+        ])
+        .current_dir(s.p())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the temporary output exists: the export is under way.
+    let t0 = std::time::Instant::now();
+    while !s.files().iter().any(|f| f.contains("partial")) {
+        assert!(t0.elapsed().as_secs() < 60, "embed never started writing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    assert!(!s.p().join("out.mp4").exists());
+    assert!(s.files().iter().all(|f| !f.contains("partial")), "{:?}", s.files());
+    assert_eq!(s.exports(), 0);
+}
+
+#[test]
+fn verify_catches_edits_deletions_and_insertions_behind_the_tools_back() {
+    let s = Setup::new();
+    for r in ["A", "B", "C"] {
+        assert!(s.embed(r, &testdata("vtest-4s.avi"), &format!("{r}.mp4")).status.success());
+    }
+    ok(&["registry", "verify", "--registry", "reg.db"], s.p());
+    let tamper = |sql: &str, with_key: bool| {
+        eprintln!("tamper: {sql}");
+        let copy = s.p().join("tampered.db");
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(s.p().join(format!("tampered.db{ext}")));
+        }
+        // Checkpoint the WAL into the main file so a plain copy holds everything.
+        let c = rusqlite::Connection::open(s.p().join("reg.db")).unwrap();
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+        drop(c);
+        std::fs::copy(s.p().join("reg.db"), &copy).unwrap();
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        c.execute_batch(
+            "DROP TRIGGER exports_no_update; DROP TRIGGER exports_no_delete; DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;",
+        )
+        .unwrap();
+        c.execute_batch(sql).unwrap();
+        drop(c);
+        if with_key {
+            // The bookkeeping was rewritten too: only the key can tell.
+            ok(&["registry", "verify", "--registry", "tampered.db"], s.p());
+            fails(
+                &["registry", "verify", "--registry", "tampered.db", "--key", "unit.key"],
+                s.p(),
+                "failed verification",
+            );
+        } else {
+            fails(&["registry", "verify", "--registry", "tampered.db"], s.p(), "failed verification");
+        }
+    };
+    ok(&["registry", "verify", "--registry", "reg.db", "--key", "unit.key"], s.p());
+    tamper("UPDATE exports SET recipient = 'someone else' WHERE recipient = 'B';", false);
+    tamper("DELETE FROM exports WHERE recipient = 'A';", false);
+    tamper("DELETE FROM exports WHERE recipient = 'C'; DELETE FROM audit WHERE seq = 3;", false);
+    tamper("UPDATE audit SET payload = replace(payload, 'Insp. Jones', 'Nobody') WHERE seq = 2;", false);
+    tamper(
+        "DELETE FROM exports WHERE recipient = 'C'; DELETE FROM audit WHERE seq = 3; \
+         UPDATE meta SET value = '2' WHERE key = 'head_seq'; \
+         UPDATE meta SET value = (SELECT hash FROM audit WHERE seq = 2) WHERE key = 'head_hash';",
+        true,
+    );
+    tamper(
+        "INSERT INTO exports SELECT NULL, 'ffffffffffffffff', 'ghost', officer, approved_by, case_ref, reason, source_path, \
+         source_sha256, output_path, output_sha256, frames, duration_s, width, height, embed_params, key_fingerprint, \
+         created_at FROM exports LIMIT 1;",
+        false,
+    );
+    // The tool itself cannot change history either.
+    let c = rusqlite::Connection::open(s.p().join("reg.db")).unwrap();
+    assert!(c.execute("DELETE FROM exports", []).is_err());
+    assert!(c.execute("UPDATE audit SET action = 'x'", []).is_err());
+}
+
+#[test]
+fn two_exports_at_once_both_land() {
+    let s = Setup::new();
+    let spawn = |name: &str| {
+        tm().args([
+            "embed",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--recipient",
+            name,
+            "--officer",
+            "A",
+            "--approved-by",
+            "B",
+            "--preset",
+            "ultrafast",
+            testdata("vtest-4s.avi").to_str().unwrap(),
+            &format!("{name}.mp4"),
+        ])
+        .current_dir(s.p())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (spawn("one"), spawn("two"));
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(s.exports(), 2);
+    ok(&["registry", "verify", "--registry", "reg.db"], s.p());
+}
+
+#[test]
+fn keygen_never_overwrites() {
+    let s = Setup::new();
+    let before = std::fs::read(s.p().join("unit.key")).unwrap();
+    fails(&["keygen", "--out", "unit.key"], s.p(), "exists already");
+    assert_eq!(std::fs::read(s.p().join("unit.key")).unwrap(), before);
+}
