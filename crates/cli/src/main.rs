@@ -2,6 +2,7 @@
 //! `tracemark-extract` (tracing), plus the export registry.
 
 mod registry;
+mod report;
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
@@ -581,33 +582,24 @@ fn print_trace(r: &TraceResult, report: Option<&Path>) {
 
 fn report_html(
     r: &TraceResult,
-    _reg: &Registry,
+    reg: &Registry,
     key: &MasterKey,
     leaked: &Path,
     original: Option<&Path>,
 ) -> Result<String> {
-    let d = &r.decision;
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut rows = String::new();
-    for s in &d.candidates {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.3e}</td></tr>",
-            esc(&s.recipient),
-            s.mark_id,
-            s.score,
-            s.false_positive_probability
-        ));
-    }
-    Ok(format!(
-        "<!doctype html><html><head><meta charset=utf-8><title>tracemark evidence report</title></head><body>\
-         <h1>tracemark evidence report</h1><p>Verdict: <b>{}</b></p><p>Leaked: {} (SHA-256 {})</p>{}\
-         <p>Key fingerprint {}; tool version {}</p><table border=1><tr><th>recipient</th><th>mark</th><th>score</th><th>p</th></tr>{}</table></body></html>",
-        d.verdict.as_str(),
-        esc(&leaked.display().to_string()),
-        sha256_file(leaked)?,
-        original.map_or(Ok(String::new()), |o| sha256_file(o).map(|h| format!("<p>Source: {} (SHA-256 {h})</p>", esc(&o.display().to_string()))))?,
-        key.fingerprint(),
-        env!("CARGO_PKG_VERSION"),
-        rows
-    ))
+    let exports = reg.exports()?;
+    let original = match original {
+        Some(p) => Some((p, sha256_file(p)?)),
+        None => None,
+    };
+    report::render(&report::ReportInput {
+        result: r,
+        exports: &exports,
+        key_fingerprint: key.fingerprint(),
+        leaked,
+        leaked_sha256: sha256_file(leaked)?,
+        original,
+        registry: reg.path(),
+        created_at: registry::now_utc(),
+    })
 }

@@ -134,6 +134,37 @@ fn export_then_trace_names_the_right_recipient_and_nobody_for_a_clean_copy() {
         assert_eq!(r["suspects"].as_array().unwrap().len(), 1, "{r}");
         assert!(r["suspects"][0]["false_positive_probability"].as_f64().unwrap() <= 1e-6);
     }
+    // The evidence report: one self-contained HTML file with the verdict, the export
+    // record, charts, the registered frames and the hashes of the inputs.
+    ok(
+        &[
+            "trace",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--original",
+            src.to_str().unwrap(),
+            "aired.mp4",
+            "--report",
+            "ev.html",
+        ],
+        s.p(),
+    );
+    let html = std::fs::read_to_string(s.p().join("ev.html")).unwrap();
+    for needle in [
+        "IDENTIFIED",
+        "channel-B",
+        "Insp. Jones",
+        "CR-1",
+        "<svg",
+        "data:image/png;base64,",
+        "leaked SHA-256",
+        "key fingerprint",
+    ] {
+        assert!(html.contains(needle), "report lacks {needle:?}");
+    }
+    assert_eq!(html.matches("<svg").count(), 2, "score chart and strength chart");
     // The same attack on an unmarked copy accuses nobody.
     ffmpeg(
         &[

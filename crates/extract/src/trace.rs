@@ -148,9 +148,12 @@ fn decode_thumbs(
     let (tw, th) = thumb_size(w, h, factor);
     let mut f = Frame::new(w, h);
     let mut out = Decoded { thumbs: Vec::new(), times: Vec::new() };
+    let mut start = None;
     while (limit == 0 || out.thumbs.len() < limit) && r.read_frame(&mut f).map_err(Error::Video)? {
         out.thumbs.push(Gray::from_plane(&f.y, tw, th));
-        out.times.push(seconds(f.pts, tb));
+        // Times from the first frame: re-encoders usually reset a clip's start to zero.
+        let t = seconds(f.pts, tb);
+        out.times.push(t - *start.get_or_insert(t));
         *done += 1;
         tick(progress, *done, total)?;
     }
