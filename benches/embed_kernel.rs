@@ -1,0 +1,65 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+//! The embed kernel alone (no decode, no encode) on real frames, at 720x576 and 1920x1080,
+//! with 1 and 2 threads. Each iteration marks a batch of frames in parallel, one scratch per
+//! frame slot, as the pipeline does.
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rayon::prelude::*;
+use tracemark::core::video::VideoReader;
+use tracemark::core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey, Plane};
+
+fn first_frame(clip: &str) -> Frame {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(clip);
+    let mut r = VideoReader::open(&path).unwrap();
+    let mut f = Frame::new(2, 2);
+    assert!(r.read_frame(&mut f).unwrap());
+    f
+}
+
+/// The top-left `w` x `h` of a frame.
+fn crop(f: &Frame, w: usize, h: usize) -> Frame {
+    let mut y = Plane::new(w, h, 0);
+    for (r, row) in y.rows_mut().enumerate() {
+        row.copy_from_slice(&f.y.row(r)[..w]);
+    }
+    Frame::from_luma(y)
+}
+
+fn kernel(c: &mut Criterion) {
+    let embedder = Embedder::new(&MasterKey::from_seed(1), MarkId(0xfeed), EmbedConfig::new()).unwrap();
+    let sd = crop(&first_frame("vtest-4s.avi"), 720, 576);
+    let hd = first_frame("pan1080-1s.mp4");
+    const BATCH: usize = 8;
+    let mut g = c.benchmark_group("embed_kernel");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, frame) in [("720x576", &sd), ("1920x1080", &hd)] {
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut slots: Vec<_> = (0..BATCH).map(|_| (frame.clone(), embedder.new_scratch())).collect();
+            g.bench_with_input(BenchmarkId::new(name, format!("{threads}t")), &threads, |b, _| {
+                b.iter(|| {
+                    pool.install(|| {
+                        slots.par_iter_mut().for_each(|(f, s)| {
+                            // Restore the luma so every iteration marks a clean frame.
+                            f.y.clone_from(&frame.y);
+                            embedder.embed(f, s);
+                        })
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The copy that restores each frame is part of the measured loop; measure it alone too so
+/// the kernel's own cost can be read off.
+fn restore_only(c: &mut Criterion) {
+    let hd = first_frame("pan1080-1s.mp4");
+    let mut f = hd.clone();
+    c.bench_function("restore_copy_1920x1080", |b| b.iter(|| f.y.clone_from(&hd.y)));
+}
+
+criterion_group!(benches, kernel, restore_only);
+criterion_main!(benches);
