@@ -11,7 +11,7 @@ mode="${1:?mode: identity or embed}"; shift
 rounds="${1:-3}"; shift
 [ "$#" -gt 0 ] || set -- ../shared/clips/pan1080.mp4 ../shared/clips/vtest.avi
 crf=18; preset=medium
-cargo build --release --quiet --example transcode $([ "$mode" = embed ] && echo --bin tracemark)
+cargo build --release --quiet --example transcode --bin tracemark
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 if [ "$mode" = embed ]; then
   ./target/release/tracemark keygen --out "$work/key" >/dev/null
@@ -35,9 +35,10 @@ for clip in "$@"; do
       ./target/release/examples/transcode "$clip" "$work/tm.mp4" $crf $preset >/dev/null
     fi
     t2=$(now)
-    echo "$t1 - $t0" | bc >>"$work/ff"; echo "$t2 - $t1" | bc >>"$work/tm"
+    awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}' >>"$work/ff"
+    awk -v a="$t1" -v b="$t2" 'BEGIN {print b - a}' >>"$work/tm"
   done
   frames=$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets -of csv=p=0 "$clip")
   f=$(median <"$work/ff"); t=$(median <"$work/tm")
-  printf "| %s | %s | %.2f | %.2f | %.3f |\n" "$(basename "$clip")" "$frames" "$f" "$t" "$(echo "$t / $f" | bc -l)"
+  printf "| %s | %s | %.2f | %.2f | %.3f |\n" "$(basename "$clip")" "$frames" "$f" "$t" "$(awk -v a="$t" -v b="$f" 'BEGIN {print a / b}')"
 done

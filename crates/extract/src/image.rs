@@ -54,8 +54,31 @@ impl Gray {
         Some(top + (bot - top) * fy)
     }
 
-    /// 3x3 median (edges replicated).
+    /// 3x3 median (edges replicated): a 19-comparison sorting network per pixel.
     pub fn median3(&self) -> Gray {
+        let mut out = Gray::new(self.w, self.h);
+        let (w, h) = (self.w, self.h);
+        if w < 3 || h < 3 {
+            return self.median3_reference();
+        }
+        for y in 0..h {
+            let (ym, yp) = (y.saturating_sub(1), (y + 1).min(h - 1));
+            let (r0, r1, r2) = (
+                &self.data[ym * w..ym * w + w],
+                &self.data[y * w..y * w + w],
+                &self.data[yp * w..yp * w + w],
+            );
+            let o = &mut out.data[y * w..y * w + w];
+            for x in 0..w {
+                let (xm, xp) = (x.saturating_sub(1), (x + 1).min(w - 1));
+                o[x] = median9([r0[xm], r0[x], r0[xp], r1[xm], r1[x], r1[xp], r2[xm], r2[x], r2[xp]]);
+            }
+        }
+        out
+    }
+
+    /// Scalar reference for [`Gray::median3`]: sorts each neighbourhood.
+    pub fn median3_reference(&self) -> Gray {
         let mut out = Gray::new(self.w, self.h);
         let (w, h) = (self.w as isize, self.h as isize);
         let mut v = [0f32; 9];
@@ -75,6 +98,41 @@ impl Gray {
         }
         out
     }
+}
+
+/// Median of nine values (Paeth's network).
+#[inline]
+fn median9(mut p: [f32; 9]) -> f32 {
+    #[inline(always)]
+    fn s(p: &mut [f32; 9], a: usize, b: usize) {
+        let (x, y) = (p[a], p[b]);
+        p[a] = x.min(y);
+        p[b] = x.max(y);
+    }
+    for (a, b) in [
+        (1, 2),
+        (4, 5),
+        (7, 8),
+        (0, 1),
+        (3, 4),
+        (6, 7),
+        (1, 2),
+        (4, 5),
+        (7, 8),
+        (0, 3),
+        (5, 8),
+        (4, 7),
+        (3, 6),
+        (1, 4),
+        (2, 5),
+        (4, 7),
+        (4, 2),
+        (6, 4),
+        (4, 2),
+    ] {
+        s(&mut p, a, b);
+    }
+    p[4]
 }
 
 /// Normalised cross-correlation of paired samples.
@@ -117,5 +175,23 @@ impl Ncc {
         } else {
             cov / (va * vb).sqrt()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_median_agrees_with_reference() {
+        let mut g = Gray::new(37, 23);
+        let mut x = 12345u32;
+        for v in g.data.iter_mut() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *v = ((x >> 16) % 256) as f32 + if x % 7 == 0 { 0.5 } else { 0.0 };
+        }
+        assert_eq!(g.median3(), g.median3_reference());
+        let tiny = Gray { w: 2, h: 2, data: vec![1.0, 5.0, 3.0, 2.0] };
+        assert_eq!(tiny.median3(), tiny.median3_reference());
     }
 }

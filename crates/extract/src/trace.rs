@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use rayon::prelude::*;
 use tracemark_core::grid::Grid;
 use tracemark_core::layout::{PILOT, TILE_BLOCKS, TILE_PX};
 use tracemark_core::pipeline::{Progress, ProgressFn};
@@ -269,10 +270,24 @@ pub fn trace_informed(
     let mut lf = Frame::new(leak_info.width, leak_info.height);
     let mut src_index: Option<usize> = None;
     let mut sums = SlotSums::default();
-    let mut scratch = DetectScratch::default();
     let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
-    let mut resid = vec![0f32; grid.work_w * grid.work_h];
     let mut example = None;
+    let batch_len = 2 * rayon::current_num_threads().max(1);
+    let mut pairs: Vec<(usize, Gray, Gray)> = Vec::with_capacity(batch_len);
+    let mut merge = |pairs: &mut Vec<(usize, Gray, Gray)>, g_work: &Geometry| {
+        for (k, fs, ex) in read_pairs(&detector, &grid, g_work, pairs, mid) {
+            sums.merge(&fs);
+            let sec = leak.times[k].floor();
+            if per_second.last().is_none_or(|p| p.0 != sec) {
+                per_second.push((sec, SlotSums::default()));
+            }
+            per_second.last_mut().expect("pushed above").1.merge(&fs);
+            if ex.is_some() || example.is_none() {
+                example = ex.or(example.take());
+            }
+        }
+        pairs.clear();
+    };
     for (k, m) in matches.iter().enumerate() {
         if !lr.read_frame(&mut lf).map_err(Error::Video)? {
             break;
@@ -305,36 +320,13 @@ pub fn trace_informed(
             };
             refined_ncc = Some(v);
         }
-        let g_work = geometry.rescaled(grid.scale, leak_factor);
-        let warped = warp_and_fit(&src_work, &leak_img, &g_work, &mut resid);
-        detector.accumulate(
-            &resid,
-            &src_work.data,
-            grid.work_w,
-            grid.work_h,
-            (0, 0),
-            &mut sums,
-            &mut scratch,
-        );
-        detector.end_frame(&mut sums);
-        let sec = leak.times[k].floor();
-        if per_second.last().is_none_or(|p| p.0 != sec) {
-            per_second.push((sec, SlotSums::default()));
-        }
-        let last = per_second.last_mut().expect("pushed above");
-        detector.accumulate(
-            &resid,
-            &src_work.data,
-            grid.work_w,
-            grid.work_h,
-            (0, 0),
-            &mut last.1,
-            &mut scratch,
-        );
-        if k == mid || example.is_none() {
-            example = Some((warped, src_work.clone()));
+        pairs.push((k, src_work, leak_img));
+        if pairs.len() == batch_len {
+            merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
         }
     }
+    merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
+    drop(merge);
     if sums.frames == 0 {
         return Err(Error::Registration("no leaked frame could be matched to the source".into()));
     }
@@ -355,6 +347,30 @@ pub fn trace_informed(
             .collect(),
         example_frames: example,
     })
+}
+
+/// Reads a batch of registered (source, leaked) pairs in parallel: each pair's slot sums,
+/// and for frame `keep` the registered pair itself (for the report).
+fn read_pairs(
+    detector: &Detector,
+    grid: &Grid,
+    g_work: &Geometry,
+    pairs: &[(usize, Gray, Gray)],
+    keep: usize,
+) -> Vec<(usize, SlotSums, Option<(Gray, Gray)>)> {
+    pairs
+        .par_iter()
+        .map_init(
+            || (DetectScratch::default(), vec![0f32; grid.work_w * grid.work_h]),
+            |(scratch, resid), (k, src, leak)| {
+                let warped = warp_and_fit(src, leak, g_work, resid);
+                let mut fs = SlotSums::default();
+                detector.accumulate(resid, &src.data, grid.work_w, grid.work_h, (0, 0), &mut fs, scratch);
+                detector.end_frame(&mut fs);
+                (*k, fs, (*k == keep).then(|| (warped, src.clone())))
+            },
+        )
+        .collect()
 }
 
 fn nearest(times: &[f64], t: f64) -> usize {
@@ -643,54 +659,66 @@ pub fn trace_blind(
         _ => 1.0,
     };
     let mut views = analyses(info.width, info.height, sar);
-    let mut f = Frame::new(info.width, info.height);
+    // Frames are decoded here and whitened in parallel, a batch at a time.
+    let batch_len = 2 * rayon::current_num_threads().max(1);
+    let mut batch: Vec<Frame> = (0..batch_len).map(|_| Frame::new(info.width, info.height)).collect();
     let mut frames = 0u64;
-    while (config.max_frames == 0 || frames < config.max_frames as u64)
-        && r.read_frame(&mut f).map_err(Error::Video)?
-    {
-        for v in views.iter_mut() {
-            let a = resize(&f.y, v.acc.w, v.acc.h);
-            let wr = whiten(&a);
-            for (o, x) in v.acc.data.iter_mut().zip(&wr.data) {
-                *o += x;
+    let mut at_end = false;
+    while !at_end {
+        let mut n = 0;
+        while n < batch_len {
+            if (config.max_frames > 0 && frames + n as u64 >= config.max_frames as u64)
+                || !r.read_frame(&mut batch[n]).map_err(Error::Video)?
+            {
+                at_end = true;
+                break;
+            }
+            n += 1;
+        }
+        let sizes: Vec<(usize, usize)> = views.iter().map(|v| (v.acc.w, v.acc.h)).collect();
+        let whitened: Vec<Vec<Gray>> = batch[..n]
+            .par_iter()
+            .map(|f| sizes.iter().map(|&(w, h)| whiten(&resize(&f.y, w, h))).collect())
+            .collect();
+        for per_view in whitened {
+            for (v, wr) in views.iter_mut().zip(per_view) {
+                for (o, x) in v.acc.data.iter_mut().zip(&wr.data) {
+                    *o += x;
+                }
             }
         }
-        frames += 1;
+        frames += n as u64;
         tick(progress, frames, total)?;
     }
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    let mut sync = Sync::new(key);
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
-    // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best.
-    let coarse: Vec<f64> = (-70..=70).map(|k| 1.01f64.powi(k)).collect();
-    let mut hypotheses = 0usize;
-    let mut best = (f64::MIN, 0usize, 1.0f64);
-    for (vi, v) in views.iter().enumerate() {
-        for &scale in &coarse {
-            hypotheses += 1;
-            if let Some((z, _)) = sync.peak(&v.acc, scale) {
-                if z > best.0 {
-                    best = (z, vi, scale);
-                }
-            }
-        }
-    }
-    let (_, vi, coarse_scale) = best;
-    for k in -10..=10 {
-        if k == 0 {
-            continue;
-        }
-        hypotheses += 1;
-        let scale = coarse_scale * (1.0 + 0.001 * f64::from(k));
-        if let Some((z, _)) = sync.peak(&views[vi].acc, scale) {
-            if z > best.0 {
-                best = (z, vi, scale);
-            }
-        }
-    }
-    let scale = best.2;
+    // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Every
+    // hypothesis is independent: search them in parallel, one FFT plan per thread.
+    let search = |hyps: Vec<(usize, f64)>| -> (f64, usize, f64) {
+        hyps.into_par_iter()
+            .map_init(
+                || Sync::new(key),
+                |sync, (vi, scale)| {
+                    sync.peak(&views[vi].acc, scale).map_or((f64::MIN, vi, scale), |(z, _)| (z, vi, scale))
+                },
+            )
+            .reduce(
+                || (f64::MIN, 0, 1.0),
+                |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2) < (a.1, a.2)) { b } else { a },
+            )
+    };
+    let coarse: Vec<(usize, f64)> =
+        (0..views.len()).flat_map(|vi| (-70..=70).map(move |k| (vi, 1.01f64.powi(k)))).collect();
+    let mut hypotheses = coarse.len();
+    let best = search(coarse);
+    let fine: Vec<(usize, f64)> =
+        (-10..=10).filter(|&k| k != 0).map(|k| (best.1, best.2 * (1.0 + 0.001 * f64::from(k)))).collect();
+    hypotheses += fine.len();
+    let best_fine = search(fine);
+    let (_, vi, scale) = if best_fine.0 > best.0 { best_fine } else { best };
+    let mut sync = Sync::new(key);
     let acc = &views[vi].acc;
     let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
     let shift = sync.subpixel(peak);
