@@ -326,7 +326,6 @@ pub fn trace_informed(
         }
     }
     merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
-    drop(merge);
     if sums.frames == 0 {
         return Err(Error::Registration("no leaked frame could be matched to the source".into()));
     }
@@ -349,6 +348,9 @@ pub fn trace_informed(
     })
 }
 
+/// One leaked frame's sums, with the registered pair when it is the one kept for the report.
+type PairSums = (usize, SlotSums, Option<(Gray, Gray)>);
+
 /// Reads a batch of registered (source, leaked) pairs in parallel: each pair's slot sums,
 /// and for frame `keep` the registered pair itself (for the report).
 fn read_pairs(
@@ -357,7 +359,7 @@ fn read_pairs(
     g_work: &Geometry,
     pairs: &[(usize, Gray, Gray)],
     keep: usize,
-) -> Vec<(usize, SlotSums, Option<(Gray, Gray)>)> {
+) -> Vec<PairSums> {
     pairs
         .par_iter()
         .map_init(
