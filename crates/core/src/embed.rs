@@ -70,6 +70,14 @@ pub struct EmbedStats {
     pub mark_rms: f32,
 }
 
+/// Rounds to the nearest level (ties to even) and saturates. Adding 1.5 * 2^23 leaves the
+/// rounded integer in the low mantissa bits: plain float and bit operations that vectorise,
+/// where `f32::round` is a libm call and a saturating `as u8` cast stays scalar.
+#[inline(always)]
+fn to_pixel(v: f32) -> u8 {
+    (v.clamp(0.0, 255.0) + 12_582_912.0).to_bits() as u8
+}
+
 /// Band weights normalised so one pattern block has unit energy.
 fn band_weights() -> [f32; 9] {
     let norm = BAND_THRESHOLDS.iter().map(|t| t * t).sum::<f32>().sqrt();
@@ -98,7 +106,8 @@ pub struct EmbedScratch {
     tmp: Vec<f32>,
     work: Vec<f32>,
     resid: Vec<f32>,
-    row: Vec<f32>,
+    /// The residual's rows interpolated to picture width.
+    wide: Vec<f32>,
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
 }
@@ -116,7 +125,7 @@ impl EmbedScratch {
             self.ux = LinearTaps::new(g.work_w, w);
             self.uy = LinearTaps::new(g.work_h, h);
             self.tmp = vec![0.0; h * g.work_w];
-            self.row = vec![0.0; g.work_w];
+            self.wide = vec![0.0; g.work_h * w];
         }
         self.work = vec![0.0; g.work_w * g.work_h];
         self.resid = vec![0.0; g.work_w * g.work_h];
@@ -208,7 +217,7 @@ impl Embedder {
                     for y in 0..8 {
                         let row = &mut frame.y.row_mut(j * 8 + y)[i * 8..i * 8 + 8];
                         for (px, &pv) in row.iter_mut().zip(&p[y * 8..y * 8 + 8]) {
-                            *px = (f32::from(*px) + a * pv).round().clamp(0.0, 255.0) as u8;
+                            *px = to_pixel(f32::from(*px) + a * pv);
                         }
                     }
                 }
@@ -228,19 +237,23 @@ impl Embedder {
                     }
                 }
             }
-            for (y, &(i0, fy)) in s.uy.taps.iter().enumerate() {
-                let r0 = &s.resid[i0 as usize * ww..(i0 as usize + 1) * ww];
-                let r1 = &s.resid[(i0 as usize + 1).min(g.work_h - 1) * ww..][..ww];
-                for ((o, &a), &b) in s.row.iter_mut().zip(r0).zip(r1) {
-                    *o = a + (b - a) * fy;
-                }
-                let row = frame.y.row_mut(y);
-                for (px, &(j0, fx)) in row.iter_mut().zip(&s.ux.taps) {
+            // Separable bilinear: widen every working row once, then each picture row is a
+            // blend of two wide rows (contiguous, vectorisable) added to the luma.
+            let fw = g.frame_w;
+            for (wr, rr) in s.wide.chunks_exact_mut(fw).zip(s.resid.chunks_exact(ww)) {
+                for (o, &(j0, fx)) in wr.iter_mut().zip(&s.ux.taps) {
                     let j0 = j0 as usize;
-                    let a = s.row[j0];
-                    let b = s.row[(j0 + 1).min(ww - 1)];
-                    let r = a + (b - a) * fx;
-                    *px = (f32::from(*px) + r).round().clamp(0.0, 255.0) as u8;
+                    let (a, b) = (rr[j0], rr[(j0 + 1).min(ww - 1)]);
+                    *o = a + (b - a) * fx;
+                }
+            }
+            for (y, &(i0, fy)) in s.uy.taps.iter().enumerate() {
+                let i0 = i0 as usize;
+                let w0 = &s.wide[i0 * fw..(i0 + 1) * fw];
+                let w1 = &s.wide[(i0 + 1).min(g.work_h - 1) * fw..][..fw];
+                let row = frame.y.row_mut(y);
+                for ((px, &a), &b) in row.iter_mut().zip(w0).zip(w1) {
+                    *px = to_pixel(f32::from(*px) + a + (b - a) * fy);
                 }
             }
         }

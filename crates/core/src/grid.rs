@@ -119,8 +119,52 @@ impl LinearTaps {
 }
 
 /// Area-downscales an 8-bit plane into `out` (`dst_w` x `dst_h` floats) using `tmp`
-/// (`src_h` x `dst_w` floats) between the separable passes.
+/// (`src_h` x `dst_w` floats) between the separable passes. Whole-number factors (1080 to
+/// 360, 720 to 360) take an integer fast path; [`downscale_area_taps`] is the general one.
 pub fn downscale_area(
+    src: &crate::Plane,
+    hx: &AreaTaps,
+    vy: &AreaTaps,
+    tmp: &mut [f32],
+    out: &mut [f32],
+    dst_w: usize,
+) {
+    let dst_h = out.len() / dst_w.max(1);
+    let (w, h) = (src.width(), src.height());
+    let whole = dst_w > 0 && dst_h > 0 && w % dst_w == 0 && h % dst_h == 0;
+    if whole && w / dst_w <= 8 && h / dst_h <= 8 && tmp.len() >= w {
+        downscale_integer(src, w / dst_w, h / dst_h, &mut tmp[..w], out, dst_w);
+    } else {
+        downscale_area_taps(src, hx, vy, tmp, out, dst_w);
+    }
+}
+
+/// Box average over `kx` x `ky` blocks; `acc` (picture width) sums rows. Sums of at most
+/// 64 bytes are exact in f32.
+fn downscale_integer(
+    src: &crate::Plane,
+    kx: usize,
+    ky: usize,
+    acc: &mut [f32],
+    out: &mut [f32],
+    dst_w: usize,
+) {
+    let scale = 1.0 / (kx * ky) as f32;
+    for (oy, orow) in out.chunks_exact_mut(dst_w).enumerate() {
+        acc.fill(0.0);
+        for y in oy * ky..(oy + 1) * ky {
+            for (a, &p) in acc.iter_mut().zip(src.row(y)) {
+                *a += f32::from(p);
+            }
+        }
+        for (o, chunk) in orow.iter_mut().zip(acc.chunks_exact(kx)) {
+            *o = chunk.iter().sum::<f32>() * scale;
+        }
+    }
+}
+
+/// General area downscale by precomputed taps (any ratio).
+pub fn downscale_area_taps(
     src: &crate::Plane,
     hx: &AreaTaps,
     vy: &AreaTaps,
@@ -131,7 +175,12 @@ pub fn downscale_area(
     for (y, row) in src.rows().enumerate() {
         let t = &mut tmp[y * dst_w..(y + 1) * dst_w];
         for (o, v) in t.iter_mut().enumerate() {
-            *v = hx.of(o).iter().map(|&(i, w)| f32::from(row[i as usize]) * w).sum();
+            let taps = &hx.taps[hx.offsets[o]..hx.offsets[o + 1]];
+            let mut acc = 0f32;
+            for &(i, w) in taps {
+                acc += f32::from(row[i as usize]) * w;
+            }
+            *v = acc;
         }
     }
     for (o, orow) in out.chunks_exact_mut(dst_w).enumerate() {
@@ -157,6 +206,26 @@ mod tests {
         let g = Grid::for_frame(1280, 720);
         assert_eq!((g.work_w, g.work_h, g.scale), (640, 360, 2.0));
         assert_eq!(Grid::for_frame(176, 144).blocks_x(), 22);
+    }
+
+    #[test]
+    fn integer_fast_path_agrees_with_taps() {
+        for (w, h, dw, dh) in [(1920, 1080, 640, 360), (1280, 720, 640, 360), (96, 64, 32, 32)] {
+            let mut p = crate::Plane::new(w, h, 0);
+            for (y, row) in p.rows_mut().enumerate() {
+                for (x, v) in row.iter_mut().enumerate() {
+                    *v = ((x * 31 + y * 17 + x * y) % 256) as u8;
+                }
+            }
+            let (hx, vy) = (AreaTaps::new(w, dw), AreaTaps::new(h, dh));
+            let mut tmp = vec![0f32; h * dw];
+            let (mut fast, mut slow) = (vec![0f32; dw * dh], vec![0f32; dw * dh]);
+            downscale_area(&p, &hx, &vy, &mut tmp, &mut fast, dw);
+            downscale_area_taps(&p, &hx, &vy, &mut tmp, &mut slow, dw);
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!((a - b).abs() < 1e-3, "{w}x{h}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
