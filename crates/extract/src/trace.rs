@@ -493,7 +493,8 @@ fn whiten(img: &Gray) -> Gray {
             let s = integ[y1 * (w + 1) + x1] - integ[y0 * (w + 1) + x1] - integ[y1 * (w + 1) + x0]
                 + integ[y0 * (w + 1) + x0];
             let n = ((x1 - x0) * (y1 - y0)) as f64;
-            let rms = (s / n).sqrt() as f32;
+            // Differences of an integral image can dip below zero by rounding.
+            let rms = (s / n).max(0.0).sqrt() as f32;
             out.data[y * w + x] = r.data[y * w + x] / (rms + 1.0);
         }
     }

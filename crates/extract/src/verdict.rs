@@ -78,6 +78,11 @@ pub fn decide(
     sync_hypotheses: f64,
     threshold: f64,
 ) -> Decision {
+    // Damaged input (a NaN or infinity anywhere) must never count as evidence.
+    if sums.x.iter().any(|v| !v.is_finite()) {
+        let clean = SlotSums { x: vec![0.0; sums.x.len()], frames: sums.frames };
+        return decide(detector, &clean, candidates, sync_hypotheses, threshold);
+    }
     let soft = detector.soft_bits(sums);
     let n = candidates.len().max(1) as f64;
     let mut scored: Vec<Scored> = candidates
@@ -117,5 +122,26 @@ pub fn decide(
         pilot_p,
         decoded: (id, z, decoded_p),
         soft_norm: soft.iter().map(|v| v * v).sum::<f64>().sqrt(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracemark_core::MasterKey;
+
+    #[test]
+    fn non_finite_sums_accuse_nobody() {
+        let key = MasterKey::from_seed(5);
+        let det = Detector::new(&key);
+        let mut sums = SlotSums::default();
+        for (i, v) in sums.x.iter_mut().enumerate() {
+            *v = if i % 2 == 0 { f64::NAN } else { 1e300 * 1e10 };
+        }
+        let c = [Candidate { mark_id: MarkId(1), recipient: "x".into() }];
+        let d = decide(&det, &sums, &c, 1.0, 1e-6);
+        assert_eq!(d.verdict, Verdict::NoMark);
+        assert!(d.suspects.is_empty());
+        assert!(d.candidates.iter().all(|c| c.score.is_finite() && c.false_positive_probability == 1.0));
     }
 }
