@@ -57,8 +57,9 @@ fn detector(c: &mut Criterion) {
     let resid: Vec<f32> = a.data.iter().zip(&b.data).map(|(x, y)| x - y).collect();
     let mut sums = SlotSums::default();
     det.accumulate(&resid, &b.data, 768, 576, (0, 0), &mut sums, &mut DetectScratch::default());
-    let registry: Vec<Candidate> =
-        (0..1000u64).map(|i| Candidate { mark_id: MarkId(i * 7919 + 1), recipient: format!("r{i}") }).collect();
+    let registry: Vec<Candidate> = (0..1000u64)
+        .map(|i| Candidate { mark_id: MarkId(i * 7919 + 1), recipient: format!("r{i}") })
+        .collect();
     g.bench_function("decide_1000_exports", |bch| bch.iter(|| decide(&det, &sums, &registry, 1.0, 1e-6)));
     g.finish();
 }

@@ -202,134 +202,55 @@ pub fn trace_informed(
             whole(&src.thumbs[a], &leak.thumbs[mid]).total_cmp(&whole(&src.thumbs[b], &leak.thumbs[mid]))
         })
         .unwrap_or(0);
-    let mut best: Option<(Geometry, f64)> = None;
+    // On a panning shot a time offset and a translation explain the picture equally well,
+    // but only the true pairing lines up the mark. Both pairings are registered; when they
+    // disagree materially both are read and the one whose pilot is stronger is kept (the
+    // pilot's probability then counts both; the payload chips played no part in the choice).
+    let register_pair = |pair: usize| {
+        register::coarse(&src.thumbs[pair], &leak.thumbs[mid], 3)
+            .into_iter()
+            .map(|(g, _)| register::refine(&src.thumbs[pair], &leak.thumbs[mid], g, 1))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let mut pairings: Vec<Geometry> = Vec::new();
     for pair in [same_time, look_alike] {
-        for (g, _) in register::coarse(&src.thumbs[pair], &leak.thumbs[mid], 3) {
-            let (g, v) = register::refine(&src.thumbs[pair], &leak.thumbs[mid], g, 1);
-            if best.is_none_or(|b| v > b.1) {
-                best = Some((g, v));
-            }
-        }
-    }
-    let Some((g_thumb, _)) = best else {
-        return Err(Error::Registration("the leaked clip does not overlap the source at any scale".into()));
-    };
-
-    // 2. Time: match leaked frames to source frames under that geometry.
-    let probe: Vec<usize> = (0..leak.thumbs.len()).step_by((leak.thumbs.len() / 24).max(1)).collect();
-    let mut offsets: Vec<f64> = probe
-        .iter()
-        .map(|&k| {
-            let m = (0..src.thumbs.len())
-                .max_by(|&a, &b| {
-                    thumb_match(&src.thumbs[a], &leak.thumbs[k], &g_thumb, 2).total_cmp(&thumb_match(
-                        &src.thumbs[b],
-                        &leak.thumbs[k],
-                        &g_thumb,
-                        2,
-                    ))
-                })
-                .unwrap_or(0);
-            src.times[m] - leak.times[k]
-        })
-        .collect();
-    offsets.sort_by(f64::total_cmp);
-    let offset = offsets[offsets.len() / 2];
-    let frame_dt = if src.times.len() > 1 {
-        (src.times[src.times.len() - 1] - src.times[0]) / (src.times.len() - 1) as f64
-    } else {
-        0.04
-    };
-    let matches: Vec<Option<usize>> = (0..leak.thumbs.len())
-        .map(|k| {
-            let t = leak.times[k] + offset;
-            let lo = src.times.partition_point(|&s| s < t - 2.5 * frame_dt);
-            let hi = src.times.partition_point(|&s| s <= t + 2.5 * frame_dt);
-            (lo..hi).max_by(|&a, &b| {
-                thumb_match(&src.thumbs[a], &leak.thumbs[k], &g_thumb, 1).total_cmp(&thumb_match(
-                    &src.thumbs[b],
-                    &leak.thumbs[k],
-                    &g_thumb,
-                    1,
-                ))
-            })
-        })
-        .collect();
-    drop(src);
-
-    // 3. Read: stream both files, refine the geometry on the first pair at full detail,
-    // subtract the registered source and accumulate.
-    let grid = Grid::for_frame(src_info.width, src_info.height);
-    let mut geometry = g_thumb.rescaled(1.0 / factor, 1.0 / factor);
-    let mut refined_ncc = None;
-    let leak_factor = (geometry.sx.min(geometry.sy) * grid.scale).floor().max(1.0);
-    let (lw, lh) = thumb_size(leak_info.width, leak_info.height, leak_factor);
-    let mut sr = open(source)?;
-    let mut lr = open(leaked)?;
-    let mut sf = Frame::new(src_info.width, src_info.height);
-    let mut lf = Frame::new(leak_info.width, leak_info.height);
-    let mut src_index: Option<usize> = None;
-    let mut sums = SlotSums::default();
-    let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
-    let mut example = None;
-    let batch_len = 2 * rayon::current_num_threads().max(1);
-    let mut pairs: Vec<(usize, Gray, Gray)> = Vec::with_capacity(batch_len);
-    let mut merge = |pairs: &mut Vec<(usize, Gray, Gray)>, g_work: &Geometry| {
-        for (k, fs, ex) in read_pairs(&detector, &grid, g_work, pairs, mid) {
-            sums.merge(&fs);
-            let sec = leak.times[k].floor();
-            if per_second.last().is_none_or(|p| p.0 != sec) {
-                per_second.push((sec, SlotSums::default()));
-            }
-            per_second.last_mut().expect("pushed above").1.merge(&fs);
-            if ex.is_some() || example.is_none() {
-                example = ex.or(example.take());
-            }
-        }
-        pairs.clear();
-    };
-    for (k, m) in matches.iter().enumerate() {
-        if !lr.read_frame(&mut lf).map_err(Error::Video)? {
-            break;
-        }
-        done += 1;
-        tick(progress, done, total)?;
-        let Some(m) = *m else { continue };
-        if src_index.is_some_and(|s| s > m) {
-            continue; // time ran backwards: skip rather than re-decode
-        }
-        while src_index != Some(m) {
-            if !sr.read_frame(&mut sf).map_err(Error::Video)? {
-                break;
-            }
-            src_index = Some(src_index.map_or(0, |s| s + 1));
-        }
-        if src_index != Some(m) {
-            break;
-        }
-        let src_work = Gray::from_plane(&sf.y, grid.work_w, grid.work_h);
-        let leak_img = Gray::from_plane(&lf.y, lw, lh);
-        if refined_ncc.is_none() {
-            let g_work = geometry.rescaled(grid.scale, leak_factor);
-            let (g, v) = register::refine(&src_work, &leak_img, g_work, 2);
-            geometry = Geometry {
-                sx: g.sx * leak_factor / grid.scale,
-                sy: g.sy * leak_factor / grid.scale,
-                tx: g.tx * leak_factor,
-                ty: g.ty * leak_factor,
+        if let Some((g, _)) = register_pair(pair) {
+            let differs = |h: &Geometry| {
+                (h.sx - g.sx).abs() > 0.005 * g.sx || (h.tx - g.tx).abs() > 0.5 || (h.ty - g.ty).abs() > 0.5
             };
-            refined_ncc = Some(v);
-        }
-        pairs.push((k, src_work, leak_img));
-        if pairs.len() == batch_len {
-            merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
+            if pairings.iter().all(differs) {
+                pairings.push(g);
+            }
         }
     }
-    merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
+    if pairings.is_empty() {
+        return Err(Error::Registration("the leaked clip does not overlap the source at any scale".into()));
+    }
+    let ctx = InformedContext {
+        detector: &detector,
+        src: &src,
+        leak: &leak,
+        factor,
+        src_info: &src_info,
+        leak_info: &leak_info,
+        source,
+        leaked,
+        mid,
+    };
+    let total = total.map(|t| t + (pairings.len() as u64 - 1) * leak.thumbs.len() as u64);
+    let mut best: Option<Reading> = None;
+    for g in &pairings {
+        let reading = ctx.read(g, progress, &mut done, total)?;
+        if best.as_ref().is_none_or(|b| detector.pilot_z(&reading.sums) > detector.pilot_z(&b.sums)) {
+            best = Some(reading);
+        }
+    }
+    let Reading { sums, per_second, example, geometry, refined_ncc, offset } =
+        best.expect("at least one pairing");
     if sums.frames == 0 {
         return Err(Error::Registration("no leaked frame could be matched to the source".into()));
     }
-    let decision = decide(&detector, &sums, candidates, 1.0, config.threshold);
+    let decision = decide(&detector, &sums, candidates, pairings.len() as f64, config.threshold);
     Ok(TraceResult {
         decision,
         informed: true,
@@ -346,6 +267,143 @@ pub fn trace_informed(
             .collect(),
         example_frames: example,
     })
+}
+
+/// What one registration hypothesis read from the clip.
+struct Reading {
+    sums: SlotSums,
+    per_second: Vec<(f64, SlotSums)>,
+    example: Option<(Gray, Gray)>,
+    geometry: Geometry,
+    refined_ncc: Option<f64>,
+    offset: f64,
+}
+
+/// Everything an informed reading needs besides the hypothesis.
+struct InformedContext<'a> {
+    detector: &'a Detector,
+    src: &'a Decoded,
+    leak: &'a Decoded,
+    factor: f64,
+    src_info: &'a tracemark_core::video::VideoInfo,
+    leak_info: &'a tracemark_core::video::VideoInfo,
+    source: &'a Path,
+    leaked: &'a Path,
+    mid: usize,
+}
+
+impl InformedContext<'_> {
+    /// Aligns time under the thumbnail geometry `g_thumb`, then streams both files,
+    /// refines the geometry on the first pair at full detail, subtracts the registered
+    /// source and accumulates.
+    fn read(
+        &self,
+        g_thumb: &Geometry,
+        progress: &mut ProgressFn<'_>,
+        done: &mut u64,
+        total: Option<u64>,
+    ) -> Result<Reading> {
+        let (src, leak) = (self.src, self.leak);
+        let probe: Vec<usize> = (0..leak.thumbs.len()).step_by((leak.thumbs.len() / 24).max(1)).collect();
+        let best_match = |k: usize, range: std::ops::Range<usize>, step: usize| {
+            range.max_by(|&a, &b| {
+                thumb_match(&src.thumbs[a], &leak.thumbs[k], g_thumb, step).total_cmp(&thumb_match(
+                    &src.thumbs[b],
+                    &leak.thumbs[k],
+                    g_thumb,
+                    step,
+                ))
+            })
+        };
+        let mut offsets: Vec<f64> = probe
+            .iter()
+            .map(|&k| src.times[best_match(k, 0..src.thumbs.len(), 2).unwrap_or(0)] - leak.times[k])
+            .collect();
+        offsets.sort_by(f64::total_cmp);
+        let offset = offsets[offsets.len() / 2];
+        let frame_dt = if src.times.len() > 1 {
+            (src.times[src.times.len() - 1] - src.times[0]) / (src.times.len() - 1) as f64
+        } else {
+            0.04
+        };
+        let matches: Vec<Option<usize>> = (0..leak.thumbs.len())
+            .map(|k| {
+                let t = leak.times[k] + offset;
+                let lo = src.times.partition_point(|&s| s < t - 2.5 * frame_dt);
+                let hi = src.times.partition_point(|&s| s <= t + 2.5 * frame_dt);
+                best_match(k, lo..hi, 1)
+            })
+            .collect();
+
+        let grid = Grid::for_frame(self.src_info.width, self.src_info.height);
+        let mut geometry = g_thumb.rescaled(1.0 / self.factor, 1.0 / self.factor);
+        let mut refined_ncc = None;
+        let leak_factor = (geometry.sx.min(geometry.sy) * grid.scale).floor().max(1.0);
+        let (lw, lh) = thumb_size(self.leak_info.width, self.leak_info.height, leak_factor);
+        let mut sr = open(self.source)?;
+        let mut lr = open(self.leaked)?;
+        let mut sf = Frame::new(self.src_info.width, self.src_info.height);
+        let mut lf = Frame::new(self.leak_info.width, self.leak_info.height);
+        let mut src_index: Option<usize> = None;
+        let mut sums = SlotSums::default();
+        let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
+        let mut example = None;
+        let batch_len = 2 * rayon::current_num_threads().max(1);
+        let mut pairs: Vec<(usize, Gray, Gray)> = Vec::with_capacity(batch_len);
+        let mut merge = |pairs: &mut Vec<(usize, Gray, Gray)>, g_work: &Geometry| {
+            for (k, fs, ex) in read_pairs(self.detector, &grid, g_work, pairs, self.mid) {
+                sums.merge(&fs);
+                let sec = leak.times[k].floor();
+                if per_second.last().is_none_or(|p| p.0 != sec) {
+                    per_second.push((sec, SlotSums::default()));
+                }
+                per_second.last_mut().expect("pushed above").1.merge(&fs);
+                if ex.is_some() {
+                    example = ex;
+                }
+            }
+            pairs.clear();
+        };
+        for (k, m) in matches.iter().enumerate() {
+            if !lr.read_frame(&mut lf).map_err(Error::Video)? {
+                break;
+            }
+            *done += 1;
+            tick(progress, *done, total)?;
+            let Some(m) = *m else { continue };
+            if src_index.is_some_and(|s| s > m) {
+                continue; // time ran backwards: skip rather than re-decode
+            }
+            while src_index != Some(m) {
+                if !sr.read_frame(&mut sf).map_err(Error::Video)? {
+                    break;
+                }
+                src_index = Some(src_index.map_or(0, |s| s + 1));
+            }
+            if src_index != Some(m) {
+                break;
+            }
+            let src_work = Gray::from_plane(&sf.y, grid.work_w, grid.work_h);
+            let leak_img = Gray::from_plane(&lf.y, lw, lh);
+            if refined_ncc.is_none() {
+                let g_work = geometry.rescaled(grid.scale, leak_factor);
+                let (g, v) = register::refine(&src_work, &leak_img, g_work, 2);
+                geometry = Geometry {
+                    sx: g.sx * leak_factor / grid.scale,
+                    sy: g.sy * leak_factor / grid.scale,
+                    tx: g.tx * leak_factor,
+                    ty: g.ty * leak_factor,
+                };
+                refined_ncc = Some(v);
+            }
+            pairs.push((k, src_work, leak_img));
+            if pairs.len() == batch_len {
+                merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
+            }
+        }
+        merge(&mut pairs, &geometry.rescaled(grid.scale, leak_factor));
+        Ok(Reading { sums, per_second, example, geometry, refined_ncc, offset })
+    }
 }
 
 /// One leaked frame's sums, with the registered pair when it is the one kept for the report.
