@@ -497,3 +497,76 @@ fn keygen_never_overwrites() {
     fails(&["keygen", "--out", "unit.key"], s.p(), "exists already");
     assert_eq!(std::fs::read(s.p().join("unit.key")).unwrap(), before);
 }
+
+/// Every frame's timestamp in seconds, through the library's reader.
+fn timestamps(path: &Path) -> Vec<f64> {
+    let mut r = tracemark_core::video::VideoReader::open(path).unwrap();
+    let (n, d) = r.info().time_base;
+    let mut f = tracemark_core::Frame::new(2, 2);
+    let mut ts = Vec::new();
+    while r.read_frame(&mut f).unwrap() {
+        ts.push(f.pts.unwrap() as f64 * f64::from(n) / f64::from(d));
+    }
+    ts
+}
+
+/// 10-bit input is converted to 8-bit 4:2:0 (documented), and variable-frame-rate input
+/// keeps its irregular timestamps; both stay traceable.
+#[test]
+fn ten_bit_and_variable_frame_rate_inputs() {
+    let s = Setup::new();
+    let src = testdata("vtest-4s.avi");
+    ffmpeg(
+        &["-i", src.to_str().unwrap(), "-c:v", "libx264", "-pix_fmt", "yuv420p10le", "-crf", "10", "ten.mp4"],
+        s.p(),
+    );
+    ffmpeg(
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "select='lt(mod(n\\,5)\\,3)'",
+            "-fps_mode",
+            "vfr",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "10",
+            "vfr.mp4",
+        ],
+        s.p(),
+    );
+    for (input, out) in [("ten.mp4", "ten-marked.mp4"), ("vfr.mp4", "vfr-marked.mp4")] {
+        let o = s.embed("X", &s.p().join(input), out);
+        assert!(o.status.success(), "{input}: {}", String::from_utf8_lossy(&o.stderr));
+        let (a, b) = (timestamps(&s.p().join(input)), timestamps(&s.p().join(out)));
+        assert_eq!(a.len(), b.len(), "{input}: frame count");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 0.002, "{input}: {x} became {y}");
+        }
+        let r = s.trace(out, None);
+        assert_eq!(r["verdict"], "identified", "{input}: {r}");
+    }
+    let vfr = timestamps(&s.p().join("vfr.mp4"));
+    let gaps: Vec<f64> = vfr.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().any(|&g| g > 0.15) && gaps.iter().any(|&g| g < 0.15),
+        "the test clip is not VFR: {gaps:?}"
+    );
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=pix_fmt",
+            "-of",
+            "csv=p=0",
+            "ten-marked.mp4",
+        ])
+        .current_dir(s.p())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "yuv420p");
+}
