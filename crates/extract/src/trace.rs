@@ -592,7 +592,10 @@ fn fold(img: &Gray) -> Vec<f32> {
 struct Analysis {
     /// Leaked pixels per analysis pixel, horizontally and vertically.
     factor: (f64, f64),
+    /// Sum of the whitened frames.
     acc: Gray,
+    /// Sum of the frames themselves: where the mark's mask put its energy.
+    host: Gray,
 }
 
 /// The analysis grids worth trying for a `w` x `h` picture with sample aspect `sar`: the
@@ -611,7 +614,7 @@ fn analyses(w: usize, h: usize, sar: f64) -> Vec<Analysis> {
         .map(|ah| {
             let fy = h as f64 / ah as f64;
             let aw = ((w as f64 * sar / fy).round() as usize).max(2);
-            Analysis { factor: (w as f64 / aw as f64, fy), acc: Gray::new(aw, ah) }
+            Analysis { factor: (w as f64 / aw as f64, fy), acc: Gray::new(aw, ah), host: Gray::new(aw, ah) }
         })
         .collect()
 }
@@ -737,13 +740,24 @@ pub fn trace_blind(
             n += 1;
         }
         let sizes: Vec<(usize, usize)> = views.iter().map(|v| (v.acc.w, v.acc.h)).collect();
-        let whitened: Vec<Vec<Gray>> = batch[..n]
+        let whitened: Vec<Vec<(Gray, Gray)>> = batch[..n]
             .par_iter()
-            .map(|f| sizes.iter().map(|&(w, h)| whiten(&resize(&f.y, w, h))).collect())
+            .map(|f| {
+                sizes
+                    .iter()
+                    .map(|&(w, h)| {
+                        let a = resize(&f.y, w, h);
+                        (whiten(&a), a)
+                    })
+                    .collect()
+            })
             .collect();
         for per_view in whitened {
-            for (v, wr) in views.iter_mut().zip(per_view) {
+            for (v, (wr, a)) in views.iter_mut().zip(per_view) {
                 for (o, x) in v.acc.data.iter_mut().zip(&wr.data) {
+                    *o += x;
+                }
+                for (o, x) in v.host.data.iter_mut().zip(&a.data) {
                     *o += x;
                 }
             }
@@ -791,7 +805,12 @@ pub fn trace_blind(
         ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
         ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
     );
-    let flat = vec![128f32; aligned.w * aligned.h];
+    // The mean picture, on the same grid, tells the mask where the mark is strong.
+    let mut host = resample(&views[vi].host, scale, start);
+    for v in host.data.iter_mut() {
+        *v /= frames as f32;
+    }
+    let flat = host.data;
     let mut sums = SlotSums::default();
     detector.accumulate(
         &aligned.data,
