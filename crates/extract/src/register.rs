@@ -50,9 +50,17 @@ impl Geometry {
 
 /// NCC between `src` and `leak` under `g`, sampling every `step`-th source pixel.
 pub fn ncc_at(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> Ncc {
+    ncc_masked(src, leak, g, step, None)
+}
+
+/// [`ncc_at`] over the source pixels `keep` allows (all when `None`).
+pub fn ncc_masked(src: &Gray, leak: &Gray, g: &Geometry, step: usize, keep: Option<&[bool]>) -> Ncc {
     let mut n = Ncc::default();
     for j in (0..src.h).step_by(step) {
         for i in (0..src.w).step_by(step) {
+            if keep.is_some_and(|k| !k[j * src.w + i]) {
+                continue;
+            }
             let (x, y) = g.map(i as f64, j as f64);
             if let Some(v) = leak.sample(x, y) {
                 n.add(src.data[j * src.w + i], v);
@@ -60,6 +68,48 @@ pub fn ncc_at(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> Ncc {
         }
     }
     n
+}
+
+/// Source pixels that do not look like the leaked picture under `g`: logos, tickers and
+/// banners pasted over the picture. Both sides are standardised (a linear tone fit) and
+/// pixels whose difference is beyond three times the median difference are dropped.
+pub fn outlier_mask(src: &Gray, leak: &Gray, g: &Geometry) -> Vec<bool> {
+    let (mut ms, mut ml, mut n) = (0f64, 0f64, 0f64);
+    let mut pairs = Vec::with_capacity(src.w * src.h);
+    for j in 0..src.h {
+        for i in 0..src.w {
+            let (x, y) = g.map(i as f64, j as f64);
+            let v = leak.sample(x, y);
+            if let Some(v) = v {
+                ms += f64::from(src.data[j * src.w + i]);
+                ml += f64::from(v);
+                n += 1.0;
+            }
+            pairs.push(v);
+        }
+    }
+    if n < 16.0 {
+        return vec![true; src.w * src.h];
+    }
+    let (ms, ml) = (ms / n, ml / n);
+    let (mut vs, mut vl) = (0f64, 0f64);
+    for (s, l) in src.data.iter().zip(&pairs) {
+        if let Some(l) = l {
+            vs += (f64::from(*s) - ms).powi(2);
+            vl += (f64::from(*l) - ml).powi(2);
+        }
+    }
+    let (ss, sl) = ((vs / n).sqrt().max(1e-6), (vl / n).sqrt().max(1e-6));
+    let diffs: Vec<Option<f64>> = src
+        .data
+        .iter()
+        .zip(&pairs)
+        .map(|(s, l)| l.map(|l| ((f64::from(*s) - ms) / ss - (f64::from(l) - ml) / sl).abs()))
+        .collect();
+    let mut sorted: Vec<f64> = diffs.iter().flatten().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let cut = 3.0 * sorted[sorted.len() / 2].max(1e-3);
+    diffs.iter().map(|d| d.is_none_or(|d| d <= cut)).collect()
 }
 
 /// Zero-mean, edge-tapered copy of `img` placed at the origin of a `cw` x `ch` canvas.
@@ -154,7 +204,26 @@ pub fn coarse(src: &Gray, leak: &Gray, keep: usize) -> Vec<(Geometry, f64)> {
 }
 
 /// Refines `g` (in the pixels of `src` and `leak`) by pattern search on the NCC.
-pub fn refine(src: &Gray, leak: &Gray, mut g: Geometry, step: usize) -> (Geometry, f64) {
+pub fn refine(src: &Gray, leak: &Gray, g: Geometry, step: usize) -> (Geometry, f64) {
+    refine_masked(src, leak, g, step, None)
+}
+
+/// Refines twice: once on every pixel, then again without the pixels that disagree
+/// (overlays a channel pasted on the picture would otherwise pull the fit).
+pub fn refine_robust(src: &Gray, leak: &Gray, g: Geometry, step: usize) -> (Geometry, f64) {
+    let (g, _) = refine_masked(src, leak, g, step, None);
+    let keep = outlier_mask(src, leak, &g);
+    refine_masked(src, leak, g, step, Some(&keep))
+}
+
+fn refine_masked(
+    src: &Gray,
+    leak: &Gray,
+    mut g: Geometry,
+    step: usize,
+    keep: Option<&[bool]>,
+) -> (Geometry, f64) {
+    let ncc_at = |s: &Gray, l: &Gray, g: &Geometry, step: usize| ncc_masked(s, l, g, step, keep);
     let mut best = ncc_at(src, leak, &g, step).value();
     let (mut ds, mut dt) = (0.01 * g.sx.max(g.sy), 1.0f64);
     for _ in 0..200 {

@@ -387,7 +387,7 @@ impl InformedContext<'_> {
             let leak_img = Gray::from_plane(&lf.y, lw, lh);
             if refined_ncc.is_none() {
                 let g_work = geometry.rescaled(grid.scale, leak_factor);
-                let (g, v) = register::refine(&src_work, &leak_img, g_work, 2);
+                let (g, v) = register::refine_robust(&src_work, &leak_img, g_work, 2);
                 geometry = Geometry {
                     sx: g.sx * leak_factor / grid.scale,
                     sy: g.sy * leak_factor / grid.scale,
