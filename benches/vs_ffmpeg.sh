@@ -11,7 +11,7 @@ mode="${1:?mode: identity or embed}"; shift
 rounds="${1:-3}"; shift
 [ "$#" -gt 0 ] || set -- ../shared/clips/pan1080.mp4 ../shared/clips/vtest.avi
 crf=18; preset=medium
-cargo build --release --quiet --example transcode --bin tracemark
+cargo build --release --quiet --example transcode && cargo build --release --quiet -p tracemark-cli
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 if [ "$mode" = embed ]; then
   ./target/release/tracemark keygen --out "$work/key" >/dev/null
@@ -30,7 +30,7 @@ for clip in "$@"; do
     rm -f "$work/tm.mp4" "$work/reg.db"
     if [ "$mode" = embed ]; then
       ./target/release/tracemark embed --quiet --key "$work/key" --registry "$work/reg.db" --recipient bench \
-        --officer bench --approved-by bench --crf $crf --preset $preset "$clip" "$work/tm.mp4" >/dev/null
+        --officer bench-officer --approved-by bench-approver --crf $crf --preset $preset "$clip" "$work/tm.mp4" >/dev/null
     else
       ./target/release/examples/transcode "$clip" "$work/tm.mp4" $crf $preset >/dev/null
     fi

@@ -54,25 +54,49 @@ impl Gray {
         Some(top + (bot - top) * fy)
     }
 
-    /// 3x3 median (edges replicated): a 19-comparison sorting network per pixel.
+    /// 3x3 median (edges replicated): Paeth's 19-comparison sorting network, run on whole
+    /// rows at once (nine shifted copies of the neighbourhood, compare-swapped lane by lane,
+    /// which vectorises).
     pub fn median3(&self) -> Gray {
-        let mut out = Gray::new(self.w, self.h);
         let (w, h) = (self.w, self.h);
         if w < 3 || h < 3 {
             return self.median3_reference();
         }
+        let mut out = Gray::new(w, h);
+        let mut lanes = vec![vec![0f32; w]; 9];
         for y in 0..h {
-            let (ym, yp) = (y.saturating_sub(1), (y + 1).min(h - 1));
-            let (r0, r1, r2) = (
-                &self.data[ym * w..ym * w + w],
-                &self.data[y * w..y * w + w],
-                &self.data[yp * w..yp * w + w],
-            );
-            let o = &mut out.data[y * w..y * w + w];
-            for x in 0..w {
-                let (xm, xp) = (x.saturating_sub(1), (x + 1).min(w - 1));
-                o[x] = median9([r0[xm], r0[x], r0[xp], r1[xm], r1[x], r1[xp], r2[xm], r2[x], r2[xp]]);
+            for (dy, row) in [y.saturating_sub(1), y, (y + 1).min(h - 1)].into_iter().enumerate() {
+                let r = &self.data[row * w..row * w + w];
+                for dx in 0..3 {
+                    let lane = &mut lanes[dy * 3 + dx];
+                    match dx {
+                        0 => {
+                            lane[0] = r[0];
+                            lane[1..].copy_from_slice(&r[..w - 1]);
+                        }
+                        1 => lane.copy_from_slice(r),
+                        _ => {
+                            lane[..w - 1].copy_from_slice(&r[1..]);
+                            lane[w - 1] = r[w - 1];
+                        }
+                    }
+                }
             }
+            for &(a, b) in &MEDIAN9_NETWORK {
+                let (lo, hi) = if a < b {
+                    let (x, y) = lanes.split_at_mut(b);
+                    (&mut x[a], &mut y[0])
+                } else {
+                    let (x, y) = lanes.split_at_mut(a);
+                    (&mut y[0], &mut x[b])
+                };
+                for (p, q) in lo.iter_mut().zip(hi.iter_mut()) {
+                    let (u, v) = (*p, *q);
+                    *p = u.min(v);
+                    *q = u.max(v);
+                }
+            }
+            out.data[y * w..y * w + w].copy_from_slice(&lanes[4]);
         }
         out
     }
@@ -100,40 +124,29 @@ impl Gray {
     }
 }
 
-/// Median of nine values (Paeth's network).
-#[inline]
-fn median9(mut p: [f32; 9]) -> f32 {
-    #[inline(always)]
-    fn s(p: &mut [f32; 9], a: usize, b: usize) {
-        let (x, y) = (p[a], p[b]);
-        p[a] = x.min(y);
-        p[b] = x.max(y);
-    }
-    for (a, b) in [
-        (1, 2),
-        (4, 5),
-        (7, 8),
-        (0, 1),
-        (3, 4),
-        (6, 7),
-        (1, 2),
-        (4, 5),
-        (7, 8),
-        (0, 3),
-        (5, 8),
-        (4, 7),
-        (3, 6),
-        (1, 4),
-        (2, 5),
-        (4, 7),
-        (4, 2),
-        (6, 4),
-        (4, 2),
-    ] {
-        s(&mut p, a, b);
-    }
-    p[4]
-}
+/// Paeth's median-of-9 network: after these compare-swaps (low index gets the minimum),
+/// element 4 is the median.
+const MEDIAN9_NETWORK: [(usize, usize); 19] = [
+    (1, 2),
+    (4, 5),
+    (7, 8),
+    (0, 1),
+    (3, 4),
+    (6, 7),
+    (1, 2),
+    (4, 5),
+    (7, 8),
+    (0, 3),
+    (5, 8),
+    (4, 7),
+    (3, 6),
+    (1, 4),
+    (2, 5),
+    (4, 7),
+    (4, 2),
+    (6, 4),
+    (4, 2),
+];
 
 /// Normalised cross-correlation of paired samples.
 #[derive(Clone, Copy, Debug, Default)]
