@@ -51,45 +51,7 @@ enum Command {
         out: PathBuf,
     },
     /// Export a marked copy of a clip for one recipient and record it in the registry.
-    Embed {
-        /// The unit's key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// The export registry (created if missing).
-        #[arg(long)]
-        registry: PathBuf,
-        /// Who receives this copy.
-        #[arg(long)]
-        recipient: String,
-        /// The exporting officer.
-        #[arg(long)]
-        officer: String,
-        /// The senior officer who approved the export.
-        #[arg(long = "approved-by")]
-        approved_by: String,
-        /// Case reference.
-        #[arg(long = "case")]
-        case_ref: Option<String>,
-        /// Why the clip leaves the building.
-        #[arg(long)]
-        reason: Option<String>,
-        /// x264 constant rate factor (0 = lossless).
-        #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
-        crf: u8,
-        /// x264 preset.
-        #[arg(long, default_value = "medium")]
-        preset: String,
-        /// Mark strength as the luma PSNR of the mark alone (higher = fainter).
-        #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
-        target_psnr: f64,
-        /// Print the export record as JSON.
-        #[arg(long)]
-        json: bool,
-        /// The clip to export.
-        input: PathBuf,
-        /// The marked copy to write (must not exist).
-        output: PathBuf,
-    },
+    Embed(EmbedArgs),
     /// Find out which export a leaked clip came from.
     Trace {
         /// The unit's key file.
@@ -186,38 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 key.fingerprint()
             );
         }
-        Command::Embed {
-            key,
-            registry,
-            recipient,
-            officer,
-            approved_by,
-            case_ref,
-            reason,
-            crf,
-            preset,
-            target_psnr,
-            json,
-            input,
-            output,
-        } => {
-            embed(EmbedArgs {
-                key,
-                registry,
-                recipient,
-                officer,
-                approved_by,
-                case_ref,
-                reason,
-                crf,
-                preset,
-                target_psnr,
-                json,
-                input,
-                output,
-                show_progress,
-            })?;
-        }
+        Command::Embed(args) => embed(args, show_progress)?,
         Command::Trace { key, registry, original, threshold, json, report, leaked } => {
             let key = load_key(&key)?;
             let reg = Registry::open_existing(&registry, &key.fingerprint())?;
@@ -371,24 +302,49 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Arguments of `tracemark embed`.
+#[derive(clap::Args, Debug)]
 struct EmbedArgs {
+    /// The unit's key file.
+    #[arg(long)]
     key: PathBuf,
+    /// The export registry (created if missing).
+    #[arg(long)]
     registry: PathBuf,
+    /// Who receives this copy.
+    #[arg(long)]
     recipient: String,
+    /// The exporting officer.
+    #[arg(long)]
     officer: String,
+    /// The senior officer who approved the export.
+    #[arg(long = "approved-by")]
     approved_by: String,
+    /// Case reference.
+    #[arg(long = "case")]
     case_ref: Option<String>,
+    /// Why the clip leaves the building.
+    #[arg(long)]
     reason: Option<String>,
+    /// x264 constant rate factor (0 = lossless).
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
     crf: u8,
+    /// x264 preset.
+    #[arg(long, default_value = "medium")]
     preset: String,
+    /// Mark strength as the luma PSNR of the mark alone (higher = fainter).
+    #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
     target_psnr: f64,
+    /// Print the export record as JSON.
+    #[arg(long)]
     json: bool,
+    /// The clip to export.
     input: PathBuf,
+    /// The marked copy to write (must not exist).
     output: PathBuf,
-    show_progress: bool,
 }
 
-fn embed(a: EmbedArgs) -> Result<()> {
+fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
     for (name, v) in
         [("--recipient", &a.recipient), ("--officer", &a.officer), ("--approved-by", &a.approved_by)]
     {
@@ -424,7 +380,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
         // the temporary output is the only thing left (never the final name).
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let bar = progress_bar(a.show_progress, "marking");
+    let bar = progress_bar(show_progress, "marking");
     let mut cb = |p: Progress| {
         if let Some(b) = &bar {
             if let Some(t) = p.total {
