@@ -638,9 +638,9 @@ fn resize(p: &tracemark_core::Plane, w: usize, h: usize) -> Gray {
     out
 }
 
-/// Pilot correlation peak of `acc` resampled at `scale`: (z of the peak over the surface,
-/// integer shift).
-struct Sync {
+/// Searches the pilot's correlation peak over geometries: one FFT plan and its buffers,
+/// reused for every hypothesis a thread tries.
+struct PilotSearch {
     fft: Fft2d,
     tile: Vec<f32>,
     ba: Vec<rustfft::num_complex::Complex32>,
@@ -648,7 +648,7 @@ struct Sync {
     surface: Vec<f32>,
 }
 
-impl Sync {
+impl PilotSearch {
     fn new(key: &MasterKey) -> Self {
         Self {
             fft: Fft2d::new(TILE_PX, TILE_PX),
@@ -659,6 +659,8 @@ impl Sync {
         }
     }
 
+    /// Peak of the pilot correlation of `acc` resampled at `scale`: its z over the whole
+    /// surface and the integer shift; `None` when the image is too small for a tile.
     fn peak(&mut self, acc: &Gray, scale: f64) -> Option<(f64, (usize, usize))> {
         let img = resample(acc, scale, (0.0, 0.0));
         if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
@@ -686,7 +688,7 @@ impl Sync {
     }
 
     /// Sub-pixel refinement of a peak (parabola through the neighbours); call right after
-    /// [`Sync::peak`] for the same image and scale.
+    /// [`PilotSearch::peak`] for the same image and scale.
     fn subpixel(&self, (dx, dy): (usize, usize)) -> (f64, f64) {
         let at = |x: usize, y: usize| f64::from(self.surface[(y % TILE_PX) * TILE_PX + x % TILE_PX]);
         let para = |l: f64, c: f64, r: f64| {
@@ -774,7 +776,7 @@ pub fn trace_blind(
     let search = |hyps: Vec<(usize, f64)>| -> (f64, usize, f64) {
         hyps.into_par_iter()
             .map_init(
-                || Sync::new(key),
+                || PilotSearch::new(key),
                 |sync, (vi, scale)| {
                     sync.peak(&views[vi].acc, scale).map_or((f64::MIN, vi, scale), |(z, _)| (z, vi, scale))
                 },
@@ -793,7 +795,7 @@ pub fn trace_blind(
     hypotheses += fine.len();
     let best_fine = search(fine);
     let (_, vi, scale) = if best_fine.0 > best.0 { best_fine } else { best };
-    let mut sync = Sync::new(key);
+    let mut sync = PilotSearch::new(key);
     let acc = &views[vi].acc;
     let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
     let shift = sync.subpixel(peak);
