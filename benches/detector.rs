@@ -2,24 +2,16 @@
 //! The detector's per-frame work on real frames (residual projection and accumulation at
 //! the working grid of SD and HD, the blind whitening median) and the verdict over a
 //! registry of 1,000 exports.
-use std::path::Path;
+mod common;
 
+use common::first_frame;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tracemark::core::grid::Grid;
-use tracemark::core::video::VideoReader;
-use tracemark::core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey};
+use tracemark::core::{EmbedConfig, Embedder, MarkId, MasterKey};
 use tracemark::extract::detect::{DetectScratch, SlotSums};
 use tracemark::extract::image::Gray;
 use tracemark::extract::verdict::{decide, Candidate};
 use tracemark::extract::Detector;
-
-fn first_frame(clip: &str) -> Frame {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(clip);
-    let mut r = VideoReader::open(&path).unwrap();
-    let mut f = Frame::new(2, 2);
-    assert!(r.read_frame(&mut f).unwrap());
-    f
-}
 
 fn detector(c: &mut Criterion) {
     let key = MasterKey::from_seed(3);

@@ -2,20 +2,12 @@
 //! The embed kernel alone (no decode, no encode) on real frames, at 720x576 and 1920x1080,
 //! with 1 and 2 threads. Each iteration marks a batch of frames in parallel, one scratch per
 //! frame slot, as the pipeline does.
-use std::path::Path;
+mod common;
 
+use common::first_frame;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
-use tracemark::core::video::VideoReader;
 use tracemark::core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey, Plane};
-
-fn first_frame(clip: &str) -> Frame {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(clip);
-    let mut r = VideoReader::open(&path).unwrap();
-    let mut f = Frame::new(2, 2);
-    assert!(r.read_frame(&mut f).unwrap());
-    f
-}
 
 /// The top-left `w` x `h` of a frame.
 fn crop(f: &Frame, w: usize, h: usize) -> Frame {

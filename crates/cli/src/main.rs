@@ -165,12 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = TraceConfig::new().with_threshold(threshold);
             let bar = progress_bar(show_progress, "tracing");
             let mut cb = |p: Progress| {
-                if let Some(b) = &bar {
-                    if let Some(t) = p.total {
-                        b.set_length(t);
-                    }
-                    b.set_position(p.done);
-                }
+                show(bar.as_ref(), p);
                 ControlFlow::Continue(())
             };
             let result = match &original {
@@ -273,6 +268,16 @@ fn progress_bar(show: bool, what: &str) -> Option<indicatif::ProgressBar> {
         b.set_message(what.to_string());
         b
     })
+}
+
+/// Moves a progress bar (if there is one) to `p`.
+fn show(bar: Option<&indicatif::ProgressBar>, p: Progress) {
+    if let Some(b) = bar {
+        if let Some(t) = p.total {
+            b.set_length(t);
+        }
+        b.set_position(p.done);
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -382,12 +387,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
     }
     let bar = progress_bar(show_progress, "marking");
     let mut cb = |p: Progress| {
-        if let Some(b) = &bar {
-            if let Some(t) = p.total {
-                b.set_length(t);
-            }
-            b.set_position(p.done);
-        }
+        show(bar.as_ref(), p);
         if interrupted.load(Ordering::SeqCst) {
             ControlFlow::Break(())
         } else {
