@@ -34,6 +34,13 @@ pub fn basis(v: usize, u: usize) -> [f64; 64] {
     b
 }
 
+/// The band's weights: [`BAND_THRESHOLDS`] normalised so a block carrying every band
+/// coefficient at unit amplitude has unit energy. Embedder and detector share them.
+pub fn band_weights() -> [f32; 9] {
+    let norm = BAND_THRESHOLDS.iter().map(|t| t * t).sum::<f32>().sqrt();
+    BAND_THRESHOLDS.map(|t| t / norm)
+}
+
 /// The band's basis images in f32, computed once.
 pub fn band_basis() -> [[f32; 64]; 9] {
     let mut out = [[0f32; 64]; 9];

@@ -8,7 +8,7 @@
 //! is interpolated back to full resolution before it is added. The per-frame loop does not
 //! allocate once the scratch has seen the frame size.
 
-use crate::dct::{self, BAND, BAND_THRESHOLDS};
+use crate::dct::{self, BAND};
 use crate::frame::Frame;
 use crate::grid::{self, AreaTaps, Grid, LinearTaps};
 use crate::key::MasterKey;
@@ -78,12 +78,6 @@ fn to_pixel(v: f32) -> u8 {
     (v.clamp(0.0, 255.0) + 12_582_912.0).to_bits() as u8
 }
 
-/// Band weights normalised so one pattern block has unit energy.
-fn band_weights() -> [f32; 9] {
-    let norm = BAND_THRESHOLDS.iter().map(|t| t * t).sum::<f32>().sqrt();
-    BAND_THRESHOLDS.map(|t| t / norm)
-}
-
 /// Adds the mark of one export. Cheap to share between threads (`Sync`).
 #[derive(Clone, Debug)]
 pub struct Embedder {
@@ -142,22 +136,13 @@ impl Embedder {
         config.validate()?;
         let layout = TileLayout::new(key);
         let codeword = Codebook::new(key).codeword(mark_id);
-        let basis = dct::band_basis();
-        let weights = band_weights();
-        let pattern = (0..TILE_BLOCKS * TILE_BLOCKS)
-            .map(|b| {
-                let mut p = [0f32; 64];
-                for k in 0..BAND.len() {
-                    let slot = layout.slots[b * BAND.len() + k];
-                    let sign = if slot.role == PILOT { 1 } else { codeword[slot.role as usize] };
-                    let a = weights[k] * f32::from(slot.chip * sign);
-                    for (d, s) in p.iter_mut().zip(&basis[k]) {
-                        *d += a * s;
-                    }
-                }
-                p
-            })
-            .collect();
+        let pattern = layout.block_patterns(|slot| {
+            if slot.role == PILOT {
+                1.0
+            } else {
+                f32::from(codeword[slot.role as usize])
+            }
+        });
         Ok(Self { mark_id, config, layout, codeword, pattern })
     }
 
@@ -302,7 +287,7 @@ impl Embedder {
         let mut m = vec![0f32; bx * by];
         mask::smooth(&raw, bx, by, &mut m);
         let strength = f64::from(self.strength(&m, ww * wh));
-        let weights = band_weights();
+        let weights = dct::band_weights();
         let mut resid = vec![0f64; ww * wh];
         for j in 0..by {
             for i in 0..bx {

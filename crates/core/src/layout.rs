@@ -8,7 +8,7 @@
 
 use rand_core::RngCore;
 
-use crate::dct::BAND;
+use crate::dct::{self, BAND};
 use crate::key::{MasterKey, Purpose};
 use crate::payload::CODE_BITS;
 
@@ -58,6 +58,27 @@ impl TileLayout {
             slots[slot].chip = if rng.next_u32() & 1 == 0 { 1 } else { -1 };
         }
         Self { slots }
+    }
+
+    /// The pixel pattern (row-major 8x8) of every block of the tile, for slot signs given
+    /// by `sign` (times each slot's chip and band weight): the embedder's mark with
+    /// `sign` = codeword bit or 1 for pilots, the detector's pilot reference with 0 for
+    /// codeword slots.
+    pub fn block_patterns(&self, sign: impl Fn(Slot) -> f32) -> Vec<[f32; 64]> {
+        let (basis, weights) = (dct::band_basis(), dct::band_weights());
+        self.slots
+            .chunks_exact(BAND.len())
+            .map(|block| {
+                let mut p = [0f32; 64];
+                for ((slot, b), w) in block.iter().zip(&basis).zip(&weights) {
+                    let a = w * f32::from(slot.chip) * sign(*slot);
+                    for (d, s) in p.iter_mut().zip(b) {
+                        *d += a * s;
+                    }
+                }
+                p
+            })
+            .collect()
     }
 }
 

@@ -7,7 +7,7 @@
 //! are summed per tile slot over every block and every frame ([`SlotSums`]). From the sums
 //! come the pilot statistic, the soft codeword bits, and the scores of candidate exports.
 
-use tracemark_core::dct::{self, BAND, BAND_THRESHOLDS};
+use tracemark_core::dct::{self, BAND};
 use tracemark_core::layout::{TileLayout, PILOT, SLOTS, TILE_BLOCKS};
 use tracemark_core::mask::{self, MaskParams};
 use tracemark_core::payload::{Codebook, MarkId, CODE_BITS};
@@ -58,12 +58,11 @@ pub struct Detector {
 impl Detector {
     /// The detector for marks made with `key`.
     pub fn new(key: &MasterKey) -> Self {
-        let norm = BAND_THRESHOLDS.iter().map(|t| t * t).sum::<f32>().sqrt();
         Self {
             layout: TileLayout::new(key),
             codebook: Codebook::new(key),
             basis: dct::band_basis(),
-            weights: BAND_THRESHOLDS.map(|t| t / norm),
+            weights: dct::band_weights(),
             mask: MaskParams::default(),
         }
     }

@@ -135,7 +135,7 @@ fn canvas(img: &Gray, cw: usize, ch: usize) -> Vec<f32> {
 }
 
 /// Resamples `img` by (`sx`, `sy`) with bilinear interpolation.
-fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
+pub(crate) fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
     let (w, h) =
         (((img.w as f64 * sx).round() as usize).max(2), ((img.h as f64 * sy).round() as usize).max(2));
     let mut out = Gray::new(w, h);

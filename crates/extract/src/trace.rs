@@ -504,24 +504,12 @@ fn warp_and_fit(src: &Gray, leak: &Gray, g: &Geometry, resid: &mut [f32]) -> Gra
 /// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
 fn pilot_tile(key: &MasterKey) -> Vec<f32> {
     let layout = tracemark_core::layout::TileLayout::new(key);
-    let basis = tracemark_core::dct::band_basis();
-    let t = tracemark_core::dct::BAND_THRESHOLDS;
-    let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let patterns = layout.block_patterns(|slot| if slot.role == PILOT { 1.0 } else { 0.0 });
     let mut tile = vec![0f32; TILE_PX * TILE_PX];
-    let nb = basis.len();
-    for b in 0..TILE_BLOCKS * TILE_BLOCKS {
+    for (b, p) in patterns.iter().enumerate() {
         let (bx, by) = (b % TILE_BLOCKS, b / TILE_BLOCKS);
-        for k in 0..nb {
-            let s = layout.slots[b * nb + k];
-            if s.role != PILOT {
-                continue;
-            }
-            let a = f32::from(s.chip) * t[k] / norm;
-            for y in 0..8 {
-                for x in 0..8 {
-                    tile[(by * 8 + y) * TILE_PX + bx * 8 + x] += a * basis[k][y * 8 + x];
-                }
-            }
+        for (y, row) in p.chunks_exact(8).enumerate() {
+            tile[(by * 8 + y) * TILE_PX + bx * 8..][..8].copy_from_slice(row);
         }
     }
     tile
@@ -626,16 +614,9 @@ fn resize(p: &tracemark_core::Plane, w: usize, h: usize) -> Gray {
     if (dw, dh) == (w, h) {
         return down;
     }
-    let mut out = Gray::new(w, h);
-    let (sx, sy) = (dw as f64 / w as f64, dh as f64 / h as f64);
-    for y in 0..h {
-        for x in 0..w {
-            let u = (((x as f64 + 0.5) * sx - 0.5).clamp(0.0, (dw - 1) as f64)) as f32;
-            let v = (((y as f64 + 0.5) * sy - 0.5).clamp(0.0, (dh - 1) as f64)) as f32;
-            out.data[y * w + x] = down.sample(u, v).unwrap_or(0.0);
-        }
-    }
-    out
+    let up = register::scaled(&down, w as f64 / dw as f64, h as f64 / dh as f64);
+    debug_assert_eq!((up.w, up.h), (w, h));
+    up
 }
 
 /// Searches the pilot's correlation peak over geometries: one FFT plan and its buffers,
