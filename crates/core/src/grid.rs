@@ -120,7 +120,8 @@ impl LinearTaps {
 
 /// Area-downscales an 8-bit plane into `out` (`dst_w` x `dst_h` floats) using `tmp`
 /// (`src_h` x `dst_w` floats) between the separable passes. Whole-number factors (1080 to
-/// 360, 720 to 360) take an integer fast path; [`downscale_area_taps`] is the general one.
+/// 360, 720 to 360, 1920 to 128) take an integer fast path; [`downscale_area_taps`] is the
+/// general one.
 pub fn downscale_area(
     src: &crate::Plane,
     hx: &AreaTaps,
@@ -132,15 +133,15 @@ pub fn downscale_area(
     let dst_h = out.len() / dst_w.max(1);
     let (w, h) = (src.width(), src.height());
     let whole = dst_w > 0 && dst_h > 0 && w % dst_w == 0 && h % dst_h == 0;
-    if whole && w / dst_w <= 8 && h / dst_h <= 8 && tmp.len() >= w {
+    if whole && w / dst_w <= 64 && h / dst_h <= 64 && tmp.len() >= w {
         downscale_integer(src, w / dst_w, h / dst_h, &mut tmp[..w], out, dst_w);
     } else {
         downscale_area_taps(src, hx, vy, tmp, out, dst_w);
     }
 }
 
-/// Box average over `kx` x `ky` blocks; `acc` (picture width) sums rows. Sums of at most
-/// 64 bytes are exact in f32.
+/// Box average over `kx` x `ky` blocks; `acc` (picture width) sums rows. Sums of up to
+/// 64 x 64 bytes stay below 2^24, so they are exact in f32.
 fn downscale_integer(
     src: &crate::Plane,
     kx: usize,
@@ -172,13 +173,26 @@ pub fn downscale_area_taps(
     out: &mut [f32],
     dst_w: usize,
 ) {
-    for (y, row) in src.rows().enumerate() {
+    downscale_rows_taps(src.rows(), hx, vy, tmp, out, dst_w);
+}
+
+/// [`downscale_area_taps`] over any rows of samples (bytes of a plane, floats of an image
+/// already downscaled once). `tmp` holds `rows` x `dst_w` floats.
+pub fn downscale_rows_taps<'a, T: Copy + Into<f32> + 'a>(
+    rows: impl Iterator<Item = &'a [T]>,
+    hx: &AreaTaps,
+    vy: &AreaTaps,
+    tmp: &mut [f32],
+    out: &mut [f32],
+    dst_w: usize,
+) {
+    for (y, row) in rows.enumerate() {
         let t = &mut tmp[y * dst_w..(y + 1) * dst_w];
         for (o, v) in t.iter_mut().enumerate() {
             let taps = &hx.taps[hx.offsets[o]..hx.offsets[o + 1]];
             let mut acc = 0f32;
             for &(i, w) in taps {
-                acc += f32::from(row[i as usize]) * w;
+                acc += row[i as usize].into() * w;
             }
             *v = acc;
         }
@@ -210,7 +224,9 @@ mod tests {
 
     #[test]
     fn integer_fast_path_agrees_with_taps() {
-        for (w, h, dw, dh) in [(1920, 1080, 640, 360), (1280, 720, 640, 360), (96, 64, 32, 32)] {
+        for (w, h, dw, dh) in
+            [(1920, 1080, 640, 360), (1280, 720, 640, 360), (96, 64, 32, 32), (1920, 1080, 128, 72)]
+        {
             let mut p = crate::Plane::new(w, h, 0);
             for (y, row) in p.rows_mut().enumerate() {
                 for (x, v) in row.iter_mut().enumerate() {

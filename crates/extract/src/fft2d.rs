@@ -13,8 +13,24 @@ pub struct Fft2d {
     row_inv: Arc<dyn Fft<f32>>,
     col_fwd: Arc<dyn Fft<f32>>,
     col_inv: Arc<dyn Fft<f32>>,
-    column: Vec<Complex32>,
+    /// The transpose (`h`-long columns, one after another).
+    columns: Vec<Complex32>,
     scratch: Vec<Complex32>,
+}
+
+/// Writes the transpose of row-major `w` x `h` `src` into `dst` (row-major `h` x `w`), in
+/// tiles that stay in cache.
+fn transpose(src: &[Complex32], dst: &mut [Complex32], w: usize, h: usize) {
+    const T: usize = 16;
+    for y0 in (0..h).step_by(T) {
+        for x0 in (0..w).step_by(T) {
+            for y in y0..(y0 + T).min(h) {
+                for x in x0..(x0 + T).min(w) {
+                    dst[x * h + y] = src[y * w + x];
+                }
+            }
+        }
+    }
 }
 
 impl Fft2d {
@@ -35,7 +51,7 @@ impl Fft2d {
             row_inv,
             col_fwd,
             col_inv,
-            column: vec![Complex32::default(); h],
+            columns: vec![Complex32::default(); w * h],
             scratch: vec![Complex32::default(); scratch_len],
         }
     }
@@ -53,18 +69,12 @@ impl Fft2d {
         assert_eq!(data.len(), self.w * self.h);
         let (row, col) =
             if inverse { (&self.row_inv, &self.col_inv) } else { (&self.row_fwd, &self.col_fwd) };
-        for r in data.chunks_exact_mut(self.w) {
-            row.process_with_scratch(r, &mut self.scratch);
-        }
-        for x in 0..self.w {
-            for y in 0..self.h {
-                self.column[y] = data[y * self.w + x];
-            }
-            col.process_with_scratch(&mut self.column, &mut self.scratch);
-            for y in 0..self.h {
-                data[y * self.w + x] = self.column[y];
-            }
-        }
+        // Rows, then columns as rows of the transpose: rustfft runs many transforms of one
+        // length in one call, on contiguous data.
+        row.process_with_scratch(data, &mut self.scratch);
+        transpose(data, &mut self.columns, self.w, self.h);
+        col.process_with_scratch(&mut self.columns, &mut self.scratch);
+        transpose(&self.columns, data, self.h, self.w);
     }
 
     /// In-place forward transform.
@@ -137,5 +147,34 @@ mod tests {
         cross_correlate(&mut fft, &a, &b, true, &mut Vec::new(), &mut Vec::new(), &mut out);
         let best = out.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
         assert_eq!((best % w, best / w), (5, 3));
+    }
+
+    #[test]
+    fn forward_matches_a_textbook_dft() {
+        let (w, h) = (16, 8);
+        let data: Vec<Complex32> = (0..w * h)
+            .map(|i| Complex32::new(((i * 37) % 23) as f32 - 11.0, ((i * 11) % 7) as f32 - 3.0))
+            .collect();
+        let mut fast = data.clone();
+        Fft2d::new(w, h).forward(&mut fast);
+        for (v, u) in (0..h).flat_map(|v| (0..w).map(move |u| (v, u))) {
+            let mut sum = (0f64, 0f64);
+            for (y, x) in (0..h).flat_map(|y| (0..w).map(move |x| (y, x))) {
+                let a = -2.0 * std::f64::consts::PI * ((u * x) as f64 / w as f64 + (v * y) as f64 / h as f64);
+                let d = data[y * w + x];
+                let (re, im) = (f64::from(d.re), f64::from(d.im));
+                sum.0 += re * a.cos() - im * a.sin();
+                sum.1 += re * a.sin() + im * a.cos();
+            }
+            let got = fast[v * w + u];
+            assert!((f64::from(got.re) - sum.0).abs() < 1e-3 && (f64::from(got.im) - sum.1).abs() < 1e-3);
+        }
+        let mut back = fast.clone();
+        Fft2d::new(w, h).inverse(&mut back);
+        for (b, d) in back.iter().zip(&data) {
+            assert!(
+                (b.re / (w * h) as f32 - d.re).abs() < 1e-4 && (b.im / (w * h) as f32 - d.im).abs() < 1e-4
+            );
+        }
     }
 }

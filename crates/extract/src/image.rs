@@ -1,7 +1,66 @@
 //! Float grey images and the few operations registration needs.
 
-use tracemark_core::grid::{downscale_area, AreaTaps};
+use tracemark_core::grid::{downscale_area, downscale_rows_taps, AreaTaps};
 use tracemark_core::Plane;
+
+/// An area downscale from planes of one size to images of another, with its taps and
+/// between-pass buffer made once and reused for every frame.
+#[derive(Clone, Debug)]
+pub struct Downscaler {
+    src: (usize, usize),
+    dst: (usize, usize),
+    hx: AreaTaps,
+    vy: AreaTaps,
+    tmp: Vec<f32>,
+}
+
+impl Downscaler {
+    /// Downscales `src_w` x `src_h` planes to `dst_w` x `dst_h` (not larger than the plane).
+    pub fn new(src_w: usize, src_h: usize, dst_w: usize, dst_h: usize) -> Self {
+        assert!(dst_w <= src_w && dst_h <= src_h, "Downscaler never upscales");
+        let same = (src_w, src_h) == (dst_w, dst_h);
+        Self {
+            src: (src_w, src_h),
+            dst: (dst_w, dst_h),
+            hx: if same { AreaTaps::default() } else { AreaTaps::new(src_w, dst_w) },
+            vy: if same { AreaTaps::default() } else { AreaTaps::new(src_h, dst_h) },
+            tmp: if same { Vec::new() } else { vec![0.0; (src_h * dst_w).max(src_w)] },
+        }
+    }
+
+    /// Output size.
+    pub fn size(&self) -> (usize, usize) {
+        self.dst
+    }
+
+    /// Writes the downscaled `p` (which must have the source size) into `out` (`dst_w * dst_h`).
+    pub fn run(&mut self, p: &Plane, out: &mut [f32]) {
+        assert_eq!((p.width(), p.height()), self.src, "plane size changed");
+        let (w, h) = self.dst;
+        assert_eq!(out.len(), w * h);
+        if self.src == self.dst {
+            for (d, row) in out.chunks_exact_mut(w).zip(p.rows()) {
+                for (o, &v) in d.iter_mut().zip(row) {
+                    *o = f32::from(v);
+                }
+            }
+        } else {
+            downscale_area(p, &self.hx, &self.vy, &mut self.tmp, out, w);
+        }
+    }
+
+    /// [`Downscaler::run`] for a float image of the source size (row-major, `src_w * src_h`).
+    pub fn run_f32(&mut self, img: &[f32], out: &mut [f32]) {
+        assert_eq!(img.len(), self.src.0 * self.src.1, "image size changed");
+        let (w, h) = self.dst;
+        assert_eq!(out.len(), w * h);
+        if self.src == self.dst {
+            out.copy_from_slice(img);
+        } else {
+            downscale_rows_taps(img.chunks_exact(self.src.0), &self.hx, &self.vy, &mut self.tmp, out, w);
+        }
+    }
+}
 
 /// A row-major grey image of f32 samples.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -24,17 +83,7 @@ impl Gray {
     /// exceed the plane's size).
     pub fn from_plane(p: &Plane, w: usize, h: usize) -> Self {
         let mut out = Self::new(w, h);
-        if (w, h) == (p.width(), p.height()) {
-            for (d, row) in out.data.chunks_exact_mut(w).zip(p.rows()) {
-                for (o, &v) in d.iter_mut().zip(row) {
-                    *o = f32::from(v);
-                }
-            }
-        } else {
-            let (hx, vy) = (AreaTaps::new(p.width(), w), AreaTaps::new(p.height(), h));
-            let mut tmp = vec![0.0; p.height() * w];
-            downscale_area(p, &hx, &vy, &mut tmp, &mut out.data, w);
-        }
+        Downscaler::new(p.width(), p.height(), w, h).run(p, &mut out.data);
         out
     }
 

@@ -7,6 +7,7 @@
 //! thumbnails; the best candidates are then refined by pattern search on the normalised
 //! cross-correlation at higher resolution.
 
+use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
 use crate::fft2d::{cross_correlate, Fft2d};
@@ -48,6 +49,68 @@ impl Geometry {
     }
 }
 
+/// Where each source column (row) samples the leaked picture under a geometry: the two
+/// neighbouring leaked columns (rows) and the weight of the second. The geometry is
+/// axis-aligned, so the bilinear warp separates, and the source pixels the leaked picture
+/// covers form one rectangle.
+pub struct WarpTaps {
+    /// Covered source columns.
+    pub x_range: std::ops::Range<usize>,
+    /// Covered source rows.
+    pub y_range: std::ops::Range<usize>,
+    /// Taps of every source column (row); meaningful inside the ranges.
+    pub cols: Vec<(usize, usize, f32)>,
+    /// Taps of every source row.
+    pub rows: Vec<(usize, usize, f32)>,
+}
+
+impl WarpTaps {
+    /// Taps for a `src_size` source grid sampling a `leak_size` picture under `g`, with the
+    /// arithmetic of [`Gray::sample`] at [`Geometry::map`].
+    pub fn new(src_size: (usize, usize), leak_size: (usize, usize), g: &Geometry) -> Self {
+        let axis = |n: usize, len: usize, map: &dyn Fn(f64) -> f32| {
+            let mut range = n..n;
+            let taps = (0..n)
+                .map(|i| {
+                    let x = map(i as f64);
+                    if !(x >= 0.0 && x <= (len - 1) as f32) {
+                        return (0, 0, 0.0);
+                    }
+                    range.start = range.start.min(i);
+                    range.end = i + 1;
+                    let x0 = (x as usize).min(len.saturating_sub(2));
+                    (x0, (x0 + 1).min(len - 1), x - x0 as f32)
+                })
+                .collect();
+            (taps, if range.start < range.end { range } else { 0..0 })
+        };
+        let (cols, x_range) = axis(src_size.0, leak_size.0, &|i| g.map(i, 0.0).0);
+        let (rows, y_range) = axis(src_size.1, leak_size.1, &|j| g.map(0.0, j).1);
+        Self { x_range, y_range, cols, rows }
+    }
+
+    /// Whether source pixel (`i`, `j`) sees the leaked picture.
+    pub fn covers(&self, i: usize, j: usize) -> bool {
+        self.x_range.contains(&i) && self.y_range.contains(&j)
+    }
+
+    /// The leaked picture at source pixel (`i`, `j`), which it must cover.
+    #[inline]
+    pub fn sample(&self, leak: &Gray, i: usize, j: usize) -> f32 {
+        let ((x0, x1, fx), (y0, y1, fy)) = (self.cols[i], self.rows[j]);
+        bilinear(&leak.data[y0 * leak.w..][..leak.w], &leak.data[y1 * leak.w..][..leak.w], x0, x1, fx, fy)
+    }
+}
+
+/// Bilinear interpolation between rows `r0` and `r1` at columns `x0`, `x1` (the arithmetic
+/// of [`Gray::sample`]).
+#[inline]
+pub fn bilinear(r0: &[f32], r1: &[f32], x0: usize, x1: usize, fx: f32, fy: f32) -> f32 {
+    let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
+    let bot = r1[x0] + (r1[x1] - r1[x0]) * fx;
+    top + (bot - top) * fy
+}
+
 /// NCC between `src` and `leak` under `g`, sampling every `step`-th source pixel.
 pub fn ncc_at(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> Ncc {
     ncc_masked(src, leak, g, step, None)
@@ -55,16 +118,14 @@ pub fn ncc_at(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> Ncc {
 
 /// [`ncc_at`] over the source pixels `keep` allows (all when `None`).
 pub fn ncc_masked(src: &Gray, leak: &Gray, g: &Geometry, step: usize, keep: Option<&[bool]>) -> Ncc {
+    let taps = WarpTaps::new((src.w, src.h), (leak.w, leak.h), g);
     let mut n = Ncc::default();
-    for j in (0..src.h).step_by(step) {
-        for i in (0..src.w).step_by(step) {
+    for j in (0..src.h).step_by(step).filter(|j| taps.y_range.contains(j)) {
+        for i in (0..src.w).step_by(step).filter(|i| taps.x_range.contains(i)) {
             if keep.is_some_and(|k| !k[j * src.w + i]) {
                 continue;
             }
-            let (x, y) = g.map(i as f64, j as f64);
-            if let Some(v) = leak.sample(x, y) {
-                n.add(src.data[j * src.w + i], v);
-            }
+            n.add(src.data[j * src.w + i], taps.sample(leak, i, j));
         }
     }
     n
@@ -162,42 +223,63 @@ pub fn scale_hypotheses(src: (usize, usize), leak: (usize, usize)) -> Vec<(f64, 
     out
 }
 
+/// The smallest length at least `n` with no prime factor above 5: rustfft's fast radices,
+/// and much closer to `n` than the next power of two.
+fn fft_friendly(n: usize) -> usize {
+    (n.max(1)..)
+        .find(|&m| {
+            let mut m = m;
+            for p in [2, 3, 5] {
+                while m % p == 0 {
+                    m /= p;
+                }
+            }
+            m == 1
+        })
+        .expect("5-smooth numbers are unbounded")
+}
+
 /// Coarse registration on thumbnails made with the same downscale factor: returns the
 /// best geometries (in thumbnail pixels), best first, with their NCC.
 pub fn coarse(src: &Gray, leak: &Gray, keep: usize) -> Vec<(Geometry, f64)> {
     let hyps = scale_hypotheses((src.w, src.h), (leak.w, leak.h));
     let max_s = hyps.iter().fold(0f64, |m, h| m.max(h.0).max(h.1));
-    let cw = ((src.w as f64 * max_s).ceil() as usize + leak.w).next_power_of_two();
-    let ch = ((src.h as f64 * max_s).ceil() as usize + leak.h).next_power_of_two();
-    let mut fft = Fft2d::new(cw, ch);
+    let cw = fft_friendly((src.w as f64 * max_s).ceil() as usize + leak.w);
+    let ch = fft_friendly((src.h as f64 * max_s).ceil() as usize + leak.h);
     let lc = canvas(leak, cw, ch);
-    let (mut ba, mut bb) = (Vec::<Complex32>::new(), Vec::<Complex32>::new());
-    let mut surface = vec![0f32; cw * ch];
-    let mut found: Vec<(Geometry, f64)> = Vec::new();
-    for (sx, sy) in hyps {
-        let s = scaled(src, sx, sy);
-        // Hypotheses that cannot overlap much are pointless.
-        if s.w < 8 || s.h < 8 {
-            continue;
-        }
-        let sc = canvas(&s, cw, ch);
-        cross_correlate(&mut fft, &lc, &sc, true, &mut ba, &mut bb, &mut surface);
-        let (best, _) =
-            surface.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-        let (mut dx, mut dy) = ((best % cw) as f64, (best / cw) as f64);
-        if dx > (cw / 2) as f64 {
-            dx -= cw as f64;
-        }
-        if dy > (ch / 2) as f64 {
-            dy -= ch as f64;
-        }
-        let g = Geometry { sx, sy, tx: dx, ty: dy };
-        let ncc = ncc_at(src, leak, &g, 1);
-        // Demand a real overlap: at least a fifth of the source visible.
-        if ncc.count() >= 0.2 * (src.w * src.h) as f64 {
-            found.push((g, ncc.value()));
-        }
-    }
+    // Every hypothesis is independent: one FFT plan and buffers per worker thread.
+    let mut found: Vec<(Geometry, f64)> = hyps
+        .into_par_iter()
+        .map_init(
+            || (Fft2d::new(cw, ch), Vec::<Complex32>::new(), Vec::<Complex32>::new(), vec![0f32; cw * ch]),
+            |(fft, ba, bb, surface), (sx, sy)| {
+                let s = scaled(src, sx, sy);
+                // Hypotheses that cannot overlap much are pointless.
+                if s.w < 8 || s.h < 8 {
+                    return None;
+                }
+                let sc = canvas(&s, cw, ch);
+                cross_correlate(fft, &lc, &sc, true, ba, bb, surface);
+                let (best, _) =
+                    surface
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+                let (mut dx, mut dy) = ((best % cw) as f64, (best / cw) as f64);
+                if dx > (cw / 2) as f64 {
+                    dx -= cw as f64;
+                }
+                if dy > (ch / 2) as f64 {
+                    dy -= ch as f64;
+                }
+                let g = Geometry { sx, sy, tx: dx, ty: dy };
+                let ncc = ncc_at(src, leak, &g, 1);
+                // Demand a real overlap: at least a fifth of the source visible.
+                (ncc.count() >= 0.2 * (src.w * src.h) as f64).then(|| (g, ncc.value()))
+            },
+        )
+        .flatten()
+        .collect();
     found.sort_by(|a, b| b.1.total_cmp(&a.1));
     found.truncate(keep);
     found
@@ -282,6 +364,31 @@ mod tests {
             }
         }
         g
+    }
+
+    #[test]
+    fn fft_friendly_lengths() {
+        assert_eq!([1, 7, 333, 187, 512, 1025].map(fft_friendly), [1, 8, 360, 192, 512, 1080]);
+    }
+
+    #[test]
+    fn warp_taps_sample_like_gray_sample() {
+        let leak = textured(97, 61);
+        for g in [
+            Geometry { sx: 0.75, sy: 0.7, tx: 10.3, ty: -4.2 },
+            Geometry { sx: 1.3, sy: 1.3, tx: -20.0, ty: 3.5 },
+            Geometry::IDENTITY,
+        ] {
+            let (w, h) = (120, 80);
+            let taps = WarpTaps::new((w, h), (leak.w, leak.h), &g);
+            for (i, j) in (0..h).flat_map(|j| (0..w).map(move |i| (i, j))) {
+                let (x, y) = g.map(i as f64, j as f64);
+                match leak.sample(x, y) {
+                    Some(v) => assert!(taps.covers(i, j) && taps.sample(&leak, i, j) == v, "{g:?} {i},{j}"),
+                    None => assert!(!taps.covers(i, j), "{g:?} {i},{j}"),
+                }
+            }
+        }
     }
 
     #[test]

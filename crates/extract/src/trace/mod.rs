@@ -1,0 +1,148 @@
+//! Tracing a leaked video file: informed (with the source) or blind.
+//!
+//! - [`trace_informed`] registers the leaked clip against the exported source in time and
+//!   space, subtracts the source and reads the mark from what is left.
+//! - [`trace_blind`] has no source: it finds the mark's tile by its pilot.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use tracemark_core::pipeline::{Progress, ProgressFn};
+use tracemark_core::video::VideoReader;
+use tracemark_core::Error as CoreError;
+
+use crate::image::Gray;
+use crate::register::Geometry;
+use crate::verdict::Decision;
+use crate::{Error, Result};
+
+mod blind;
+mod informed;
+
+pub use blind::trace_blind;
+pub use informed::trace_informed;
+
+/// Default [`TraceConfig::memory_budget`]: 768 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 768 << 20;
+
+/// Settings of a trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// Family-wise false-positive probability at or below which an export is named.
+    pub threshold: f64,
+    /// Read at most this many leaked frames (0 = all).
+    pub max_frames: usize,
+    /// Bytes an informed trace may spend keeping decoded frames at reading resolution so
+    /// each file is decoded once. Past it, frames are decoded again when read: slower, same
+    /// result. Peak memory stays bounded whatever the clips' length.
+    pub memory_budget: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self { threshold: 1e-6, max_frames: 0, memory_budget: DEFAULT_MEMORY_BUDGET }
+    }
+}
+
+impl TraceConfig {
+    /// Defaults: threshold 1e-6, all frames, [`DEFAULT_MEMORY_BUDGET`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the threshold.
+    pub fn with_threshold(mut self, t: f64) -> Self {
+        self.threshold = t;
+        self
+    }
+    /// Sets the frame limit.
+    pub fn with_max_frames(mut self, n: usize) -> Self {
+        self.max_frames = n;
+        self
+    }
+    /// Sets the memory budget of an informed trace (bytes; 0 = decode twice, keep nothing).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.threshold > 0.0 && self.threshold < 1.0) {
+            return Err(Error::InvalidConfig(format!("threshold {} must be in (0, 1)", self.threshold)));
+        }
+        Ok(())
+    }
+}
+
+/// Which way the geometry was found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Registration {
+    /// Against the source: where the source sits in the leaked picture and in time.
+    Informed {
+        /// Source → leaked mapping in full-resolution pixels.
+        geometry: Geometry,
+        /// Leaked time + offset = source time, seconds.
+        time_offset_s: f64,
+        /// NCC of the registered pair of frames.
+        ncc: f64,
+    },
+    /// Blind: the scale and cyclic shift of the mark's tile found by the pilot search.
+    Blind {
+        /// Analysis pixels per mark working-grid pixel.
+        scale: f64,
+        /// Leaked pixels per analysis pixel.
+        analysis_factor: f64,
+        /// Tile shift found (mark working-grid pixels).
+        shift: (f64, f64),
+        /// Number of (scale, shift) hypotheses searched.
+        hypotheses: f64,
+    },
+}
+
+/// Detection strength in one second of the leaked clip.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SecondStrength {
+    /// Start of the second (leaked time).
+    pub t: f64,
+    /// Pilot statistic from that second alone.
+    pub pilot_z: f64,
+}
+
+/// Everything a trace found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceResult {
+    /// Statistics, verdict and candidates.
+    pub decision: Decision,
+    /// `true` when the source was used.
+    pub informed: bool,
+    /// Leaked frames that contributed.
+    pub frames_used: u64,
+    /// How the geometry was found.
+    pub registration: Registration,
+    /// Threshold used.
+    pub threshold: f64,
+    /// Per-second strength (informed mode).
+    pub per_second: Vec<SecondStrength>,
+    /// A registered pair of frames (leaked frame warped onto the source grid, source frame),
+    /// for the report (informed mode).
+    pub example_frames: Option<(Gray, Gray)>,
+}
+
+fn open(path: &Path) -> Result<VideoReader> {
+    VideoReader::open(path).map_err(Error::Video)
+}
+
+fn seconds(pts: Option<i64>, tb: (i32, i32)) -> f64 {
+    pts.unwrap_or(0) as f64 * f64::from(tb.0) / f64::from(tb.1)
+}
+
+fn tick(progress: &mut ProgressFn<'_>, done: u64, total: Option<u64>) -> Result<()> {
+    match progress(Progress { done, total }) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(Error::Video(CoreError::Cancelled)),
+    }
+}
+
+/// Size of a thumbnail of a `w` x `h` picture at `factor` pictures pixels per thumbnail pixel.
+fn thumb_size(w: usize, h: usize, factor: f64) -> (usize, usize) {
+    (((w as f64 / factor).round() as usize).clamp(2, w), ((h as f64 / factor).round() as usize).clamp(2, h))
+}
