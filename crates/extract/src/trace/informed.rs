@@ -61,7 +61,7 @@ impl Shared {
 /// One file, decoded once.
 struct Clip {
     info: VideoInfo,
-    thumbs: Vec<Gray>,
+    thumbs: Vec<Thumb>,
     /// Seconds from the first frame: re-encoders usually reset a clip's start to zero.
     times: Vec<f64>,
     /// Every frame at `store_size` in fixed point, unless the memory budget ran out.
@@ -92,6 +92,7 @@ fn decode_clip(
         Downscaler::new(w, h, tw, th)
     };
     let mut work = vec![0f32; store_size.0 * store_size.1];
+    let mut thumb = Gray::new(tw, th);
     let frame_bytes = work.len() * std::mem::size_of::<u16>();
     let mut frame = Frame::new(w, h);
     let tb = info.time_base;
@@ -104,14 +105,13 @@ fn decode_clip(
         if !reader.read_frame(&mut frame).map_err(Error::Video)? {
             break;
         }
-        let mut thumb = Gray::new(tw, th);
         if from_work {
             store_down.run(&frame.y, &mut work);
             thumb_down.run_f32(&work, &mut thumb.data);
         } else {
             thumb_down.run(&frame.y, &mut thumb.data);
         }
-        clip.thumbs.push(thumb);
+        clip.thumbs.push(Thumb::from_gray(&thumb));
         let t = seconds(frame.pts, tb);
         clip.times.push(t - *start.get_or_insert(t));
         if let Some(store) = clip.store.as_mut() {
@@ -265,6 +265,7 @@ pub fn trace_informed(
     // 1. Geometry from one pair of frames: the leaked middle frame against the source frame
     // at the same time, or else the source frame that looks most like it.
     let mid = leak.thumbs.len() / 2;
+    let leak_mid = leak.thumbs[mid].gray();
     let same_time = nearest(&src.times, leak.times[mid]);
     let whole = |a: &Gray, b: &Gray| {
         let g = Geometry { sx: b.w as f64 / a.w as f64, sy: b.h as f64 / a.h as f64, tx: 0.0, ty: 0.0 };
@@ -272,7 +273,7 @@ pub fn trace_informed(
     };
     let look_alike = (0..src.thumbs.len())
         .into_par_iter()
-        .map(|a| (whole(&src.thumbs[a], &leak.thumbs[mid]), a))
+        .map(|a| (whole(&src.thumbs[a].gray(), &leak_mid), a))
         .reduce(|| (f64::NEG_INFINITY, 0), |x, y| if y.0 > x.0 || (y.0 == x.0 && y.1 < x.1) { y } else { x })
         .1;
     // On a panning shot a time offset and a translation explain the picture equally well,
@@ -280,9 +281,10 @@ pub fn trace_informed(
     // disagree materially both are read and the one whose pilot is stronger is kept (the
     // pilot's probability then counts both; the payload chips played no part in the choice).
     let register_pair = |pair: usize| {
-        register::coarse(&src.thumbs[pair], &leak.thumbs[mid], 3)
+        let src_pair = src.thumbs[pair].gray();
+        register::coarse(&src_pair, &leak_mid, 3)
             .into_iter()
-            .map(|(g, _)| register::refine(&src.thumbs[pair], &leak.thumbs[mid], g, 1))
+            .map(|(g, _)| register::refine(&src_pair, &leak_mid, g, 1))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     };
     let mut pairings: Vec<Geometry> = Vec::new();
@@ -558,66 +560,105 @@ impl Informed<'_> {
     }
 }
 
-/// The thumbnails as time alignment compares them under one geometry: over the source
-/// thumbnail pixels the leaked picture covers, each source thumbnail and each warped leaked
-/// thumbnail as a zero-mean, unit-norm vector, so that the NCC of any pair is a dot product.
-struct TimeIndex {
-    src: Vec<Vec<f32>>,
+/// A thumbnail in the store's fixed point (half the bytes of f32; the source's thumbnails
+/// are kept for every frame).
+struct Thumb {
+    w: usize,
+    h: usize,
+    data: Box<[u16]>,
+}
+
+impl Thumb {
+    fn from_gray(g: &Gray) -> Self {
+        Self { w: g.w, h: g.h, data: g.data.iter().map(|&v| to_fixed(v)).collect() }
+    }
+
+    fn gray(&self) -> Gray {
+        let mut g = Gray::new(self.w, self.h);
+        for (o, &v) in g.data.iter_mut().zip(self.data.iter()) {
+            *o = f32::from(v) * (1.0 / FIXED_ONE);
+        }
+        g
+    }
+}
+
+/// The thumbnails as time alignment compares them under one geometry. The leaked picture
+/// covers a rectangle of the source thumbnail grid; over it, each warped leaked thumbnail
+/// is kept as a zero-mean, unit-norm vector and each source thumbnail is summarised by its
+/// inverse norm about its mean, so that the NCC of any pair is one dot product (the
+/// source's mean drops out against a zero-mean vector) and nothing per source frame is
+/// copied.
+struct TimeIndex<'a> {
+    src: &'a [Thumb],
+    x_range: std::ops::Range<usize>,
+    y_range: std::ops::Range<usize>,
+    src_inv_norm: Vec<f32>,
     leak: Vec<Vec<f32>>,
 }
 
-impl TimeIndex {
-    fn new(src: &Clip, leak: &Clip, g: &Geometry) -> Self {
+impl<'a> TimeIndex<'a> {
+    fn new(src: &'a Clip, leak: &Clip, g: &Geometry) -> Self {
         let (w, h) = (src.thumbs[0].w, src.thumbs[0].h);
-        let mut covered = Vec::new();
-        let mut at = Vec::new();
-        for j in 0..h {
-            for i in 0..w {
-                let (x, y) = g.map(i as f64, j as f64);
-                if leak.thumbs[0].sample(x, y).is_some() {
-                    covered.push(j * w + i);
-                    at.push((x, y));
+        let taps = WarpTaps::new((w, h), (leak.thumbs[0].w, leak.thumbs[0].h), g);
+        let (x_range, y_range) = (taps.x_range.clone(), taps.y_range.clone());
+        let n = (x_range.len() * y_range.len()).max(1) as f64;
+        // A flat picture has no direction: it matches nothing.
+        let inv = |ss: f64| if ss > 1e-6 { (1.0 / ss.sqrt()) as f32 } else { 0.0 };
+        let src_inv_norm = src
+            .thumbs
+            .par_iter()
+            .map(|t| {
+                let (mut sum, mut sq) = (0f64, 0f64);
+                for j in y_range.clone() {
+                    for &v in &t.data[j * w..][x_range.clone()] {
+                        let v = f64::from(v) * f64::from(1.0 / FIXED_ONE);
+                        sum += v;
+                        sq += v * v;
+                    }
                 }
-            }
-        }
-        let standardise = |mut v: Vec<f32>| {
-            let n = v.len().max(1) as f64;
-            let mean = (v.iter().map(|&x| f64::from(x)).sum::<f64>() / n) as f32;
-            v.iter_mut().for_each(|x| *x -= mean);
-            let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-            // A flat picture has no direction: it matches nothing.
-            let inv = if norm > 1e-6 { (1.0 / norm) as f32 } else { 0.0 };
-            v.iter_mut().for_each(|x| *x *= inv);
-            v
-        };
-        Self {
-            src: src
-                .thumbs
-                .par_iter()
-                .map(|t| standardise(covered.iter().map(|&p| t.data[p]).collect()))
-                .collect(),
-            leak: leak
-                .thumbs
-                .par_iter()
-                .map(|t| standardise(at.iter().map(|&(x, y)| t.sample(x, y).unwrap_or(0.0)).collect()))
-                .collect(),
-        }
+                inv(sq - sum * sum / n)
+            })
+            .collect();
+        let leak = leak
+            .thumbs
+            .par_iter()
+            .map(|t| {
+                let t = t.gray();
+                let mut v: Vec<f32> = y_range
+                    .clone()
+                    .flat_map(|j| x_range.clone().map(move |i| (i, j)))
+                    .map(|(i, j)| taps.sample(&t, i, j))
+                    .collect();
+                let mean = (v.iter().map(|&x| f64::from(x)).sum::<f64>() / n) as f32;
+                v.iter_mut().for_each(|x| *x -= mean);
+                let k = inv(v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>());
+                v.iter_mut().for_each(|x| *x *= k);
+                v
+            })
+            .collect();
+        Self { src: &src.thumbs, x_range, y_range, src_inv_norm, leak }
     }
 
     /// NCC of source thumbnail `a` and leaked thumbnail `k`.
     fn ncc(&self, a: usize, k: usize) -> f32 {
-        dot(&self.src[a], &self.leak[k])
+        let t = &self.src[a];
+        let row_len = self.x_range.len();
+        let mut acc = 0f32;
+        for (r, j) in self.y_range.clone().enumerate() {
+            acc += dot(&t.data[j * t.w..][self.x_range.clone()], &self.leak[k][r * row_len..][..row_len]);
+        }
+        acc * (1.0 / FIXED_ONE) * self.src_inv_norm[a]
     }
 }
 
 /// Dot product with eight running sums, so that it vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[u16], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, y)| f32::from(x) * y).sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += f32::from(x[l]) * y[l];
         }
     }
     acc.iter().sum::<f32>() + tail
