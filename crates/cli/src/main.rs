@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use tracemark_core::key::Purpose;
 use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
-use tracemark_extract::trace::{trace_blind, trace_informed, Registration, TraceConfig, TraceResult};
+use tracemark_extract::trace::{
+    trace_blind, trace_informed, Registration, TraceConfig, TraceResult, DEFAULT_MEMORY_BUDGET,
+};
 use tracemark_extract::Candidate;
 
 use registry::{ExportRecord, Registry};
@@ -72,6 +74,10 @@ enum Command {
         /// Write a self-contained HTML evidence report.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Memory an informed trace may use to keep decoded frames so that each file is
+        /// decoded once; past it, frames are decoded again (slower, same result).
+        #[arg(long, value_name = "MB", default_value_t = DEFAULT_MEMORY_BUDGET >> 20)]
+        memory_mb: usize,
         /// The leaked clip.
         leaked: PathBuf,
     },
@@ -149,7 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Embed(args) => embed(args, show_progress)?,
-        Command::Trace { key, registry, original, threshold, json, report, leaked } => {
+        Command::Trace { key, registry, original, threshold, json, report, memory_mb, leaked } => {
             let key = load_key(&key)?;
             let reg = Registry::open_existing(&registry, &key.fingerprint())?;
             let candidates: Vec<Candidate> = reg
@@ -162,7 +168,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .map(|id| Candidate { mark_id: id, recipient: e.recipient })
                 })
                 .collect();
-            let config = TraceConfig::new().with_threshold(threshold);
+            let config = TraceConfig::new()
+                .with_threshold(threshold)
+                .with_memory_budget(memory_mb.saturating_mul(1 << 20));
             let bar = progress_bar(show_progress, "tracing");
             let mut cb = |p: Progress| {
                 show(bar.as_ref(), p);
