@@ -226,3 +226,23 @@ fn frames_in_flight_are_bounded_and_order_is_kept() {
     }
     assert_eq!(i, 40);
 }
+
+#[test]
+fn luma_only_reads_the_same_luma_and_timestamps() {
+    // 4:2:0 (copied as decoded) and 4:4:4 (converted in full, or luma taken as it is).
+    for clip in ["vtest-4s.avi", "cockatoo-3s.mp4"] {
+        let (mut full, mut luma) =
+            (VideoReader::open(&testdata(clip)).unwrap(), VideoReader::open(&testdata(clip)).unwrap());
+        luma.set_luma_only(true);
+        let (mut a, mut b) = (Frame::new(2, 2), Frame::new(2, 2));
+        let mut frames = 0;
+        while full.read_frame(&mut a).unwrap() {
+            assert!(luma.read_frame(&mut b).unwrap(), "{clip}: luma-only reader ended early");
+            assert_eq!(a.y, b.y, "{clip} frame {frames}");
+            assert_eq!(a.pts, b.pts, "{clip} frame {frames}");
+            frames += 1;
+        }
+        assert!(!luma.read_frame(&mut b).unwrap(), "{clip}: luma-only reader has extra frames");
+        assert!(frames > 10, "{clip}: {frames} frames");
+    }
+}

@@ -44,6 +44,8 @@ pub struct VideoReader {
     info: VideoInfo,
     frames_out: u64,
     draining: bool,
+    /// Copy only the luma plane out of decoded frames.
+    luma_only: bool,
     finished: bool,
     last_pts: Option<i64>,
     frame_duration: i64,
@@ -191,10 +193,17 @@ impl VideoReader {
             info,
             frames_out: 0,
             draining: false,
+            luma_only: false,
             finished: false,
             last_pts: None,
             frame_duration,
         })
+    }
+
+    /// From now on, fill only the luma plane of the frames read (chroma keeps whatever it
+    /// held): for readers that never look at colour, one copy fewer per frame.
+    pub fn set_luma_only(&mut self, luma_only: bool) {
+        self.luma_only = luma_only;
     }
 
     /// Facts about the video stream.
@@ -299,7 +308,14 @@ impl VideoReader {
         }
         let (fmt, _) = strip_jpeg_range(self.decoded.format());
         out.reshape(w, h);
-        let src: &ff::frame::Video = if fmt == Pixel::YUV420P {
+        // Planar 8-bit formats whose first plane is the luma: a luma-only reader copies it
+        // as it is, with no conversion.
+        let luma_as_is = self.luma_only
+            && matches!(
+                fmt,
+                Pixel::YUV422P | Pixel::YUV444P | Pixel::YUV440P | Pixel::NV12 | Pixel::NV21 | Pixel::GRAY8
+            );
+        let src: &ff::frame::Video = if fmt == Pixel::YUV420P || luma_as_is {
             &self.decoded
         } else {
             if self.scaler.is_none() {
@@ -337,8 +353,10 @@ impl VideoReader {
             &self.converted
         };
         out.y.copy_from_strided(src.data(0), src.stride(0));
-        out.u.copy_from_strided(src.data(1), src.stride(1));
-        out.v.copy_from_strided(src.data(2), src.stride(2));
+        if !self.luma_only {
+            out.u.copy_from_strided(src.data(1), src.stride(1));
+            out.v.copy_from_strided(src.data(2), src.stride(2));
+        }
         let pts = self.decoded.timestamp().or(self.decoded.pts());
         let pts = match (pts, self.last_pts) {
             (Some(p), Some(last)) if p <= last => last + 1,

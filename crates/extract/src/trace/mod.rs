@@ -127,8 +127,11 @@ pub struct TraceResult {
     pub example_frames: Option<(Gray, Gray)>,
 }
 
+/// Opens a clip for tracing: the mark lives in luma, so chroma is never copied out.
 fn open(path: &Path) -> Result<VideoReader> {
-    VideoReader::open(path).map_err(Error::Video)
+    let mut r = VideoReader::open(path).map_err(Error::Video)?;
+    r.set_luma_only(true);
+    Ok(r)
 }
 
 fn seconds(pts: Option<i64>, tb: (i32, i32)) -> f64 {
