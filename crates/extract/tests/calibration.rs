@@ -137,7 +137,7 @@ fn innocent_exports_of_the_same_key_stay_calibrated() {
 }
 
 /// Counts above several thresholds must be within a binomial bound of the reported tail
-/// probability (Hoeffding's `exp(-z^2/2)`), and the variance near 1.
+/// probability ([`tail_bound`]), and the variance near 1.
 fn check_tail(what: &str, z: &[f64]) {
     let n = z.len() as f64;
     let mean = z.iter().sum::<f64>() / n;
