@@ -668,6 +668,10 @@ fn dot(a: &[u16], b: &[f32]) -> f32 {
 struct PairScratch {
     src: Gray,
     leak: Gray,
+    /// The source as the leaked pixels show it, and the buffers that make it.
+    seen: Gray,
+    on_leak: Gray,
+    between: Vec<f32>,
     warped: Gray,
     resid: Vec<f32>,
     detect: DetectScratch,
@@ -689,12 +693,18 @@ fn read_pairs(
 ) -> Vec<PairSums> {
     let (w, h) = src_size;
     let taps = WarpTaps::new(src_size, leak_size, g_work);
+    // A leaked picture coarser than the working grid lost the source's finest detail; the
+    // source is compared as the leaked pixels would show it, or that detail is noise.
+    let view = (g_work.sx < 1.0 && g_work.sy < 1.0).then(|| LeakView::new(src_size, leak_size, g_work));
     pairs
         .par_iter()
         .map_init(
             || PairScratch {
                 src: Gray::new(w, h),
                 leak: Gray::new(leak_size.0, leak_size.1),
+                seen: Gray::new(w, h),
+                on_leak: Gray::new(leak_size.0, leak_size.1),
+                between: vec![0f32; h * leak_size.0],
                 warped: Gray::new(w, h),
                 resid: vec![0f32; w * h],
                 detect: DetectScratch::default(),
@@ -702,14 +712,88 @@ fn read_pairs(
             |s, (k, src, leak)| {
                 src.load(&mut s.src);
                 leak.load(&mut s.leak);
-                warp_and_fit(&s.src, &s.leak, &taps, &mut s.warped, &mut s.resid);
+                let compared = match &view {
+                    Some(v) => {
+                        v.apply(&s.src, &taps, &mut s.between, &mut s.on_leak, &mut s.seen);
+                        &s.seen
+                    }
+                    None => &s.src,
+                };
+                warp_and_fit(compared, &s.leak, &taps, &mut s.warped, &mut s.resid);
                 let mut fs = SlotSums::default();
+                // The mask is the embedder's: computed from the source itself.
                 detector.accumulate(&s.resid, &s.src.data, w, h, (0, 0), &mut fs, &mut s.detect);
                 detector.end_frame(&mut fs);
                 (*k, fs, (*k == keep).then(|| (s.warped.clone(), s.src.clone())))
             },
         )
         .collect()
+}
+
+/// The source as a coarser leaked picture shows it: area-averaged onto the leaked pixels
+/// under the geometry, then interpolated back onto the working grid with the same taps as
+/// the leaked picture.
+struct LeakView {
+    cols: Vec<Vec<(usize, f32)>>,
+    rows: Vec<Vec<(usize, f32)>>,
+}
+
+impl LeakView {
+    fn new(src_size: (usize, usize), leak_size: (usize, usize), g: &Geometry) -> Self {
+        // Leaked pixel x covers source positions [(x - t) / s, (x + 1 - t) / s).
+        let axis = |src_len: usize, leak_len: usize, s: f64, t: f64| -> Vec<Vec<(usize, f32)>> {
+            (0..leak_len)
+                .map(|x| {
+                    let (a, b) = ((x as f64 - t) / s, (x as f64 + 1.0 - t) / s);
+                    let lo = a.floor().max(0.0) as usize;
+                    let hi = (b.ceil().max(0.0) as usize).min(src_len);
+                    let mut taps: Vec<(usize, f32)> = (lo..hi)
+                        .map(|i| (i, (b.min(i as f64 + 1.0) - a.max(i as f64)).max(0.0)))
+                        .filter(|&(_, c)| c > 1e-9)
+                        .map(|(i, c)| (i, c as f32))
+                        .collect();
+                    if taps.is_empty() {
+                        // Outside the source: the nearest edge pixel (only ever read at the
+                        // rim of the covered area, by interpolation).
+                        let i = if b <= 0.0 { 0 } else { src_len - 1 };
+                        taps.push((i, 1.0));
+                    }
+                    let total: f32 = taps.iter().map(|t| t.1).sum();
+                    taps.iter_mut().for_each(|t| t.1 /= total);
+                    taps
+                })
+                .collect()
+        };
+        Self {
+            cols: axis(src_size.0, leak_size.0, g.sx, g.tx),
+            rows: axis(src_size.1, leak_size.1, g.sy, g.ty),
+        }
+    }
+
+    /// Writes the source as the leaked pixels see it into `seen` (working-grid size), using
+    /// `between` (source rows x leaked columns) and `on_leak` (leaked size).
+    fn apply(&self, src: &Gray, taps: &WarpTaps, between: &mut [f32], on_leak: &mut Gray, seen: &mut Gray) {
+        let lw = on_leak.w;
+        for (row, out) in src.data.chunks_exact(src.w).zip(between.chunks_exact_mut(lw)) {
+            for (o, col) in out.iter_mut().zip(&self.cols) {
+                *o = col.iter().map(|&(i, w)| row[i] * w).sum();
+            }
+        }
+        for (out, row_taps) in on_leak.data.chunks_exact_mut(lw).zip(&self.rows) {
+            out.fill(0.0);
+            for &(j, w) in row_taps {
+                for (o, &v) in out.iter_mut().zip(&between[j * lw..(j + 1) * lw]) {
+                    *o += v * w;
+                }
+            }
+        }
+        seen.data.copy_from_slice(&src.data);
+        for j in taps.y_range.clone() {
+            for i in taps.x_range.clone() {
+                seen.data[j * src.w + i] = taps.sample(on_leak, i, j);
+            }
+        }
+    }
 }
 
 /// Warps `leak` onto the grid of `src` under `taps` into `warped` (zero where the leaked
@@ -788,6 +872,54 @@ fn warp_and_fit(src: &Gray, leak: &Gray, taps: &WarpTaps, warped: &mut Gray, res
             let b0 = (s as usize).min(254);
             let f = s - b0 as f32;
             *r = v - (fit[b0] + (fit[b0 + 1] - fit[b0]) * f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view_of(src: &Gray, leak_size: (usize, usize), g: &Geometry) -> (Gray, WarpTaps) {
+        let taps = WarpTaps::new((src.w, src.h), leak_size, g);
+        let view = LeakView::new((src.w, src.h), leak_size, g);
+        let (mut between, mut on_leak, mut seen) =
+            (vec![0f32; src.h * leak_size.0], Gray::new(leak_size.0, leak_size.1), Gray::new(src.w, src.h));
+        view.apply(src, &taps, &mut between, &mut on_leak, &mut seen);
+        (seen, taps)
+    }
+
+    #[test]
+    fn leak_view_keeps_what_the_leak_can_show_and_drops_what_it_cannot() {
+        let (w, h) = (96, 64);
+        let g = Geometry { sx: 0.5, sy: 0.5, tx: 3.0, ty: 2.0 };
+        let leak_size = (54, 36);
+        // A gentle ramp survives halving: the view reproduces it away from the rim.
+        let mut ramp = Gray::new(w, h);
+        for (n, v) in ramp.data.iter_mut().enumerate() {
+            *v = 40.0 + 0.5 * (n % w) as f32 + 0.8 * (n / w) as f32;
+        }
+        let (seen, taps) = view_of(&ramp, leak_size, &g);
+        for j in taps.y_range.start + 3..taps.y_range.end - 3 {
+            for i in taps.x_range.start + 3..taps.x_range.end - 3 {
+                let (a, b) = (seen.data[j * w + i], ramp.data[j * w + i]);
+                assert!((a - b).abs() < 0.5, "ramp at {i},{j}: {a} vs {b}");
+            }
+        }
+        // A one-pixel checkerboard cannot pass through pixels twice as large: the view is flat.
+        let mut checker = Gray::new(w, h);
+        for (n, v) in checker.data.iter_mut().enumerate() {
+            *v = if (n % w + n / w) % 2 == 0 { 100.0 } else { 140.0 };
+        }
+        let (seen, taps) = view_of(&checker, leak_size, &g);
+        for j in taps.y_range.start + 3..taps.y_range.end - 3 {
+            for i in taps.x_range.start + 3..taps.x_range.end - 3 {
+                assert!(
+                    (seen.data[j * w + i] - 120.0).abs() < 1.0,
+                    "checker at {i},{j}: {}",
+                    seen.data[j * w + i]
+                );
+            }
         }
     }
 }
