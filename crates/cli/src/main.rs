@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracemark_core::key::Purpose;
+use tracemark_core::output::{check_output, write_new_file};
 use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
 use tracemark_extract::trace::{
@@ -155,8 +156,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Embed(args) => embed(args, show_progress)?,
-        Command::Trace { key, registry, original, threshold, json, report, memory_mb, leaked } => {
-            let key = load_key(&key)?;
+        Command::Trace { key: key_path, registry, original, threshold, json, report, memory_mb, leaked } => {
+            // The evidence report is a new file: never over an input or an earlier report.
+            let mut inputs = vec![leaked.as_path(), registry.as_path(), key_path.as_path()];
+            inputs.extend(original.as_deref());
+            if let Some(path) = &report {
+                check_output(&inputs, path, false).map_err(|e| anyhow!("--report: {e}"))?;
+            }
+            let key = load_key(&key_path)?;
             let reg = Registry::open_existing(&registry, &key.fingerprint())?;
             let candidates: Vec<Candidate> = reg
                 .exports()?
@@ -185,10 +192,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 b.finish_and_clear();
             }
             if let Some(path) = &report {
-                write_atomic(
-                    path,
-                    report_html(&result, &reg, &key, &leaked, original.as_deref())?.as_bytes(),
-                )?;
+                let html = report_html(&result, &reg, &key, &leaked, original.as_deref())?;
+                write_new_file(&inputs, path, html.as_bytes()).map_err(|e| anyhow!("--report: {e}"))?;
             }
             if json {
                 println!("{}", trace_json(&result));
@@ -293,26 +298,6 @@ fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        bail!("output directory {} does not exist", dir.display());
-    }
-    let tmp = dir.join(format!(
-        ".{}.partial-{}",
-        path.file_name().map_or("out".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let res = std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
 }
 
 /// Arguments of `tracemark embed`.

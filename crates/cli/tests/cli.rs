@@ -279,6 +279,36 @@ fn bad_input_gives_one_line_errors_and_loses_nothing() {
     fails(&["trace", "--key", "other.key", "--registry", "reg.db", "first.mp4"], p, "made with key");
     fails(&["trace", "--key", "unit.key", "--registry", "none.db", "first.mp4"], p, "does not exist");
     fails(&["trace", "--key", "unit.key", "--registry", "reg.db", "notes.txt"], p, "cannot read");
+    // The evidence report never replaces an input or an earlier file.
+    let first_before = std::fs::read(p.join("first.mp4")).unwrap();
+    let trace_to = |report: &str| -> Vec<String> {
+        [
+            "trace",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--original",
+            "in.avi",
+            "first.mp4",
+            "--report",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([report.to_string()])
+        .collect()
+    };
+    for (report, needle) in [
+        ("first.mp4", "is the input"),
+        ("./in.avi", "is the input"),
+        ("reg.db", "is the input"),
+        ("unit.key", "is the input"),
+        ("notes.txt", "exists already"),
+        ("no/such/dir/r.html", "does not exist"),
+    ] {
+        fails(&trace_to(report).iter().map(String::as_str).collect::<Vec<_>>(), p, needle);
+    }
+    assert_eq!(std::fs::read(p.join("first.mp4")).unwrap(), first_before, "leaked clip changed");
     // Approval is mandatory, and nobody approves their own export.
     let o = run(
         &[

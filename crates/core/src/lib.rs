@@ -2,6 +2,7 @@
 //!
 //! - [`frame`]: stride-aware 8-bit planar frames, the currency of every other module.
 //! - [`pipeline`]: the [`FrameTransform`](pipeline::FrameTransform) trait and progress types.
+//! - [`output`]: writing files without losing anything (temporary file, sync, no clobber).
 //! - [`video`] (feature `video`): FFmpeg decoding/encoding and the bounded parallel
 //!   transcode pipeline.
 
@@ -13,6 +14,7 @@ pub mod grid;
 pub mod key;
 pub mod layout;
 pub mod mask;
+pub mod output;
 pub mod payload;
 pub mod pipeline;
 #[cfg(feature = "video")]

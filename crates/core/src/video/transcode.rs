@@ -12,6 +12,7 @@ use ffmpeg_next as ff;
 use super::reader::{ReadEvent, VideoInfo, VideoReader};
 use super::writer::{EncodeSettings, VideoWriter};
 use crate::frame::Frame;
+use crate::output::{check_output, TempOutput};
 use crate::pipeline::{FrameTransform, Progress, ProgressFn};
 use crate::{Error, Result};
 
@@ -111,86 +112,6 @@ pub struct TranscodeReport {
 
 /// Refuses an output that is the input, sits in a missing directory, or exists already
 /// (unless `overwrite`).
-fn check_output(input: &Path, output: &Path, overwrite: bool) -> Result<()> {
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::OutputDirMissing(parent));
-    }
-    if output.file_name().is_none() {
-        return Err(Error::InvalidConfig(format!("output {} names no file", output.display())));
-    }
-    if let Ok(canon_in) = input.canonicalize() {
-        let canon_out = output
-            .canonicalize()
-            .or_else(|_| parent.canonicalize().map(|p| p.join(output.file_name().unwrap())));
-        if canon_out.is_ok_and(|o| o == canon_in) {
-            return Err(Error::OutputIsInput(output.to_path_buf()));
-        }
-    }
-    if output.exists() && !overwrite {
-        return Err(Error::OutputExists(output.to_path_buf()));
-    }
-    Ok(())
-}
-
-/// A temporary file next to the final output, removed unless [`TempOutput::commit`] ran.
-struct TempOutput {
-    path: PathBuf,
-    committed: bool,
-}
-
-impl TempOutput {
-    fn next_to(output: &Path) -> Self {
-        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let ext =
-            output.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "mp4".into());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        // Keep the extension last: FFmpeg picks the container from it.
-        let tmp = format!(".{name}.partial-{}-{nanos:08x}.{ext}", std::process::id());
-        Self { path: output.with_file_name(tmp), committed: false }
-    }
-
-    /// Makes the file durable and moves it to `output` (without clobbering unless `overwrite`).
-    fn commit(mut self, output: &Path, overwrite: bool) -> Result<()> {
-        let f = std::fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        f.sync_all().map_err(|e| Error::io(&self.path, e))?;
-        if overwrite {
-            std::fs::rename(&self.path, output).map_err(|e| Error::io(output, e))?;
-        } else {
-            // A hard link fails if the name was taken meanwhile: no race can clobber a file.
-            match std::fs::hard_link(&self.path, output) {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&self.path);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(Error::OutputExists(output.to_path_buf()));
-                }
-                Err(_) => std::fs::rename(&self.path, output).map_err(|e| Error::io(output, e))?,
-            }
-        }
-        if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 struct Slot<S> {
     frame: Frame,
     scratch: S,
@@ -231,11 +152,11 @@ pub fn transcode_with_commit<T: FrameTransform>(
     before_commit: &mut CommitHook<'_>,
 ) -> Result<TranscodeReport> {
     config.validate()?;
-    check_output(input, output, config.overwrite)?;
+    check_output(&[input], output, config.overwrite)?;
     let reader = VideoReader::open(input)?;
     let info = reader.info().clone();
     let tmp = TempOutput::next_to(output);
-    let mut writer = VideoWriter::create(&tmp.path, &reader, &config.encode)?;
+    let mut writer = VideoWriter::create(tmp.path(), &reader, &config.encode)?;
     let output_size = writer.size();
     let skipped_streams = writer.skipped_streams().to_vec();
 
@@ -267,7 +188,7 @@ pub fn transcode_with_commit<T: FrameTransform>(
     writer.finish()?;
     let report =
         TranscodeReport { frames, input: info, output_size, skipped_streams, output: output.to_path_buf() };
-    before_commit(&tmp.path, &report)?;
+    before_commit(tmp.path(), &report)?;
     tmp.commit(output, config.overwrite)?;
     Ok(report)
 }
