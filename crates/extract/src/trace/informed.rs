@@ -515,8 +515,11 @@ impl Informed<'_> {
         let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
         let mut example = None;
         let mut batch: Vec<(usize, Pic<'_>, Pic<'_>)> = Vec::with_capacity(batch_len);
-        let mut merge = |batch: &mut Vec<(usize, Pic<'_>, Pic<'_>)>, g_work: &Geometry| {
-            for (k, fs, ex) in read_pairs(self.detector, src_size, leak_size, g_work, batch, self.mid) {
+        // Made once the geometry is refined, on the first matched pair.
+        let mut warp: Option<PairWarp> = None;
+        let mut merge = |batch: &mut Vec<(usize, Pic<'_>, Pic<'_>)>, warp: &Option<PairWarp>| {
+            let Some(warp) = warp else { return };
+            for (k, fs, ex) in read_pairs(self.detector, warp, batch, self.mid) {
                 sums.merge(&fs);
                 let sec = self.leak.times[k].floor();
                 if per_second.last().is_none_or(|p| p.0 != sec) {
@@ -548,14 +551,15 @@ impl Informed<'_> {
                     2,
                 );
                 geometry = g.rescaled(1.0 / grid.scale, 1.0 / leak_factor);
+                warp = Some(PairWarp::new(src_size, leak_size, &g));
                 refined_ncc = Some(v);
             }
             batch.push((k, src_pic, leak_pic));
             if batch.len() == batch_len {
-                merge(&mut batch, &geometry.rescaled(grid.scale, leak_factor));
+                merge(&mut batch, &warp);
             }
         }
-        merge(&mut batch, &geometry.rescaled(grid.scale, leak_factor));
+        merge(&mut batch, &warp);
         Ok(Reading { sums, per_second, example, geometry, refined_ncc, offset })
     }
 }
@@ -664,6 +668,31 @@ fn dot(a: &[u16], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// How every pair of one reading is put on a common grid: the source working grid, the
+/// leaked reading size, and the taps of the registered geometry between them.
+struct PairWarp {
+    src_size: (usize, usize),
+    leak_size: (usize, usize),
+    taps: WarpTaps,
+    /// For a leaked picture coarser than the working grid, how it sees the source.
+    view: Option<LeakView>,
+}
+
+impl PairWarp {
+    /// `g_work` maps source working-grid pixels to leaked reading pixels.
+    fn new(src_size: (usize, usize), leak_size: (usize, usize), g_work: &Geometry) -> Self {
+        // A leaked picture coarser than the working grid lost the source's finest detail;
+        // the source is compared as the leaked pixels would show it, or that detail is noise.
+        let coarser = g_work.sx < 1.0 && g_work.sy < 1.0;
+        Self {
+            src_size,
+            leak_size,
+            taps: WarpTaps::new(src_size, leak_size, g_work),
+            view: coarser.then(|| LeakView::new(src_size, leak_size, g_work)),
+        }
+    }
+}
+
 /// Scratch of one worker reading registered pairs.
 struct PairScratch {
     src: Gray,
@@ -680,22 +709,16 @@ struct PairScratch {
 /// One leaked frame's sums, with the registered pair when it is the one kept for the report.
 type PairSums = (usize, SlotSums, Option<(Gray, Gray)>);
 
-/// Reads a batch of (source, leaked) pairs in parallel under `g_work` (source working grid
-/// → leaked reading pixels): each pair's slot sums, and for frame `keep` the registered pair
+/// Reads a batch of (source, leaked) pairs in parallel under `warp`: each pair's slot sums, and for frame `keep` the registered pair
 /// itself (for the report).
 fn read_pairs(
     detector: &Detector,
-    src_size: (usize, usize),
-    leak_size: (usize, usize),
-    g_work: &Geometry,
+    warp: &PairWarp,
     pairs: &[(usize, Pic<'_>, Pic<'_>)],
     keep: usize,
 ) -> Vec<PairSums> {
-    let (w, h) = src_size;
-    let taps = WarpTaps::new(src_size, leak_size, g_work);
-    // A leaked picture coarser than the working grid lost the source's finest detail; the
-    // source is compared as the leaked pixels would show it, or that detail is noise.
-    let view = (g_work.sx < 1.0 && g_work.sy < 1.0).then(|| LeakView::new(src_size, leak_size, g_work));
+    let ((w, h), leak_size) = (warp.src_size, warp.leak_size);
+    let (taps, view) = (&warp.taps, &warp.view);
     pairs
         .par_iter()
         .map_init(
@@ -712,14 +735,14 @@ fn read_pairs(
             |s, (k, src, leak)| {
                 src.load(&mut s.src);
                 leak.load(&mut s.leak);
-                let compared = match &view {
+                let compared = match view {
                     Some(v) => {
-                        v.apply(&s.src, &taps, &mut s.between, &mut s.on_leak, &mut s.seen);
+                        v.apply(&s.src, taps, &mut s.between, &mut s.on_leak, &mut s.seen);
                         &s.seen
                     }
                     None => &s.src,
                 };
-                warp_and_fit(compared, &s.leak, &taps, &mut s.warped, &mut s.resid);
+                warp_and_fit(compared, &s.leak, taps, &mut s.warped, &mut s.resid);
                 let mut fs = SlotSums::default();
                 // The mask is the embedder's: computed from the source itself.
                 detector.accumulate(&s.resid, &s.src.data, w, h, (0, 0), &mut fs, &mut s.detect);
