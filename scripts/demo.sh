@@ -30,7 +30,7 @@ ffmpeg -nostdin -loglevel error -y -i copy-beta.mp4 \
 ffmpeg -nostdin -loglevel error -y -i stage1.mp4 -vf scale=854:480,setsar=1 -c:v libx264 -preset veryfast -crf 30 aired.mp4
 echo "aired.mp4: $(ffprobe -v error -select_streams v:0 -show_entries stream=width,height -of csv=s=x:p=0 aired.mp4)"
 
-say "4. The investigator traces the aired clip without the source (blind)"
+say "4. The investigator traces the aired clip without the source (blind: the hard case; from 4 s after two lossy re-encodes it may honestly find nothing)"
 "$tm" trace --quiet --key unit.key --registry exports.db aired.mp4
 
 say "5. ... and with the source clip (informed), writing an evidence report"
