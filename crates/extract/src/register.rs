@@ -136,11 +136,11 @@ pub fn ncc_masked(src: &Gray, leak: &Gray, g: &Geometry, step: usize, keep: Opti
 /// pixels whose difference is beyond three times the median difference are dropped.
 pub fn outlier_mask(src: &Gray, leak: &Gray, g: &Geometry) -> Vec<bool> {
     let (mut ms, mut ml, mut n) = (0f64, 0f64, 0f64);
+    let taps = WarpTaps::new((src.w, src.h), (leak.w, leak.h), g);
     let mut pairs = Vec::with_capacity(src.w * src.h);
     for j in 0..src.h {
         for i in 0..src.w {
-            let (x, y) = g.map(i as f64, j as f64);
-            let v = leak.sample(x, y);
+            let v = taps.covers(i, j).then(|| taps.sample(leak, i, j));
             if let Some(v) = v {
                 ms += f64::from(src.data[j * src.w + i]);
                 ml += f64::from(v);

@@ -34,6 +34,19 @@ fn to_fixed(v: f32) -> u16 {
     (v * FIXED_ONE + 0.5) as u16
 }
 
+/// The grey level of a fixed-point value.
+#[inline]
+fn from_fixed(v: u16) -> f32 {
+    f32::from(v) * (1.0 / FIXED_ONE)
+}
+
+/// Writes fixed-point samples into floats.
+fn load_fixed(src: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = from_fixed(v);
+    }
+}
+
 /// Thumbnail width in source pixels: enough to register, small enough to compare every
 /// leaked frame with many source frames.
 const THUMB_WIDTH: f64 = 128.0;
@@ -356,11 +369,7 @@ impl Pic<'_> {
     /// Writes the picture into `out`, which has its size.
     fn load(&self, out: &mut Gray) {
         match self {
-            Pic::Stored(d) => {
-                for (o, &v) in out.data.iter_mut().zip(d.iter()) {
-                    *o = f32::from(v) * (1.0 / FIXED_ONE);
-                }
-            }
+            Pic::Stored(d) => load_fixed(d, &mut out.data),
             Pic::Decoded(g) => out.data.copy_from_slice(&g.data),
         }
     }
@@ -433,7 +442,7 @@ impl<'a> Frames<'a> {
         let mut g = Gray::new(w, h);
         d.down.run(&d.frame.y, &mut g.data);
         // The same fixed point as the store: the budget changes speed, not results.
-        g.data.iter_mut().for_each(|v| *v = f32::from(to_fixed(*v)) * (1.0 / FIXED_ONE));
+        g.data.iter_mut().for_each(|v| *v = from_fixed(to_fixed(*v)));
         let g = Arc::new(g);
         d.last = Some((index, Arc::clone(&g)));
         Ok(Some(Pic::Decoded(g)))
@@ -579,9 +588,7 @@ impl Thumb {
 
     fn gray(&self) -> Gray {
         let mut g = Gray::new(self.w, self.h);
-        for (o, &v) in g.data.iter_mut().zip(self.data.iter()) {
-            *o = f32::from(v) * (1.0 / FIXED_ONE);
-        }
+        load_fixed(&self.data, &mut g.data);
         g
     }
 }
@@ -615,7 +622,7 @@ impl<'a> TimeIndex<'a> {
                 let (mut sum, mut sq) = (0f64, 0f64);
                 for j in y_range.clone() {
                     for &v in &t.data[j * w..][x_range.clone()] {
-                        let v = f64::from(v) * f64::from(1.0 / FIXED_ONE);
+                        let v = f64::from(from_fixed(v));
                         sum += v;
                         sq += v * v;
                     }
