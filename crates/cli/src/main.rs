@@ -465,10 +465,13 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
 
 fn registration_json(r: &Registration) -> serde_json::Value {
     match r {
-        Registration::Informed { geometry, time_offset_s, ncc } => json!({
-            "kind": "informed", "scale_x": geometry.sx, "scale_y": geometry.sy,
-            "offset_x": geometry.tx, "offset_y": geometry.ty, "time_offset_s": time_offset_s, "ncc": ncc,
-        }),
+        Registration::Informed { geometry, homography, mirrored, rotation_deg, time_offset_s, ncc } => {
+            json!({
+                "kind": "informed", "scale_x": geometry.sx, "scale_y": geometry.sy,
+                "offset_x": geometry.tx, "offset_y": geometry.ty, "time_offset_s": time_offset_s, "ncc": ncc,
+                "homography": homography.0, "mirrored": mirrored, "rotation_deg": rotation_deg,
+            })
+        }
         Registration::Blind { scale, analysis_factor, shift, hypotheses } => json!({
             "kind": "blind", "scale": scale, "analysis_factor": analysis_factor,
             "tile_shift": [shift.0, shift.1], "hypotheses": hypotheses,

@@ -211,13 +211,24 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
     }
     h.push_str("<h2>Registration</h2><table>");
     match &r.registration {
-        Registration::Informed { geometry, time_offset_s, ncc } => write!(
+        Registration::Informed { geometry, homography, mirrored, rotation_deg, time_offset_s, ncc } => write!(
             h,
             "<tr><th>source scale in the leaked picture</th><td>{:.4} x {:.4}</td></tr>\
              <tr><th>source origin in the leaked picture</th><td>({:.1}, {:.1}) px</td></tr>\
+             <tr><th>mirrored</th><td>{}</td></tr>\
+             <tr><th>rotation</th><td>{:+.2}&deg;</td></tr>\
+             <tr><th>source &rarr; leaked homography</th><td><code>{}</code></td></tr>\
              <tr><th>leaked time + offset = source time</th><td>{:+.3} s</td></tr>\
              <tr><th>match (normalised cross-correlation)</th><td>{:.4}</td></tr>",
-            geometry.sx, geometry.sy, geometry.tx, geometry.ty, time_offset_s, ncc
+            geometry.sx.abs(),
+            geometry.sy.abs(),
+            geometry.tx,
+            geometry.ty,
+            if *mirrored { "yes" } else { "no" },
+            rotation_deg,
+            homography.0.map(|v| format!("{v:.6}")).join(" "),
+            time_offset_s,
+            ncc
         )?,
         Registration::Blind { scale, analysis_factor, shift, hypotheses } => write!(
             h,

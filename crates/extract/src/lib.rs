@@ -2,13 +2,16 @@
 //!
 //! - [`detect`]: residual images → per-slot sums → pilot statistic, soft bits, scores.
 //! - [`verdict`]: family-wise false-positive probabilities and the verdict.
-//! - [`register`]: spatial registration against the source (informed mode).
+//! - [`register`], [`register_projective`], [`homography`]: spatial registration against the
+//!   source (informed mode): axis-aligned fast path, mirrors, rotations and keystones.
 //! - [`trace`] (feature `video`): whole files, informed or blind.
 
 pub mod detect;
 pub mod fft2d;
+pub mod homography;
 pub mod image;
 pub mod register;
+pub mod register_projective;
 #[cfg(feature = "video")]
 pub mod trace;
 pub mod verdict;

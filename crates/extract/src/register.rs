@@ -102,6 +102,55 @@ impl WarpTaps {
     }
 }
 
+/// How a source grid samples a leaked picture: separable taps for an axis-aligned
+/// geometry (the common case, and the faster one), a per-pixel map for any other
+/// homography.
+pub enum Warp {
+    /// Scale and offset per axis.
+    Axis(WarpTaps),
+    /// Any projective map.
+    Projective(crate::homography::PixelMap),
+}
+
+impl Warp {
+    /// The warp of a `src_size` grid sampling a `leak_size` picture under `h`.
+    pub fn new(
+        src_size: (usize, usize),
+        leak_size: (usize, usize),
+        h: &crate::homography::Homography,
+    ) -> Self {
+        match h.as_geometry() {
+            Some(g) => Warp::Axis(WarpTaps::new(src_size, leak_size, &g)),
+            None => Warp::Projective(crate::homography::PixelMap::new(src_size, leak_size, h)),
+        }
+    }
+
+    /// Bounding columns of the covered source pixels.
+    pub fn x_range(&self) -> std::ops::Range<usize> {
+        match self {
+            Warp::Axis(t) => t.x_range.clone(),
+            Warp::Projective(m) => m.x_range.clone(),
+        }
+    }
+
+    /// Bounding rows of the covered source pixels.
+    pub fn y_range(&self) -> std::ops::Range<usize> {
+        match self {
+            Warp::Axis(t) => t.y_range.clone(),
+            Warp::Projective(m) => m.y_range.clone(),
+        }
+    }
+
+    /// The leaked picture at source pixel (`i`, `j`), `None` where it is not covered.
+    #[inline]
+    pub fn sample(&self, leak: &Gray, i: usize, j: usize) -> Option<f32> {
+        match self {
+            Warp::Axis(t) => t.covers(i, j).then(|| t.sample(leak, i, j)),
+            Warp::Projective(m) => m.sample(leak, i, j),
+        }
+    }
+}
+
 /// Bilinear interpolation between rows `r0` and `r1` at columns `x0`, `x1` (the arithmetic
 /// of [`Gray::sample`]).
 #[inline]
@@ -211,13 +260,21 @@ pub(crate) fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
 }
 
 /// The scale hypotheses of the coarse search: isotropic scales from 0.25 to 1.6 in 2%
-/// steps, plus the stretch that maps the whole source onto the whole leaked picture.
+/// steps (further for a leaked picture larger than the source), plus the stretch that maps the whole source onto the whole leaked picture.
 pub fn scale_hypotheses(src: (usize, usize), leak: (usize, usize)) -> Vec<(f64, f64)> {
+    scale_hypotheses_with_step(src, leak, 1.02)
+}
+
+/// [`scale_hypotheses`] with isotropic steps of `ratio`.
+fn scale_hypotheses_with_step(src: (usize, usize), leak: (usize, usize), ratio: f64) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
     let mut s = 0.25f64;
-    while s <= 1.6 {
+    // Up to 1.6x a crop of the source, or more when the leaked picture is larger than the
+    // source (a vertical re-cut blows a narrow crop up to the full height).
+    let grow = (leak.0 as f64 / src.0 as f64).max(leak.1 as f64 / src.1 as f64).max(1.0);
+    while s <= 1.6 * grow {
         out.push((s, s));
-        s *= 1.02;
+        s *= ratio;
     }
     out.push((leak.0 as f64 / src.0 as f64, leak.1 as f64 / src.1 as f64));
     out
@@ -242,7 +299,13 @@ fn fft_friendly(n: usize) -> usize {
 /// Coarse registration on thumbnails made with the same downscale factor: returns the
 /// best geometries (in thumbnail pixels), best first, with their NCC.
 pub fn coarse(src: &Gray, leak: &Gray, keep: usize) -> Vec<(Geometry, f64)> {
-    let hyps = scale_hypotheses((src.w, src.h), (leak.w, leak.h));
+    coarse_with_step(src, leak, keep, 1.02)
+}
+
+/// [`coarse`] with isotropic scale steps of `ratio` (a coarser search when a refinement
+/// follows that reaches further).
+pub fn coarse_with_step(src: &Gray, leak: &Gray, keep: usize, ratio: f64) -> Vec<(Geometry, f64)> {
+    let hyps = scale_hypotheses_with_step((src.w, src.h), (leak.w, leak.h), ratio);
     let max_s = hyps.iter().fold(0f64, |m, h| m.max(h.0).max(h.1));
     let cw = fft_friendly((src.w as f64 * max_s).ceil() as usize + leak.w);
     let ch = fft_friendly((src.h as f64 * max_s).ceil() as usize + leak.h);

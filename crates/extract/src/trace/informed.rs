@@ -19,8 +19,10 @@ use tracemark_core::{Error as CoreError, Frame, MasterKey};
 
 use super::{open, seconds, thumb_size, tick, Registration, SecondStrength, TraceConfig, TraceResult};
 use crate::detect::{DetectScratch, Detector, SlotSums};
+use crate::homography::Homography;
 use crate::image::{Downscaler, Gray};
-use crate::register::{self, Geometry, WarpTaps};
+use crate::register::{self, Geometry, Warp, WarpTaps};
+use crate::register_projective;
 use crate::verdict::{decide, Candidate};
 use crate::{Error, Result};
 
@@ -216,6 +218,63 @@ fn reading_factor(sx: f64, sy: f64, grid: &Grid) -> f64 {
     (sx.min(sy) * grid.scale + 0.02).floor().max(1.0)
 }
 
+/// Below this NCC of the best axis-aligned thumbnail registration, mirrored, rotated and
+/// turned pictures are searched too (they cost a few tenths of a second; an ordinary copy
+/// matches far better than this).
+const ORIENTATION_SEARCH_BELOW: f64 = 0.9;
+
+/// Registers a leaked thumbnail against a source thumbnail: the axis-aligned search
+/// (scale, crop, bars, picture-in-picture), a projective refinement of it (small tilts,
+/// keystones), and when neither fits well the search over mirrors and rotations. Every
+/// candidate is judged by the same robust NCC. The map is in thumbnail pixels.
+fn register_thumbs(src: &Gray, leak: &Gray) -> Option<(Homography, f64)> {
+    let axis = register::coarse(src, leak, 3)
+        .into_iter()
+        .map(|(g, _)| register::refine(src, leak, g, 1))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(g, _)| Homography::from_geometry(&g));
+    let mut best = axis.and_then(|h| register_projective::refine(src, leak, h, 1, 0).map(|(_, q)| (h, q)));
+    if let Some((h, q)) = best {
+        if let Some((p, pq)) = register_projective::refine(src, leak, h, 1, 40) {
+            if pq > q && p.corner_distance(&h, src.w as f64, src.h as f64) > 0.3 {
+                best = Some((p, pq));
+            }
+        }
+    }
+    if best.is_none_or(|b| b.1 < ORIENTATION_SEARCH_BELOW) {
+        if let Some(&(h, q)) = register_projective::coarse_oriented(src, leak, 1).first() {
+            // A robust NCC can rise by fitting a part of the picture only: a decent
+            // axis-aligned answer gives way only to a clearly better one.
+            let margin = if best.is_some_and(|b| b.1 >= 0.8) { 0.1 } else { 0.01 };
+            if best.is_none_or(|b| q > b.1 + margin) {
+                best = Some((h, q));
+            }
+        }
+    }
+    best
+}
+
+/// Refines a working-grid registration on one pair of frames at reading resolution. An
+/// axis-aligned map is refined as such (and kept unless a projective fit is materially
+/// different and better); any other map is refined projectively.
+fn refine_work(src: &Gray, leak: &Gray, h: &Homography) -> (Homography, f64) {
+    if let Some(g) = h.as_geometry() {
+        let (g, v) = register::refine_robust(src, leak, g, 2);
+        let axis = Homography::from_geometry(&g);
+        let q0 = register_projective::refine(src, leak, axis, 2, 0).map(|x| x.1);
+        if let (Some(q0), Some((p, q))) = (q0, register_projective::refine(src, leak, axis, 2, 30)) {
+            if q > q0 + 0.002 && p.corner_distance(&axis, src.w as f64, src.h as f64) > 0.5 {
+                return (p, q);
+            }
+        }
+        return (axis, v);
+    }
+    match register_projective::refine(src, leak, *h, 2, 40) {
+        Some((p, q)) => (p, q),
+        None => (*h, 0.0),
+    }
+}
+
 /// NCC of a leaked thumbnail mapped onto a source thumbnail, on every `step`-th pixel.
 fn thumb_match(src: &Gray, leak: &Gray, g: &Geometry, step: usize) -> f64 {
     register::ncc_at(src, leak, g, step).value()
@@ -293,20 +352,13 @@ pub fn trace_informed(
     // but only the true pairing lines up the mark. Both pairings are registered; when they
     // disagree materially both are read and the one whose pilot is stronger is kept (the
     // pilot's probability then counts both; the payload chips played no part in the choice).
-    let register_pair = |pair: usize| {
-        let src_pair = src.thumbs[pair].gray();
-        register::coarse(&src_pair, &leak_mid, 3)
-            .into_iter()
-            .map(|(g, _)| register::refine(&src_pair, &leak_mid, g, 1))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-    };
-    let mut pairings: Vec<Geometry> = Vec::new();
+    let register_pair = |pair: usize| register_thumbs(&src.thumbs[pair].gray(), &leak_mid);
+    let mut pairings: Vec<Homography> = Vec::new();
     let pairs = if look_alike == same_time { vec![same_time] } else { vec![same_time, look_alike] };
     for pair in pairs {
         if let Some((g, _)) = register_pair(pair) {
-            let differs = |h: &Geometry| {
-                (h.sx - g.sx).abs() > 0.005 * g.sx || (h.tx - g.tx).abs() > 0.5 || (h.ty - g.ty).abs() > 0.5
-            };
+            let (tw, th) = (leak_mid.w as f64, leak_mid.h as f64);
+            let differs = |h: &Homography| h.corner_distance(&g, tw, th) > 0.5;
             if pairings.iter().all(differs) {
                 pairings.push(g);
             }
@@ -335,7 +387,10 @@ pub fn trace_informed(
         informed: true,
         frames_used: sums.frames,
         registration: Registration::Informed {
-            geometry,
+            geometry: geometry.nearest_geometry(src_info.width as f64, src_info.height as f64),
+            homography: geometry,
+            mirrored: geometry.is_mirrored(),
+            rotation_deg: geometry.rotation_degrees(src_info.width as f64, src_info.height as f64),
             time_offset_s: offset,
             ncc: refined_ncc.unwrap_or(0.0),
         },
@@ -353,7 +408,7 @@ struct Reading {
     sums: SlotSums,
     per_second: Vec<(f64, SlotSums)>,
     example: Option<(Gray, Gray)>,
-    geometry: Geometry,
+    geometry: Homography,
     refined_ncc: Option<f64>,
     offset: f64,
 }
@@ -466,7 +521,7 @@ struct Informed<'a> {
 impl Informed<'_> {
     /// For each leaked frame, the source frame it shows under the thumbnail geometry
     /// `g_thumb` (`None` when none fits), and the time offset (leaked + offset = source).
-    fn align_in_time(&self, g_thumb: &Geometry) -> (Vec<Option<usize>>, f64) {
+    fn align_in_time(&self, g_thumb: &Homography) -> (Vec<Option<usize>>, f64) {
         let (src, leak) = (self.src, self.leak);
         let index = TimeIndex::new(src, leak, g_thumb);
         let best_match = |k: usize, range: std::ops::Range<usize>| {
@@ -501,7 +556,7 @@ impl Informed<'_> {
     /// leaked frame and accumulates.
     fn read(
         &self,
-        g_thumb: &Geometry,
+        g_thumb: &Homography,
         progress: &mut ProgressFn<'_>,
         done: &mut u64,
         total: Option<u64>,
@@ -510,7 +565,8 @@ impl Informed<'_> {
         let grid = &self.grid;
         let mut geometry = g_thumb.rescaled(1.0 / self.factor, 1.0 / self.factor);
         let mut refined_ncc = None;
-        let leak_factor = reading_factor(geometry.sx, geometry.sy, grid);
+        let (sx, sy) = geometry.local_scale(self.src.info.width as f64, self.src.info.height as f64);
+        let leak_factor = reading_factor(sx, sy, grid);
         let leak_size = thumb_size(self.leak.info.width, self.leak.info.height, leak_factor);
         let src_size = (grid.work_w, grid.work_h);
         let mut src_frames = Frames::new(self.src, self.source, src_size)?;
@@ -553,14 +609,10 @@ impl Informed<'_> {
             };
             if refined_ncc.is_none() {
                 let g_work = geometry.rescaled(grid.scale, leak_factor);
-                let (g, v) = register::refine_robust(
-                    &src_pic.to_gray(src_size),
-                    &leak_pic.to_gray(leak_size),
-                    g_work,
-                    2,
-                );
+                let (src_g, leak_g) = (src_pic.to_gray(src_size), leak_pic.to_gray(leak_size));
+                let (g, v) = refine_work(&src_g, &leak_g, &g_work);
                 geometry = g.rescaled(1.0 / grid.scale, 1.0 / leak_factor);
-                warp = Some(PairWarp::new(src_size, leak_size, &g));
+                warp = Some(PairWarp::new(src_size, leak_size, &g, &src_g, &leak_g));
                 refined_ncc = Some(v);
             }
             batch.push((k, src_pic, leak_pic));
@@ -608,11 +660,21 @@ struct TimeIndex<'a> {
 }
 
 impl<'a> TimeIndex<'a> {
-    fn new(src: &'a Clip, leak: &Clip, g: &Geometry) -> Self {
+    fn new(src: &'a Clip, leak: &Clip, g: &Homography) -> Self {
         let (w, h) = (src.thumbs[0].w, src.thumbs[0].h);
-        let taps = WarpTaps::new((w, h), (leak.thumbs[0].w, leak.thumbs[0].h), g);
-        let (x_range, y_range) = (taps.x_range.clone(), taps.y_range.clone());
-        let n = (x_range.len() * y_range.len()).max(1) as f64;
+        let leak_size = (leak.thumbs[0].w, leak.thumbs[0].h);
+        let warp = Warp::new((w, h), leak_size, g);
+        let (x_range, y_range) = (warp.x_range(), warp.y_range());
+        // Which pixels of the bounding rectangle the leaked picture covers (all of them for
+        // an axis-aligned map); the others are left out of every sum.
+        let blank = Gray::new(leak_size.0, leak_size.1);
+        let covered: Vec<bool> = y_range
+            .clone()
+            .flat_map(|j| x_range.clone().map(move |i| (i, j)))
+            .map(|(i, j)| warp.sample(&blank, i, j).is_some())
+            .collect();
+        let n = covered.iter().filter(|&&c| c).count().max(1) as f64;
+        let row_len = x_range.len();
         // A flat picture has no direction: it matches nothing.
         let inv = |ss: f64| if ss > 1e-6 { (1.0 / ss.sqrt()) as f32 } else { 0.0 };
         let src_inv_norm = src
@@ -620,8 +682,9 @@ impl<'a> TimeIndex<'a> {
             .par_iter()
             .map(|t| {
                 let (mut sum, mut sq) = (0f64, 0f64);
-                for j in y_range.clone() {
-                    for &v in &t.data[j * w..][x_range.clone()] {
+                for (r, j) in y_range.clone().enumerate() {
+                    let row = &t.data[j * w..][x_range.clone()];
+                    for (&v, _) in row.iter().zip(&covered[r * row_len..]).filter(|(_, &c)| c) {
                         let v = f64::from(from_fixed(v));
                         sum += v;
                         sq += v * v;
@@ -638,10 +701,10 @@ impl<'a> TimeIndex<'a> {
                 let mut v: Vec<f32> = y_range
                     .clone()
                     .flat_map(|j| x_range.clone().map(move |i| (i, j)))
-                    .map(|(i, j)| taps.sample(&t, i, j))
+                    .map(|(i, j)| warp.sample(&t, i, j).unwrap_or(0.0))
                     .collect();
                 let mean = (v.iter().map(|&x| f64::from(x)).sum::<f64>() / n) as f32;
-                v.iter_mut().for_each(|x| *x -= mean);
+                v.iter_mut().zip(&covered).filter(|(_, &c)| c).for_each(|(x, _)| *x -= mean);
                 let k = inv(v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>());
                 v.iter_mut().for_each(|x| *x *= k);
                 v
@@ -676,28 +739,110 @@ fn dot(a: &[u16], b: &[f32]) -> f32 {
 }
 
 /// How every pair of one reading is put on a common grid: the source working grid, the
-/// leaked reading size, and the taps of the registered geometry between them.
+/// leaked reading size, the warp of the registered geometry between them, and which
+/// source pixels take part.
 struct PairWarp {
     src_size: (usize, usize),
     leak_size: (usize, usize),
-    taps: WarpTaps,
-    /// For a leaked picture coarser than the working grid, how it sees the source.
+    warp: Warp,
+    /// For a leaked picture coarser than the working grid, how it sees the source
+    /// (axis-aligned geometries).
     view: Option<LeakView>,
+    /// Source pixels that are covered and not under an overlay (logo, ticker, black bar):
+    /// only these enter the tone fit and the residual.
+    usable: Vec<bool>,
 }
 
 impl PairWarp {
-    /// `g_work` maps source working-grid pixels to leaked reading pixels.
-    fn new(src_size: (usize, usize), leak_size: (usize, usize), g_work: &Geometry) -> Self {
+    /// `h_work` maps source working-grid pixels to leaked reading pixels; `src` and `leak`
+    /// are the registered pair it was refined on (where overlays are found).
+    fn new(
+        src_size: (usize, usize),
+        leak_size: (usize, usize),
+        h_work: &Homography,
+        src: &Gray,
+        leak: &Gray,
+    ) -> Self {
+        let warp = Warp::new(src_size, leak_size, h_work);
         // A leaked picture coarser than the working grid lost the source's finest detail;
         // the source is compared as the leaked pixels would show it, or that detail is noise.
-        let coarser = g_work.sx < 1.0 && g_work.sy < 1.0;
-        Self {
-            src_size,
-            leak_size,
-            taps: WarpTaps::new(src_size, leak_size, g_work),
-            view: coarser.then(|| LeakView::new(src_size, leak_size, g_work)),
+        let view = match (&warp, h_work.as_geometry()) {
+            (Warp::Axis(_), Some(g)) if g.sx < 1.0 && g.sy < 1.0 => {
+                Some(LeakView::new(src_size, leak_size, &g))
+            }
+            _ => None,
+        };
+        let usable = overlay_free(src, leak, &warp);
+        Self { src_size, leak_size, warp, view, usable }
+    }
+}
+
+/// Covered source pixels outside overlays. Whole 8x8 blocks (the mark's own) are judged:
+/// after a linear tone fit, a block whose mean difference is far above the typical block's
+/// shows something else than the source (black bars of a letterbox, a channel logo, a
+/// banner) and would otherwise bend the tone curve and flood the residual.
+fn overlay_free(src: &Gray, leak: &Gray, warp: &Warp) -> Vec<bool> {
+    let (w, h) = (src.w, src.h);
+    let mut usable = vec![false; w * h];
+    let mut seen = vec![f32::NAN; w * h];
+    let (mut n, mut ss, mut sl, mut sss, mut ssl) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for j in warp.y_range() {
+        for i in warp.x_range() {
+            if let Some(v) = warp.sample(leak, i, j) {
+                let s = f64::from(src.data[j * w + i]);
+                let l = f64::from(v);
+                seen[j * w + i] = v;
+                usable[j * w + i] = true;
+                n += 1.0;
+                ss += s;
+                sl += l;
+                sss += s * s;
+                ssl += s * l;
+            }
         }
     }
+    let var = sss - ss * ss / n.max(1.0);
+    if n < 64.0 || var <= 1e-6 {
+        return usable;
+    }
+    let a = (ssl - ss * sl / n) / var;
+    let b = (sl - a * ss) / n;
+    let (bx, by) = (w / 8, h / 8);
+    let mut blocks: Vec<(usize, f64)> = Vec::with_capacity(bx * by);
+    for j in 0..by {
+        for i in 0..bx {
+            let (mut d, mut c) = (0f64, 0f64);
+            for y in j * 8..j * 8 + 8 {
+                for x in i * 8..i * 8 + 8 {
+                    let v = seen[y * w + x];
+                    if !v.is_nan() {
+                        d += (f64::from(v) - (a * f64::from(src.data[y * w + x]) + b)).abs();
+                        c += 1.0;
+                    }
+                }
+            }
+            if c > 0.0 {
+                blocks.push((j * bx + i, d / c));
+            }
+        }
+    }
+    if blocks.len() < 8 {
+        return usable;
+    }
+    let mut sorted: Vec<f64> = blocks.iter().map(|b| b.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let typical = sorted[sorted.len() / 2];
+    // Far above the typical block and above anything a codec does to a matching block.
+    let cut = (4.0 * typical).max(12.0);
+    for &(k, d) in &blocks {
+        if d > cut {
+            let (i, j) = (k % bx, k / bx);
+            for y in j * 8..j * 8 + 8 {
+                usable[y * w + i * 8..y * w + i * 8 + 8].fill(false);
+            }
+        }
+    }
+    usable
 }
 
 /// Scratch of one worker reading registered pairs.
@@ -725,7 +870,7 @@ fn read_pairs(
     keep: usize,
 ) -> Vec<PairSums> {
     let ((w, h), leak_size) = (warp.src_size, warp.leak_size);
-    let (taps, view) = (&warp.taps, &warp.view);
+    let view = &warp.view;
     pairs
         .par_iter()
         .map_init(
@@ -742,14 +887,14 @@ fn read_pairs(
             |s, (k, src, leak)| {
                 src.load(&mut s.src);
                 leak.load(&mut s.leak);
-                let compared = match view {
-                    Some(v) => {
+                let compared = match (view, &warp.warp) {
+                    (Some(v), Warp::Axis(taps)) => {
                         v.apply(&s.src, taps, &mut s.between, &mut s.on_leak, &mut s.seen);
                         &s.seen
                     }
-                    None => &s.src,
+                    _ => &s.src,
                 };
-                warp_and_fit(compared, &s.leak, taps, &mut s.warped, &mut s.resid);
+                warp_and_fit(compared, &s.leak, warp, &mut s.warped, &mut s.resid);
                 let mut fs = SlotSums::default();
                 // The mask is the embedder's: computed from the source itself.
                 detector.accumulate(&s.resid, &s.src.data, w, h, (0, 0), &mut fs, &mut s.detect);
@@ -830,21 +975,34 @@ impl LeakView {
 /// picture does not cover the source), fits a tone curve (leaked level as a function of
 /// source level: brightness, contrast, gamma), and writes leaked minus fitted source into
 /// `resid` (zero where the source is not visible).
-fn warp_and_fit(src: &Gray, leak: &Gray, taps: &WarpTaps, warped: &mut Gray, resid: &mut [f32]) {
-    let (xr, yr) = (taps.x_range.clone(), taps.y_range.clone());
+fn warp_and_fit(src: &Gray, leak: &Gray, pw: &PairWarp, warped: &mut Gray, resid: &mut [f32]) {
+    let (xr, yr) = (pw.warp.x_range(), pw.warp.y_range());
     warped.data.fill(0.0);
     resid.fill(0.0);
     if xr.is_empty() || yr.is_empty() {
         return;
     }
-    for j in yr.clone() {
-        let (y0, y1, fy) = taps.rows[j];
-        let (r0, r1) = (&leak.data[y0 * leak.w..][..leak.w], &leak.data[y1 * leak.w..][..leak.w]);
-        let out = &mut warped.data[j * src.w..][xr.clone()];
-        for (o, &(x0, x1, fx)) in out.iter_mut().zip(&taps.cols[xr.clone()]) {
-            *o = register::bilinear(r0, r1, x0, x1, fx, fy);
+    match &pw.warp {
+        Warp::Axis(taps) => {
+            for j in yr.clone() {
+                let (y0, y1, fy) = taps.rows[j];
+                let (r0, r1) = (&leak.data[y0 * leak.w..][..leak.w], &leak.data[y1 * leak.w..][..leak.w]);
+                let out = &mut warped.data[j * src.w..][xr.clone()];
+                for (o, &(x0, x1, fx)) in out.iter_mut().zip(&taps.cols[xr.clone()]) {
+                    *o = register::bilinear(r0, r1, x0, x1, fx, fy);
+                }
+            }
+        }
+        Warp::Projective(map) => {
+            for j in yr.clone() {
+                for i in xr.clone() {
+                    let p = j * src.w + i;
+                    warped.data[p] = map.sample_at(&leak.data, p).unwrap_or(0.0);
+                }
+            }
         }
     }
+    let usable = &pw.usable;
     // Tone curve: mean leaked level per source level. Four interleaved histograms, so
     // that neighbouring pixels of one level do not wait on each other's sums.
     let mut sum = [[0f64; 256]; 4];
@@ -852,7 +1010,8 @@ fn warp_and_fit(src: &Gray, leak: &Gray, taps: &WarpTaps, warped: &mut Gray, res
     for j in yr.clone() {
         let s_row = &src.data[j * src.w..][xr.clone()];
         let w_row = &warped.data[j * src.w..][xr.clone()];
-        for (n, (&s, &v)) in s_row.iter().zip(w_row).enumerate() {
+        let u_row = &usable[j * src.w..][xr.clone()];
+        for (n, ((&s, &v), _)) in s_row.iter().zip(w_row).zip(u_row).enumerate().filter(|(_, (_, &u))| u) {
             let b = (s.clamp(0.0, 255.0) + 0.5) as usize;
             sum[n & 3][b] += f64::from(v);
             cnt[n & 3][b] += 1;
@@ -897,7 +1056,10 @@ fn warp_and_fit(src: &Gray, leak: &Gray, taps: &WarpTaps, warped: &mut Gray, res
     for j in yr {
         let s_row = &src.data[j * src.w..][xr.clone()];
         let w_row = &warped.data[j * src.w..][xr.clone()];
-        for ((r, &s), &v) in resid[j * src.w..][xr.clone()].iter_mut().zip(s_row).zip(w_row) {
+        let u_row = &usable[j * src.w..][xr.clone()];
+        for (((r, &s), &v), _) in
+            resid[j * src.w..][xr.clone()].iter_mut().zip(s_row).zip(w_row).zip(u_row).filter(|(_, &u)| u)
+        {
             let s = s.clamp(0.0, 255.0);
             let b0 = (s as usize).min(254);
             let f = s - b0 as f32;

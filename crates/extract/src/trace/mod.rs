@@ -11,6 +11,7 @@ use tracemark_core::pipeline::{Progress, ProgressFn};
 use tracemark_core::video::VideoReader;
 use tracemark_core::Error as CoreError;
 
+use crate::homography::Homography;
 use crate::image::Gray;
 use crate::register::Geometry;
 use crate::verdict::Decision;
@@ -78,8 +79,17 @@ impl TraceConfig {
 pub enum Registration {
     /// Against the source: where the source sits in the leaked picture and in time.
     Informed {
-        /// Source → leaked mapping in full-resolution pixels.
+        /// The axis-aligned summary of the mapping (scale and offset per axis), in
+        /// full-resolution pixels.
         geometry: Geometry,
+        /// Source → leaked mapping in full-resolution pixels (continuous coordinates, see
+        /// [`crate::homography`]): mirrors, rotations and keystones included.
+        homography: Homography,
+        /// Whether the leaked picture is a mirror image of the source.
+        mirrored: bool,
+        /// Rotation of the source's horizontal axis in the leaked picture, degrees
+        /// (positive: clockwise on screen).
+        rotation_deg: f64,
         /// Leaked time + offset = source time, seconds.
         time_offset_s: f64,
         /// NCC of the registered pair of frames.
