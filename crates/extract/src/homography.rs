@@ -164,7 +164,9 @@ impl Homography {
     /// screen), measured at the source centre.
     pub fn rotation_degrees(&self, w: f64, h: f64) -> f64 {
         let (cx, cy) = (w / 2.0, h / 2.0);
-        match (self.map(cx, cy), self.map(cx + 1.0, cy)) {
+        // A mirror image is measured after undoing the left-right mirror.
+        let step = if self.is_mirrored() { -1.0 } else { 1.0 };
+        match (self.map(cx, cy), self.map(cx + step, cy)) {
             (Some(a), Some(b)) => (b.1 - a.1).atan2(b.0 - a.0).to_degrees(),
             _ => 0.0,
         }
