@@ -26,12 +26,26 @@ impl Homography {
     /// `angle` radians around the centre (counter-clockwise on screen, where y points
     /// down, is a negative angle), mirrored left-right first when `mirror` is set.
     pub fn about_centre(w: f64, h: f64, angle: f64, mirror: bool) -> Self {
+        Self::turn(angle, mirror, (w / 2.0, h / 2.0), (w / 2.0, h / 2.0))
+    }
+
+    /// `p` goes to `to + R M (p - from)`: `M` the left-right mirror when `mirror` is set,
+    /// `R` a turn by `angle` radians (as in [`Homography::about_centre`]).
+    pub fn turn(angle: f64, mirror: bool, from: (f64, f64), to: (f64, f64)) -> Self {
         let (c, s) = (angle.cos(), angle.sin());
         let m = if mirror { -1.0 } else { 1.0 };
-        let (cx, cy) = (w / 2.0, h / 2.0);
-        // p' = c + R * M * (p - c)
         let (a, b, d, e) = (c * m, -s, s * m, c);
-        Homography([a, b, cx - a * cx - b * cy, d, e, cy - d * cx - e * cy, 0.0, 0.0, 1.0])
+        Homography([
+            a,
+            b,
+            to.0 - a * from.0 - b * from.1,
+            d,
+            e,
+            to.1 - d * from.0 - e * from.1,
+            0.0,
+            0.0,
+            1.0,
+        ])
     }
 
     /// `self ∘ other`: first `other`, then `self`.

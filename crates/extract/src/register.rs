@@ -141,6 +141,15 @@ impl Warp {
         }
     }
 
+    /// Whether source pixel (`i`, `j`) sees the leaked picture.
+    #[inline]
+    pub fn covers(&self, i: usize, j: usize) -> bool {
+        match self {
+            Warp::Axis(t) => t.covers(i, j),
+            Warp::Projective(m) => m.covers(i, j),
+        }
+    }
+
     /// The leaked picture at source pixel (`i`, `j`), `None` where it is not covered.
     #[inline]
     pub fn sample(&self, leak: &Gray, i: usize, j: usize) -> Option<f32> {
@@ -260,7 +269,8 @@ pub(crate) fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
 }
 
 /// The scale hypotheses of the coarse search: isotropic scales from 0.25 to 1.6 in 2%
-/// steps (further for a leaked picture larger than the source), plus the stretch that maps the whole source onto the whole leaked picture.
+/// steps (further for a leaked picture larger than the source), plus the stretch that maps
+/// the whole source onto the whole leaked picture.
 pub fn scale_hypotheses(src: (usize, usize), leak: (usize, usize)) -> Vec<(f64, f64)> {
     scale_hypotheses_with_step(src, leak, 1.02)
 }

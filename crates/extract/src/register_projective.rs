@@ -36,12 +36,8 @@ pub fn orientations() -> Vec<(f64, bool)> {
 fn turned(leak: &Gray, angle_deg: f64, mirror: bool) -> (Gray, Homography) {
     let quarter = ((angle_deg / 90.0).round() as i64).rem_euclid(2) == 1 && (angle_deg % 90.0).abs() < 1e-9;
     let (w, h) = if quarter { (leak.h, leak.w) } else { (leak.w, leak.h) };
-    let (c, s) = (angle_deg.to_radians().cos(), angle_deg.to_radians().sin());
-    let m = if mirror { -1.0 } else { 1.0 };
-    let (a, b, d, e) = (c * m, -s, s * m, c);
-    let (cx, cy) = (leak.w as f64 / 2.0, leak.h as f64 / 2.0);
-    let (qx, qy) = (w as f64 / 2.0, h as f64 / 2.0);
-    let t = Homography([a, b, cx - a * qx - b * qy, d, e, cy - d * qx - e * qy, 0.0, 0.0, 1.0]);
+    let centre = |w: usize, h: usize| (w as f64 / 2.0, h as f64 / 2.0);
+    let t = Homography::turn(angle_deg.to_radians(), mirror, centre(w, h), centre(leak.w, leak.h));
     let mean = leak.data.iter().sum::<f32>() / leak.data.len().max(1) as f32;
     let mut out = Gray::new(w, h);
     for j in 0..h {
@@ -282,6 +278,12 @@ pub fn refine(
     (valid && ncc.count() >= MIN_COVERED * total && ncc.count() >= 16.0).then(|| (out, ncc.value()))
 }
 
+/// How well `h` registers `src` onto `leak`, judged as [`refine`] judges its result (the
+/// NCC over the pixels that agree after a robust tone fit), without moving `h`.
+pub fn quality(src: &Gray, leak: &Gray, h: Homography, step: usize) -> Option<f64> {
+    refine(src, leak, h, step, 0).map(|(_, q)| q)
+}
+
 /// Solves a small dense linear system by Gaussian elimination with partial pivoting.
 #[allow(clippy::needless_range_loop)]
 fn solve<const N: usize>(mut m: [[f64; N]; N], mut v: [f64; N]) -> Option<[f64; N]> {
@@ -313,7 +315,7 @@ mod tests {
     use super::*;
 
     /// A smooth, textured picture with no symmetry.
-    pub fn textured(w: usize, h: usize) -> Gray {
+    fn textured(w: usize, h: usize) -> Gray {
         let mut g = Gray::new(w, h);
         for y in 0..h {
             for x in 0..w {
@@ -330,7 +332,7 @@ mod tests {
     }
 
     /// `src` seen through `h` on a `w` x `h` canvas of level `bg`.
-    pub fn render(src: &Gray, h: &Homography, size: (usize, usize), bg: f32) -> Gray {
+    fn render(src: &Gray, h: &Homography, size: (usize, usize), bg: f32) -> Gray {
         let inv = h.inverse().expect("invertible");
         let mut out = Gray::new(size.0, size.1);
         for j in 0..size.1 {

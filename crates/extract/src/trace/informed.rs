@@ -233,7 +233,7 @@ fn register_thumbs(src: &Gray, leak: &Gray) -> Option<(Homography, f64)> {
         .map(|(g, _)| register::refine(src, leak, g, 1))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(g, _)| Homography::from_geometry(&g));
-    let mut best = axis.and_then(|h| register_projective::refine(src, leak, h, 1, 0).map(|(_, q)| (h, q)));
+    let mut best = axis.and_then(|h| register_projective::quality(src, leak, h, 1).map(|q| (h, q)));
     if let Some((h, q)) = best {
         if let Some((p, pq)) = register_projective::refine(src, leak, h, 1, 40) {
             if pq > q && p.corner_distance(&h, src.w as f64, src.h as f64) > 0.3 {
@@ -261,7 +261,7 @@ fn refine_work(src: &Gray, leak: &Gray, h: &Homography) -> (Homography, f64) {
     if let Some(g) = h.as_geometry() {
         let (g, v) = register::refine_robust(src, leak, g, 2);
         let axis = Homography::from_geometry(&g);
-        let q0 = register_projective::refine(src, leak, axis, 2, 0).map(|x| x.1);
+        let q0 = register_projective::quality(src, leak, axis, 2);
         if let (Some(q0), Some((p, q))) = (q0, register_projective::refine(src, leak, axis, 2, 30)) {
             if q > q0 + 0.002 && p.corner_distance(&axis, src.w as f64, src.h as f64) > 0.5 {
                 return (p, q);
@@ -667,11 +667,10 @@ impl<'a> TimeIndex<'a> {
         let (x_range, y_range) = (warp.x_range(), warp.y_range());
         // Which pixels of the bounding rectangle the leaked picture covers (all of them for
         // an axis-aligned map); the others are left out of every sum.
-        let blank = Gray::new(leak_size.0, leak_size.1);
         let covered: Vec<bool> = y_range
             .clone()
             .flat_map(|j| x_range.clone().map(move |i| (i, j)))
-            .map(|(i, j)| warp.sample(&blank, i, j).is_some())
+            .map(|(i, j)| warp.covers(i, j))
             .collect();
         let n = covered.iter().filter(|&&c| c).count().max(1) as f64;
         let row_len = x_range.len();
