@@ -230,11 +230,22 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
             time_offset_s,
             ncc
         )?,
-        Registration::Blind { scale, analysis_factor, shift, hypotheses } => write!(
+        Registration::Blind { scale, analysis_factor, shift, hypotheses, mirrored } => write!(
             h,
             "<tr><th>mark scale</th><td>{:.4} (analysis grid {:.3} leaked px per px)</td></tr>\
+             <tr><th>mirrored</th><td>{}</td></tr>\
              <tr><th>tile shift</th><td>({:.2}, {:.2})</td></tr><tr><th>geometries searched</th><td>{:.0}</td></tr>",
-            scale, analysis_factor, shift.0, shift.1, hypotheses
+            scale,
+            analysis_factor,
+            match mirrored {
+                (false, false) => "no",
+                (true, false) => "left-right",
+                (false, true) => "upside down",
+                (true, true) => "both (a half turn)",
+            },
+            shift.0,
+            shift.1,
+            hypotheses
         )?,
     }
     write!(

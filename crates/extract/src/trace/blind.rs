@@ -133,6 +133,55 @@ fn resize(p: &tracemark_core::Plane, w: usize, h: usize) -> Gray {
     up
 }
 
+/// A mirror of the leaked picture relative to the mark: copies are flipped left-right
+/// (most often) or upside down, and both at once is a half turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Mirror {
+    /// Flipped left-right.
+    pub(crate) horizontal: bool,
+    /// Flipped upside down.
+    pub(crate) vertical: bool,
+}
+
+impl Mirror {
+    /// Every mirror the blind search tries, the unflipped picture first.
+    const ALL: [Mirror; 4] = [
+        Mirror { horizontal: false, vertical: false },
+        Mirror { horizontal: true, vertical: false },
+        Mirror { horizontal: false, vertical: true },
+        Mirror { horizontal: true, vertical: true },
+    ];
+
+    fn is_identity(self) -> bool {
+        !self.horizontal && !self.vertical
+    }
+
+    /// `img` flipped by this mirror (a copy; pixel-exact).
+    fn apply(self, img: &Gray) -> Gray {
+        let mut out = Gray::new(img.w, img.h);
+        for y in 0..img.h {
+            let sy = if self.vertical { img.h - 1 - y } else { y };
+            for x in 0..img.w {
+                let sx = if self.horizontal { img.w - 1 - x } else { x };
+                out.data[y * img.w + x] = img.data[sy * img.w + sx];
+            }
+        }
+        out
+    }
+
+    /// The folded tile of the mirrored picture, up to a cyclic shift: folding commutes
+    /// with a flip once the flip is taken modulo the tile.
+    fn reflect_folded(self, folded: &[f32], out: &mut [f32]) {
+        for v in 0..TILE_PX {
+            let sv = if self.vertical { (TILE_PX - v) % TILE_PX } else { v };
+            for u in 0..TILE_PX {
+                let su = if self.horizontal { (TILE_PX - u) % TILE_PX } else { u };
+                out[v * TILE_PX + u] = folded[sv * TILE_PX + su];
+            }
+        }
+    }
+}
+
 /// Searches the pilot's correlation peak over geometries: one FFT plan and its buffers,
 /// reused for every hypothesis a thread tries.
 struct PilotSearch {
@@ -141,6 +190,7 @@ struct PilotSearch {
     ba: Vec<rustfft::num_complex::Complex32>,
     bb: Vec<rustfft::num_complex::Complex32>,
     surface: Vec<f32>,
+    reflected: Vec<f32>,
 }
 
 impl PilotSearch {
@@ -151,7 +201,29 @@ impl PilotSearch {
             ba: Vec::new(),
             bb: Vec::new(),
             surface: vec![0f32; TILE_PX * TILE_PX],
+            reflected: vec![0f32; TILE_PX * TILE_PX],
         }
+    }
+
+    /// Best pilot peak of `acc` resampled at `scale` over the mirrors: its z, and the
+    /// mirror. `None` when the image is too small for a tile.
+    fn best_mirror(&mut self, acc: &Gray, scale: f64) -> Option<(f64, Mirror)> {
+        let img = resample(acc, scale, (0.0, 0.0));
+        if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
+            return None;
+        }
+        let folded = fold(&img);
+        let mut best = (f64::MIN, Mirror::ALL[0]);
+        for m in Mirror::ALL {
+            let mut reflected = std::mem::take(&mut self.reflected);
+            m.reflect_folded(&folded, &mut reflected);
+            let (z, _) = self.correlate(&reflected);
+            self.reflected = reflected;
+            if z > best.0 {
+                best = (z, m);
+            }
+        }
+        Some(best)
     }
 
     /// Peak of the pilot correlation of `acc` resampled at `scale`: its z over the whole
@@ -162,9 +234,14 @@ impl PilotSearch {
             return None;
         }
         let folded = fold(&img);
+        Some(self.correlate(&folded))
+    }
+
+    /// z and position of the pilot's cyclic correlation peak in a folded tile.
+    fn correlate(&mut self, folded: &[f32]) -> (f64, (usize, usize)) {
         cross_correlate(
             &mut self.fft,
-            &folded,
+            folded,
             &self.tile,
             false,
             &mut self.ba,
@@ -179,7 +256,7 @@ impl PilotSearch {
             .iter()
             .enumerate()
             .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-        Some(((f64::from(v) - mean) / var.sqrt().max(1e-12), (i % TILE_PX, i / TILE_PX)))
+        ((f64::from(v) - mean) / var.sqrt().max(1e-12), (i % TILE_PX, i / TILE_PX))
     }
 
     /// Sub-pixel refinement of a peak (parabola through the neighbours); call right after
@@ -268,17 +345,18 @@ pub fn trace_blind(
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
     // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Every
     // hypothesis is independent: search them in parallel, one FFT plan per thread.
-    let search = |hyps: Vec<(usize, f64)>| -> (f64, usize, f64) {
+    let search = |hyps: Vec<(usize, f64)>| -> (f64, usize, f64, Mirror) {
         hyps.into_par_iter()
             .map_init(
                 || PilotSearch::new(key),
                 |sync, (vi, scale)| {
-                    sync.peak(&views[vi].acc, scale).map_or((f64::MIN, vi, scale), |(z, _)| (z, vi, scale))
+                    sync.best_mirror(&views[vi].acc, scale)
+                        .map_or((f64::MIN, vi, scale, Mirror::ALL[0]), |(z, m)| (z, vi, scale, m))
                 },
             )
             .reduce(
-                || (f64::MIN, 0, 1.0),
-                |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2) < (a.1, a.2)) { b } else { a },
+                || (f64::MIN, 0, 1.0, Mirror::ALL[0]),
+                |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2, b.3) < (a.1, a.2, a.3)) { b } else { a },
             )
     };
     let coarse: Vec<(usize, f64)> =
@@ -289,7 +367,14 @@ pub fn trace_blind(
         (-10..=10).filter(|&k| k != 0).map(|k| (best.1, best.2 * (1.0 + 0.001 * f64::from(k)))).collect();
     hypotheses += fine.len();
     let best_fine = search(fine);
-    let (_, vi, scale) = if best_fine.0 > best.0 { best_fine } else { best };
+    let (_, vi, scale, mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+    // Read the mirrored copy the right way round: flipping the accumulated pictures is
+    // exact, and the shift is then found afresh.
+    if !mirror.is_identity() {
+        let v = &mut views[vi];
+        v.acc = mirror.apply(&v.acc);
+        v.host = mirror.apply(&v.host);
+    }
     let mut sync = PilotSearch::new(key);
     let acc = &views[vi].acc;
     let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
@@ -319,13 +404,19 @@ pub fn trace_blind(
         &mut DetectScratch::default(),
     );
     sums.frames = frames;
-    let hypotheses = (hypotheses * TILE_PX * TILE_PX) as f64;
+    let hypotheses = (hypotheses * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64;
     let decision = decide(&detector, &sums, candidates, hypotheses, config.threshold);
     Ok(TraceResult {
         decision,
         informed: false,
         frames_used: frames,
-        registration: Registration::Blind { scale, analysis_factor: views[vi].factor.1, shift, hypotheses },
+        registration: Registration::Blind {
+            scale,
+            analysis_factor: views[vi].factor.1,
+            shift,
+            hypotheses,
+            mirrored: (mirror.horizontal, mirror.vertical),
+        },
         threshold: config.threshold,
         per_second: Vec::new(),
         example_frames: None,

@@ -103,8 +103,11 @@ pub enum Registration {
         analysis_factor: f64,
         /// Tile shift found (mark working-grid pixels).
         shift: (f64, f64),
-        /// Number of (scale, shift) hypotheses searched.
+        /// Number of (scale, mirror, shift) hypotheses searched.
         hypotheses: f64,
+        /// The leaked picture is flipped (left-right, upside down) relative to the mark;
+        /// both at once is a half turn.
+        mirrored: (bool, bool),
     },
 }
 
