@@ -600,3 +600,50 @@ fn ten_bit_and_variable_frame_rate_inputs() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "yuv420p");
 }
+
+#[test]
+fn traces_through_real_ffmpeg_mirrors_rotations_and_perspective() {
+    let s = Setup::new();
+    let src = testdata("vtest-4s.avi");
+    assert!(s.embed("channel-A", &src, "a.mp4").status.success());
+    assert!(s.embed("channel-B", &src, "b.mp4").status.success());
+    let x264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"];
+    let attacks: [(&str, &str); 4] = [
+        ("hflip", "hflip,crop=trunc(iw*0.9/2)*2:trunc(ih*0.9/2)*2"),
+        ("rotate", "rotate=-4*PI/180:fillcolor=black"),
+        (
+            "perspective",
+            "perspective=x0=W*0.06:y0=H*0.02:x1=W*0.95:y1=H*0.05:x2=W*0.03:y2=H*0.97:x3=W*0.98:y3=H*0.94,\
+             gblur=sigma=0.8",
+        ),
+        ("letterbox", "crop=iw:trunc(iw/1.85/2)*2,pad=iw:576:0:(oh-ih)/2:black"),
+    ];
+    for (name, vf) in attacks {
+        let out = format!("{name}.mp4");
+        let mut args = vec!["-i", "b.mp4", "-vf", vf];
+        args.extend(x264);
+        args.push(&out);
+        ffmpeg(&args, s.p());
+        let informed = s.trace(&out, Some(&src));
+        assert_eq!(informed["verdict"], "identified", "{name}: {informed}");
+        assert_eq!(informed["suspects"][0]["recipient"], "channel-B", "{name}: {informed}");
+        assert_eq!(informed["suspects"].as_array().unwrap().len(), 1, "{name}: {informed}");
+        let reg = &informed["registration"];
+        assert_eq!(reg["mirrored"], name == "hflip", "{name}: {reg}");
+        if name == "rotate" {
+            let deg = reg["rotation_deg"].as_f64().unwrap();
+            assert!((deg.abs() - 4.0).abs() < 0.3, "{name}: rotation {deg}");
+        }
+        // With the source at hand the trace is never weaker than without it.
+        let blind = s.trace(&out, None);
+        let p = |r: &Value| r["candidates"][0]["false_positive_probability"].as_f64().unwrap();
+        assert!(
+            blind["candidates"][0]["recipient"] != "channel-B" || p(&informed) <= p(&blind),
+            "{name}: informed {informed} weaker than blind {blind}"
+        );
+        if name == "hflip" {
+            assert_eq!(blind["verdict"], "identified", "{name}: {blind}");
+            assert_eq!(blind["registration"]["mirrored_horizontally"], true, "{name}: {blind}");
+        }
+    }
+}
