@@ -278,8 +278,8 @@ impl PilotSearch {
     }
 }
 
-/// Blind trace: no source. Averages the whitened leaked frames, searches the scale and
-/// cyclic shift of the pilot, and reads the mark there.
+/// Blind trace: no source. Averages the whitened leaked frames, searches the scale, mirror
+/// and cyclic shift of the pilot, and reads the mark there.
 pub fn trace_blind(
     key: &MasterKey,
     leaked: &Path,
@@ -287,8 +287,33 @@ pub fn trace_blind(
     config: &TraceConfig,
     progress: &mut ProgressFn<'_>,
 ) -> Result<TraceResult> {
+    let acc = accumulate_blind(leaked, config, progress)?;
+    trace_accumulated(key, &acc, candidates, config)
+}
+
+/// What a blind trace gathers from a leaked clip before it looks for any key: the whitened
+/// frames summed on each analysis grid. Gathering does not depend on the key, so one
+/// accumulation can be searched for several unit keys.
+pub struct BlindAccumulation {
+    views: Vec<Analysis>,
+    frames: u64,
+}
+
+impl BlindAccumulation {
+    /// Frames summed.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+}
+
+/// Decodes `leaked` and sums its whitened frames (the key-independent half of
+/// [`trace_blind`]).
+pub fn accumulate_blind(
+    leaked: &Path,
+    config: &TraceConfig,
+    progress: &mut ProgressFn<'_>,
+) -> Result<BlindAccumulation> {
     config.validate()?;
-    let detector = Detector::new(key);
     let mut r = open(leaked)?;
     let info = r.info().clone();
     let total = info.frames_estimate;
@@ -342,6 +367,20 @@ pub fn trace_blind(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
+    Ok(BlindAccumulation { views, frames })
+}
+
+/// Searches an accumulation for the pilot of `key` and reads the mark where it is (the
+/// key-dependent half of [`trace_blind`]).
+pub fn trace_accumulated(
+    key: &MasterKey,
+    acc: &BlindAccumulation,
+    candidates: &[Candidate],
+    config: &TraceConfig,
+) -> Result<TraceResult> {
+    config.validate()?;
+    let detector = Detector::new(key);
+    let (views, frames) = (&acc.views, acc.frames);
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
     // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Every
     // hypothesis is independent: search them in parallel, one FFT plan per thread.
@@ -370,13 +409,19 @@ pub fn trace_blind(
     let (_, vi, scale, mirror) = if best_fine.0 > best.0 { best_fine } else { best };
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
     // exact, and the shift is then found afresh.
-    if !mirror.is_identity() {
-        let v = &mut views[vi];
-        v.acc = mirror.apply(&v.acc);
-        v.host = mirror.apply(&v.host);
-    }
+    let flipped;
+    let view = if mirror.is_identity() {
+        &views[vi]
+    } else {
+        flipped = Analysis {
+            factor: views[vi].factor,
+            acc: mirror.apply(&views[vi].acc),
+            host: mirror.apply(&views[vi].host),
+        };
+        &flipped
+    };
     let mut sync = PilotSearch::new(key);
-    let acc = &views[vi].acc;
+    let acc = &view.acc;
     let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
     let shift = sync.subpixel(peak);
     // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
@@ -388,7 +433,7 @@ pub fn trace_blind(
         ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
     );
     // The mean picture, on the same grid, tells the mask where the mark is strong.
-    let mut host = resample(&views[vi].host, scale, start);
+    let mut host = resample(&view.host, scale, start);
     for v in host.data.iter_mut() {
         *v /= frames as f32;
     }
@@ -412,7 +457,7 @@ pub fn trace_blind(
         frames_used: frames,
         registration: Registration::Blind {
             scale,
-            analysis_factor: views[vi].factor.1,
+            analysis_factor: view.factor.1,
             shift,
             hypotheses,
             mirrored: (mirror.horizontal, mirror.vertical),

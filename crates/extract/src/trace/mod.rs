@@ -20,7 +20,7 @@ use crate::{Error, Result};
 mod blind;
 mod informed;
 
-pub use blind::trace_blind;
+pub use blind::{accumulate_blind, trace_accumulated, trace_blind, BlindAccumulation};
 pub use informed::trace_informed;
 
 /// Default [`TraceConfig::memory_budget`]: 768 MiB.

@@ -1,0 +1,102 @@
+//! The whole blind search (every scale, mirror and shift it tries) against video that holds
+//! no mark of the trial keys: unmarked clips, mirrored and rotated unmarked copies, and a
+//! copy marked with an unrelated key. Nobody may be named, the pilot's family-wise
+//! probability must not claim a mark, and the candidates' scores must stay within their
+//! stated tails. `TRACEMARK_BLIND_NULL_KEYS` (default 6 per source) sets the trials;
+//! `scripts/null-calibration.sh` runs thousands.
+#![cfg(feature = "video")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use tracemark_core::pipeline::no_progress;
+use tracemark_core::video::{transcode, TranscodeConfig};
+use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey};
+use tracemark_extract::detect::tail_bound;
+use tracemark_extract::trace::{accumulate_blind, trace_accumulated, BlindAccumulation, TraceConfig};
+use tracemark_extract::verdict::{Candidate, Verdict};
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+}
+
+fn ffmpeg(input: &Path, vf: &str, out: &Path) {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(input)
+        .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"])
+        .arg(out)
+        .output()
+        .expect("ffmpeg CLI");
+    assert!(o.status.success(), "ffmpeg {vf}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
+    let mut files: Vec<PathBuf> = ["vtest-4s.avi", "city-2s.mpg", "cockatoo-3s.mp4", "pan1080-1s.mp4"]
+        .iter()
+        .map(|c| testdata(c))
+        .collect();
+    for (name, vf) in
+        [("hflip", "hflip"), ("rotate", "rotate=3*PI/180"), ("flip-scale", "vflip,scale=640:-2")]
+    {
+        let out = dir.join(format!("{name}.mp4"));
+        ffmpeg(&testdata("vtest-4s.avi"), vf, &out);
+        files.push(out);
+    }
+    // Marked, but with a key no trial uses: the wrong-key case, mirrored for good measure.
+    let other = MasterKey::from_seed(424_242);
+    let marked = dir.join("other-key.mp4");
+    let embedder = Embedder::new(&other, MarkId(7), EmbedConfig::new()).unwrap();
+    let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
+    transcode(&testdata("vtest-4s.avi"), &marked, &cfg, Arc::new(embedder), &mut no_progress).unwrap();
+    let mirrored = dir.join("other-key-hflip.mp4");
+    ffmpeg(&marked, "hflip", &mirrored);
+    files.push(marked);
+    files.push(mirrored);
+    files
+        .iter()
+        .map(|f| {
+            let acc = accumulate_blind(f, &TraceConfig::new(), &mut no_progress).unwrap();
+            (f.file_name().unwrap().to_string_lossy().into_owned(), acc)
+        })
+        .collect()
+}
+
+#[test]
+fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
+    let keys_per_source: usize =
+        std::env::var("TRACEMARK_BLIND_NULL_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let dir = tempfile::tempdir().unwrap();
+    let sources = sources(dir.path());
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let candidates_per_trial = 8;
+    let (mut trials, mut scores, mut smallest_pilot_p) = (0usize, Vec::new(), 1.0f64);
+    for (name, acc) in &sources {
+        for k in 0..keys_per_source {
+            let key = MasterKey::from_seed(rng.next_u64());
+            let candidates: Vec<Candidate> = (0..candidates_per_trial)
+                .map(|i| Candidate { mark_id: MarkId(rng.next_u64()), recipient: format!("r{i}") })
+                .collect();
+            let r = trace_accumulated(&key, acc, &candidates, &TraceConfig::new()).unwrap();
+            let d = &r.decision;
+            assert_ne!(d.verdict, Verdict::Identified, "{name} key {k}: false accusation {:?}", d.suspects);
+            assert!(d.pilot_p > 1e-6, "{name} key {k}: pilot claims a mark (p = {:e})", d.pilot_p);
+            smallest_pilot_p = smallest_pilot_p.min(d.pilot_p);
+            scores.extend(d.candidates.iter().map(|c| c.score));
+            trials += 1;
+        }
+    }
+    // Each innocent candidate exceeds the 1% tail point with probability at most 1%
+    // (the bound is conservative); allow for the binomial spread of a few hundred scores.
+    let n = scores.len() as f64;
+    let beyond = scores.iter().filter(|&&s| tail_bound(s) <= 0.01).count() as f64;
+    let allowed = 0.01 * n + 4.0 * (0.01 * n).sqrt() + 2.0;
+    assert!(beyond <= allowed, "{beyond} of {n} innocent scores beyond the 1% tail (allowed {allowed:.1})");
+    eprintln!(
+        "{trials} blind null trials: nobody named; smallest pilot p {smallest_pilot_p:.3e}; \
+         {beyond} of {n} scores beyond the 1% tail"
+    );
+}
