@@ -357,7 +357,8 @@ pub fn trace_informed(
     let pairs = if look_alike == same_time { vec![same_time] } else { vec![same_time, look_alike] };
     for pair in pairs {
         if let Some((g, _)) = register_pair(pair) {
-            let (tw, th) = (leak_mid.w as f64, leak_mid.h as f64);
+            // The map sends source thumbnail corners into the leak: compare it there.
+            let (tw, th) = (src.thumbs[pair].w as f64, src.thumbs[pair].h as f64);
             let differs = |h: &Homography| h.corner_distance(&g, tw, th) > 0.5;
             if pairings.iter().all(differs) {
                 pairings.push(g);
