@@ -1,0 +1,205 @@
+//! Informed trace: the leaked clip registered against its exported source.
+//!
+//! Both files are decoded once, at the same time, each on its own thread: thumbnails (to
+//! find where the source sits in the leaked picture and in time) and, within the memory
+//! budget, every frame at the resolution it is read at. A file is decoded a second time
+//! only when the budget runs out or the registration asks for another reading resolution
+//! of the leaked clip than the one guessed from the frame sizes (a picture-in-picture, say).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rayon::prelude::*;
+use tracemark_core::grid::Grid;
+use tracemark_core::pipeline::ProgressFn;
+use tracemark_core::video::{VideoInfo, VideoReader};
+use tracemark_core::{Error as CoreError, Frame, MasterKey};
+
+use super::{open, seconds, thumb_size, tick, Registration, SecondStrength, TraceConfig, TraceResult};
+use crate::detect::{DetectScratch, Detector, SlotSums};
+use crate::homography::Homography;
+use crate::image::{Downscaler, Gray};
+use crate::register::{self, Geometry, Warp, WarpTaps};
+use crate::register_projective;
+use crate::verdict::{decide, Candidate};
+use crate::{Error, Result};
+
+mod decode;
+mod reading;
+mod spatial;
+mod time_align;
+
+use decode::*;
+use reading::*;
+use spatial::*;
+use time_align::*;
+
+/// Informed trace: registers the leaked clip against `source` in time and space, subtracts
+/// the source, and reads the mark from what is left.
+pub fn trace_informed(
+    key: &MasterKey,
+    leaked: &Path,
+    source: &Path,
+    candidates: &[Candidate],
+    config: &TraceConfig,
+    progress: &mut ProgressFn<'_>,
+) -> Result<TraceResult> {
+    config.validate()?;
+    let detector = Detector::new(key);
+    let (src_info, leak_info) = (open(source)?.info().clone(), open(leaked)?.info().clone());
+    let grid = Grid::for_frame(src_info.width, src_info.height);
+    let factor = (src_info.width as f64 / THUMB_WIDTH).max(1.0);
+    // The leaked clip is kept at the reading resolution a whole-picture copy would need;
+    // registration confirms it (or the leaked file is decoded again).
+    let guess = reading_factor(
+        leak_info.width as f64 / src_info.width as f64,
+        leak_info.height as f64 / src_info.height as f64,
+        &grid,
+    );
+    let leak_size = thumb_size(leak_info.width, leak_info.height, guess);
+    let mut leak_frames = leak_info.frames_estimate.unwrap_or(0);
+    if config.max_frames > 0 {
+        leak_frames = leak_frames.min(config.max_frames as u64);
+    }
+    let src_frames = src_info.frames_estimate.unwrap_or(0);
+    let total = Some(src_frames + 2 * leak_frames);
+    let shared = Shared {
+        done: AtomicU64::new(0),
+        cancel: AtomicBool::new(false),
+        budget: AtomicUsize::new(config.memory_budget),
+    };
+    let (leak, src) = decode_both(
+        leaked,
+        source,
+        factor,
+        (leak_size, (grid.work_w, grid.work_h)),
+        config.max_frames,
+        &shared,
+        progress,
+        total,
+    )?;
+    if leak.thumbs.is_empty() || src.thumbs.is_empty() {
+        return Err(Error::NoFrames);
+    }
+    let mut done = shared.done.load(Ordering::Relaxed);
+    tick(progress, done, total)?;
+
+    // 1. Geometry from one pair of frames: the leaked middle frame against the source frame
+    // at the same time, or else the source frame that looks most like it.
+    let mid = leak.thumbs.len() / 2;
+    let leak_mid = leak.thumbs[mid].gray();
+    let same_time = nearest(&src.times, leak.times[mid]);
+    let whole = |a: &Gray, b: &Gray| {
+        let g = Geometry { sx: b.w as f64 / a.w as f64, sy: b.h as f64 / a.h as f64, tx: 0.0, ty: 0.0 };
+        thumb_match(a, b, &g, 2)
+    };
+    let look_alike = (0..src.thumbs.len())
+        .into_par_iter()
+        .map(|a| (whole(&src.thumbs[a].gray(), &leak_mid), a))
+        .reduce(|| (f64::NEG_INFINITY, 0), |x, y| if y.0 > x.0 || (y.0 == x.0 && y.1 < x.1) { y } else { x })
+        .1;
+    // On a panning shot a time offset and a translation explain the picture equally well,
+    // but only the true pairing lines up the mark. Both pairings are registered; when they
+    // disagree materially both are read and the one whose pilot is stronger is kept (the
+    // pilot's probability then counts both; the payload chips played no part in the choice).
+    let register_pair = |pair: usize| register_thumbs(&src.thumbs[pair].gray(), &leak_mid);
+    let mut pairings: Vec<Homography> = Vec::new();
+    let pairs = if look_alike == same_time { vec![same_time] } else { vec![same_time, look_alike] };
+    for pair in pairs {
+        if let Some((g, _)) = register_pair(pair) {
+            // The map sends source thumbnail corners into the leak: compare it there.
+            let (tw, th) = (src.thumbs[pair].w as f64, src.thumbs[pair].h as f64);
+            let differs = |h: &Homography| h.corner_distance(&g, tw, th) > 0.5;
+            if pairings.iter().all(differs) {
+                pairings.push(g);
+            }
+        }
+    }
+    if pairings.is_empty() {
+        return Err(Error::Registration("the leaked clip does not overlap the source at any scale".into()));
+    }
+    let ctx = Informed { detector: &detector, src: &src, leak: &leak, factor, grid, source, leaked, mid };
+    let total = total.map(|t| t + (pairings.len() as u64 - 1) * leak.thumbs.len() as u64);
+    let mut best: Option<Reading> = None;
+    for g in &pairings {
+        let reading = ctx.read(g, progress, &mut done, total)?;
+        if best.as_ref().is_none_or(|b| detector.pilot_z(&reading.sums) > detector.pilot_z(&b.sums)) {
+            best = Some(reading);
+        }
+    }
+    let Reading { sums, per_second, example, geometry, refined_ncc, offset } =
+        best.expect("at least one pairing");
+    if sums.frames == 0 {
+        return Err(Error::Registration("no leaked frame could be matched to the source".into()));
+    }
+    let decision = decide(&detector, &sums, candidates, pairings.len() as f64, config.threshold);
+    Ok(TraceResult {
+        decision,
+        informed: true,
+        frames_used: sums.frames,
+        registration: Registration::Informed {
+            geometry: geometry.nearest_geometry(src_info.width as f64, src_info.height as f64),
+            homography: geometry,
+            mirrored: geometry.is_mirrored(),
+            rotation_deg: geometry.rotation_degrees(src_info.width as f64, src_info.height as f64),
+            time_offset_s: offset,
+            ncc: refined_ncc.unwrap_or(0.0),
+        },
+        threshold: config.threshold,
+        per_second: per_second
+            .iter()
+            .map(|(t, s)| SecondStrength { t: *t, pilot_z: detector.pilot_z(s) })
+            .collect(),
+        example_frames: example,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view_of(src: &Gray, leak_size: (usize, usize), g: &Geometry) -> (Gray, WarpTaps) {
+        let taps = WarpTaps::new((src.w, src.h), leak_size, g);
+        let view = LeakView::new((src.w, src.h), leak_size, g);
+        let (mut between, mut on_leak, mut seen) =
+            (vec![0f32; src.h * leak_size.0], Gray::new(leak_size.0, leak_size.1), Gray::new(src.w, src.h));
+        view.apply(src, &taps, &mut between, &mut on_leak, &mut seen);
+        (seen, taps)
+    }
+
+    #[test]
+    fn leak_view_keeps_what_the_leak_can_show_and_drops_what_it_cannot() {
+        let (w, h) = (96, 64);
+        let g = Geometry { sx: 0.5, sy: 0.5, tx: 3.0, ty: 2.0 };
+        let leak_size = (54, 36);
+        // A gentle ramp survives halving: the view reproduces it away from the rim.
+        let mut ramp = Gray::new(w, h);
+        for (n, v) in ramp.data.iter_mut().enumerate() {
+            *v = 40.0 + 0.5 * (n % w) as f32 + 0.8 * (n / w) as f32;
+        }
+        let (seen, taps) = view_of(&ramp, leak_size, &g);
+        for j in taps.y_range.start + 3..taps.y_range.end - 3 {
+            for i in taps.x_range.start + 3..taps.x_range.end - 3 {
+                let (a, b) = (seen.data[j * w + i], ramp.data[j * w + i]);
+                assert!((a - b).abs() < 0.5, "ramp at {i},{j}: {a} vs {b}");
+            }
+        }
+        // A one-pixel checkerboard cannot pass through pixels twice as large: the view is flat.
+        let mut checker = Gray::new(w, h);
+        for (n, v) in checker.data.iter_mut().enumerate() {
+            *v = if (n % w + n / w) % 2 == 0 { 100.0 } else { 140.0 };
+        }
+        let (seen, taps) = view_of(&checker, leak_size, &g);
+        for j in taps.y_range.start + 3..taps.y_range.end - 3 {
+            for i in taps.x_range.start + 3..taps.x_range.end - 3 {
+                assert!(
+                    (seen.data[j * w + i] - 120.0).abs() < 1.0,
+                    "checker at {i},{j}: {}",
+                    seen.data[j * w + i]
+                );
+            }
+        }
+    }
+}

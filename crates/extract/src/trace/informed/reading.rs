@@ -1,0 +1,292 @@
+//! Reading the mark: every registered pair warped, tone-fitted and subtracted, its
+//! residual accumulated into slot sums.
+
+use super::*;
+
+/// What one registration hypothesis read from the clip.
+pub(super) struct Reading {
+    pub(super) sums: SlotSums,
+    pub(super) per_second: Vec<(f64, SlotSums)>,
+    pub(super) example: Option<(Gray, Gray)>,
+    pub(super) geometry: Homography,
+    pub(super) refined_ncc: Option<f64>,
+    pub(super) offset: f64,
+}
+
+/// Everything an informed reading needs besides the hypothesis.
+pub(super) struct Informed<'a> {
+    pub(super) detector: &'a Detector,
+    pub(super) src: &'a Clip,
+    pub(super) leak: &'a Clip,
+    /// Source pixels per thumbnail pixel.
+    pub(super) factor: f64,
+    pub(super) grid: Grid,
+    pub(super) source: &'a Path,
+    pub(super) leaked: &'a Path,
+    /// The leaked frame kept for the report.
+    pub(super) mid: usize,
+}
+
+impl Informed<'_> {
+    /// For each leaked frame, the source frame it shows under the thumbnail geometry
+    /// `g_thumb` (`None` when none fits), and the time offset (leaked + offset = source).
+    pub(super) fn align_in_time(&self, g_thumb: &Homography) -> (Vec<Option<usize>>, f64) {
+        let (src, leak) = (self.src, self.leak);
+        let index = TimeIndex::new(src, leak, g_thumb);
+        let best_match = |k: usize, range: std::ops::Range<usize>| {
+            range.map(|a| (index.ncc(a, k), a)).reduce(|x, y| if y.0 > x.0 { y } else { x }).map(|(_, a)| a)
+        };
+        let probe: Vec<usize> = (0..leak.thumbs.len()).step_by((leak.thumbs.len() / 24).max(1)).collect();
+        let mut offsets: Vec<f64> = probe
+            .par_iter()
+            .map(|&k| src.times[best_match(k, 0..src.thumbs.len()).unwrap_or(0)] - leak.times[k])
+            .collect();
+        offsets.sort_by(f64::total_cmp);
+        let offset = offsets[offsets.len() / 2];
+        let frame_dt = if src.times.len() > 1 {
+            (src.times[src.times.len() - 1] - src.times[0]) / (src.times.len() - 1) as f64
+        } else {
+            0.04
+        };
+        let matches = (0..leak.thumbs.len())
+            .into_par_iter()
+            .map(|k| {
+                let t = leak.times[k] + offset;
+                let lo = src.times.partition_point(|&s| s < t - 2.5 * frame_dt);
+                let hi = src.times.partition_point(|&s| s <= t + 2.5 * frame_dt);
+                best_match(k, lo..hi)
+            })
+            .collect();
+        (matches, offset)
+    }
+
+    /// Aligns time under the thumbnail geometry `g_thumb`, refines the geometry on the first
+    /// matched pair at reading resolution, subtracts the registered source from every
+    /// leaked frame and accumulates.
+    pub(super) fn read(
+        &self,
+        g_thumb: &Homography,
+        progress: &mut ProgressFn<'_>,
+        done: &mut u64,
+        total: Option<u64>,
+    ) -> Result<Reading> {
+        let (matches, offset) = self.align_in_time(g_thumb);
+        let grid = &self.grid;
+        let mut geometry = g_thumb.rescaled(1.0 / self.factor, 1.0 / self.factor);
+        let mut refined_ncc = None;
+        let (sx, sy) = geometry.local_scale(self.src.info.width as f64, self.src.info.height as f64);
+        let leak_factor = reading_factor(sx, sy, grid);
+        let leak_size = thumb_size(self.leak.info.width, self.leak.info.height, leak_factor);
+        let src_size = (grid.work_w, grid.work_h);
+        let mut src_frames = Frames::new(self.src, self.source, src_size)?;
+        let mut leak_frames = Frames::new(self.leak, self.leaked, leak_size)?;
+        let batch_len = if src_frames.is_stored() && leak_frames.is_stored() {
+            64
+        } else {
+            2 * rayon::current_num_threads()
+        };
+        let mut sums = SlotSums::default();
+        let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
+        let mut example = None;
+        let mut batch: Vec<(usize, Pic<'_>, Pic<'_>)> = Vec::with_capacity(batch_len);
+        // Made once the geometry is refined, on the first matched pair.
+        let mut warp: Option<PairWarp> = None;
+        let mut merge = |batch: &mut Vec<(usize, Pic<'_>, Pic<'_>)>, warp: &Option<PairWarp>| {
+            let Some(warp) = warp else { return };
+            for (k, fs, ex) in read_pairs(self.detector, warp, batch, self.mid) {
+                sums.merge(&fs);
+                let sec = self.leak.times[k].floor();
+                if per_second.last().is_none_or(|p| p.0 != sec) {
+                    per_second.push((sec, SlotSums::default()));
+                }
+                per_second.last_mut().expect("pushed above").1.merge(&fs);
+                if ex.is_some() {
+                    example = ex;
+                }
+            }
+            batch.clear();
+        };
+        for (k, m) in matches.iter().enumerate() {
+            let Some(leak_pic) = leak_frames.get(k)? else { break };
+            *done += 1;
+            tick(progress, *done, total)?;
+            let Some(src_pic) = (match *m {
+                Some(m) => src_frames.get(m)?,
+                None => None,
+            }) else {
+                continue;
+            };
+            if refined_ncc.is_none() {
+                let g_work = geometry.rescaled(grid.scale, leak_factor);
+                let (src_g, leak_g) = (src_pic.to_gray(src_size), leak_pic.to_gray(leak_size));
+                let (g, v) = refine_work(&src_g, &leak_g, &g_work);
+                geometry = g.rescaled(1.0 / grid.scale, 1.0 / leak_factor);
+                warp = Some(PairWarp::new(src_size, leak_size, &g, &src_g, &leak_g));
+                refined_ncc = Some(v);
+            }
+            batch.push((k, src_pic, leak_pic));
+            if batch.len() == batch_len {
+                merge(&mut batch, &warp);
+            }
+        }
+        merge(&mut batch, &warp);
+        Ok(Reading { sums, per_second, example, geometry, refined_ncc, offset })
+    }
+}
+
+/// Scratch of one worker reading registered pairs.
+pub(super) struct PairScratch {
+    pub(super) src: Gray,
+    pub(super) leak: Gray,
+    /// The source as the leaked pixels show it, and the buffers that make it.
+    pub(super) seen: Gray,
+    pub(super) on_leak: Gray,
+    pub(super) between: Vec<f32>,
+    pub(super) warped: Gray,
+    pub(super) resid: Vec<f32>,
+    pub(super) detect: DetectScratch,
+}
+
+/// One leaked frame's sums, with the registered pair when it is the one kept for the report.
+pub(super) type PairSums = (usize, SlotSums, Option<(Gray, Gray)>);
+
+/// Reads a batch of (source, leaked) pairs in parallel under `warp`: each pair's slot sums, and for frame `keep` the registered pair
+/// itself (for the report).
+pub(super) fn read_pairs(
+    detector: &Detector,
+    warp: &PairWarp,
+    pairs: &[(usize, Pic<'_>, Pic<'_>)],
+    keep: usize,
+) -> Vec<PairSums> {
+    let ((w, h), leak_size) = (warp.src_size, warp.leak_size);
+    let view = &warp.view;
+    pairs
+        .par_iter()
+        .map_init(
+            || PairScratch {
+                src: Gray::new(w, h),
+                leak: Gray::new(leak_size.0, leak_size.1),
+                seen: Gray::new(w, h),
+                on_leak: Gray::new(leak_size.0, leak_size.1),
+                between: vec![0f32; h * leak_size.0],
+                warped: Gray::new(w, h),
+                resid: vec![0f32; w * h],
+                detect: DetectScratch::default(),
+            },
+            |s, (k, src, leak)| {
+                src.load(&mut s.src);
+                leak.load(&mut s.leak);
+                let compared = match (view, &warp.warp) {
+                    (Some(v), Warp::Axis(taps)) => {
+                        v.apply(&s.src, taps, &mut s.between, &mut s.on_leak, &mut s.seen);
+                        &s.seen
+                    }
+                    _ => &s.src,
+                };
+                warp_and_fit(compared, &s.leak, warp, &mut s.warped, &mut s.resid);
+                let mut fs = SlotSums::default();
+                // The mask is the embedder's: computed from the source itself.
+                detector.accumulate(&s.resid, &s.src.data, w, h, (0, 0), &mut fs, &mut s.detect);
+                detector.end_frame(&mut fs);
+                (*k, fs, (*k == keep).then(|| (s.warped.clone(), s.src.clone())))
+            },
+        )
+        .collect()
+}
+
+/// Warps `leak` onto the grid of `src` under `taps` into `warped` (zero where the leaked
+/// picture does not cover the source), fits a tone curve (leaked level as a function of
+/// source level: brightness, contrast, gamma), and writes leaked minus fitted source into
+/// `resid` (zero where the source is not visible).
+pub(super) fn warp_and_fit(src: &Gray, leak: &Gray, pw: &PairWarp, warped: &mut Gray, resid: &mut [f32]) {
+    let (xr, yr) = (pw.warp.x_range(), pw.warp.y_range());
+    warped.data.fill(0.0);
+    resid.fill(0.0);
+    if xr.is_empty() || yr.is_empty() {
+        return;
+    }
+    match &pw.warp {
+        Warp::Axis(taps) => {
+            for j in yr.clone() {
+                let (y0, y1, fy) = taps.rows[j];
+                let (r0, r1) = (&leak.data[y0 * leak.w..][..leak.w], &leak.data[y1 * leak.w..][..leak.w]);
+                let out = &mut warped.data[j * src.w..][xr.clone()];
+                for (o, &(x0, x1, fx)) in out.iter_mut().zip(&taps.cols[xr.clone()]) {
+                    *o = register::bilinear(r0, r1, x0, x1, fx, fy);
+                }
+            }
+        }
+        Warp::Projective(map) => {
+            for j in yr.clone() {
+                for i in xr.clone() {
+                    let p = j * src.w + i;
+                    warped.data[p] = map.sample_at(&leak.data, p).unwrap_or(0.0);
+                }
+            }
+        }
+    }
+    let usable = &pw.usable;
+    // Tone curve: mean leaked level per source level. Four interleaved histograms, so
+    // that neighbouring pixels of one level do not wait on each other's sums.
+    let mut sum = [[0f64; 256]; 4];
+    let mut cnt = [[0u32; 256]; 4];
+    for j in yr.clone() {
+        let s_row = &src.data[j * src.w..][xr.clone()];
+        let w_row = &warped.data[j * src.w..][xr.clone()];
+        let u_row = &usable[j * src.w..][xr.clone()];
+        for (n, ((&s, &v), _)) in s_row.iter().zip(w_row).zip(u_row).enumerate().filter(|(_, (_, &u))| u) {
+            let b = (s.clamp(0.0, 255.0) + 0.5) as usize;
+            sum[n & 3][b] += f64::from(v);
+            cnt[n & 3][b] += 1;
+        }
+    }
+    let mut lut = [f64::NAN; 256];
+    for b in 0..256 {
+        let c: u32 = cnt.iter().map(|c| c[b]).sum();
+        if c >= 3 {
+            lut[b] = sum.iter().map(|s| s[b]).sum::<f64>() / f64::from(c);
+        }
+    }
+    let mut known = [0usize; 256];
+    let mut n_known = 0;
+    for b in (0..256).filter(|&b| !lut[b].is_nan()) {
+        known[n_known] = b;
+        n_known += 1;
+    }
+    let known = &known[..n_known];
+    if known.is_empty() {
+        return;
+    }
+    for b in 0..256 {
+        if lut[b].is_nan() {
+            let hi = known.iter().position(|&k| k > b);
+            lut[b] = match hi {
+                Some(0) => lut[known[0]] + (b as f64 - known[0] as f64),
+                None => lut[*known.last().unwrap()] + (b as f64 - *known.last().unwrap() as f64),
+                Some(p) => {
+                    let (a, c) = (known[p - 1], known[p]);
+                    lut[a] + (lut[c] - lut[a]) * (b - a) as f64 / (c - a) as f64
+                }
+            };
+        }
+    }
+    let mut smooth = [0f64; 256];
+    for (b, out) in smooth.iter_mut().enumerate() {
+        let window = &lut[b.saturating_sub(3)..(b + 4).min(256)];
+        *out = window.iter().sum::<f64>() / window.len() as f64;
+    }
+    let fit: [f32; 256] = std::array::from_fn(|b| smooth[b] as f32);
+    for j in yr {
+        let s_row = &src.data[j * src.w..][xr.clone()];
+        let w_row = &warped.data[j * src.w..][xr.clone()];
+        let u_row = &usable[j * src.w..][xr.clone()];
+        for (((r, &s), &v), _) in
+            resid[j * src.w..][xr.clone()].iter_mut().zip(s_row).zip(w_row).zip(u_row).filter(|(_, &u)| u)
+        {
+            let s = s.clamp(0.0, 255.0);
+            let b0 = (s as usize).min(254);
+            let f = s - b0 as f32;
+            *r = v - (fit[b0] + (fit[b0 + 1] - fit[b0]) * f);
+        }
+    }
+}
