@@ -521,10 +521,7 @@ fn settle_export(
     let Some(rec) = rec else { return Ok(()) };
     match delivered {
         Ok(()) => reg.mark_delivered(&rec.mark_id, mac_key).with_context(|| {
-            format!(
-                "the marked copy was written, but its registry row {} stays 'pending'",
-                rec.mark_id
-            )
+            format!("the marked copy was written, but its registry row {} stays 'pending'", rec.mark_id)
         }),
         Err(e) => {
             // Best effort: if even this fails the row stays 'pending', not 'delivered'.

@@ -40,7 +40,13 @@ fn fails(args: &[&str], dir: &Path, needle: &str) {
     );
 }
 
-fn embed_args<'a>(recipient: &'a str, officer: &'a str, approver: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
+fn embed_args<'a>(
+    recipient: &'a str,
+    officer: &'a str,
+    approver: &'a str,
+    input: &'a str,
+    out: &'a str,
+) -> Vec<&'a str> {
     vec![
         "embed",
         "--key",
@@ -67,8 +73,10 @@ fn setup() -> tempfile::TempDir {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -108,17 +116,25 @@ fn read_paths_never_write_and_work_on_a_read_only_registry() {
     let p = dir.path();
     // Another program's database, with an `exports` table of its own.
     let c = rusqlite::Connection::open(p.join("other.db")).unwrap();
-    c.execute_batch("CREATE TABLE exports (id INTEGER PRIMARY KEY, what TEXT); INSERT INTO exports (what) VALUES ('x');")
-        .unwrap();
+    c.execute_batch(
+        "CREATE TABLE exports (id INTEGER PRIMARY KEY, what TEXT); INSERT INTO exports (what) VALUES ('x');",
+    )
+    .unwrap();
     drop(c);
     let before = std::fs::read(p.join("other.db")).unwrap();
     let before_files = files(p);
-    fails(&["trace", "--key", "unit.key", "--registry", "other.db", "whatever.mp4"], p, "not a tracemark registry");
+    fails(
+        &["trace", "--key", "unit.key", "--registry", "other.db", "whatever.mp4"],
+        p,
+        "not a tracemark registry",
+    );
     fails(&["registry", "list", "--registry", "other.db"], p, "not a tracemark registry");
     fails(&["registry", "show", "00", "--registry", "other.db"], p, "not a tracemark registry");
     fails(&["registry", "verify", "--registry", "other.db"], p, "not a tracemark registry");
     let src = testdata("city-2s.mpg");
-    fails(&embed_args("A", "PC Smith", "Insp. Jones", src.to_str().unwrap(), "x.mp4"), p, "not a tracemark registry");
+    let mut a = embed_args("A", "PC Smith", "Insp. Jones", src.to_str().unwrap(), "x.mp4");
+    a[4] = "other.db";
+    fails(&a, p, "not a tracemark registry");
     assert_eq!(std::fs::read(p.join("other.db")).unwrap(), before, "a foreign database was changed");
     assert_eq!(files(p), before_files, "journal files appeared");
 
@@ -145,8 +161,21 @@ fn read_paths_never_write_and_work_on_a_read_only_registry() {
     assert!(ok(&["registry", "show", id, "--registry", "reg.db"], &ro).contains("delivered"));
     ok(&["registry", "verify", "--registry", "reg.db", "--key", "unit.key"], &ro);
     let t: Value = serde_json::from_str(
-        ok(&["trace", "--key", "unit.key", "--registry", "reg.db", "--original", src.to_str().unwrap(), "--json", "A.mp4"], &ro)
-            .trim(),
+        ok(
+            &[
+                "trace",
+                "--key",
+                "unit.key",
+                "--registry",
+                "reg.db",
+                "--original",
+                src.to_str().unwrap(),
+                "--json",
+                "A.mp4",
+            ],
+            &ro,
+        )
+        .trim(),
     )
     .unwrap();
     assert_eq!(t["verdict"], "identified");
@@ -177,7 +206,11 @@ fn trace_names_nobody_from_rows_the_chain_does_not_hold() {
     tamper(p, "space.db", &copy_row(&format!("' {id}'"), "innocent"));
     tamper(p, "upper.db", &copy_row(&format!("'{}'", id.to_uppercase()), "innocent"));
     tamper(p, "edited.db", "UPDATE exports SET recipient = 'innocent';");
-    tamper(p, "emptied.db", "DELETE FROM exports; DELETE FROM audit; DELETE FROM meta WHERE key LIKE 'head_%';");
+    tamper(
+        p,
+        "emptied.db",
+        "DELETE FROM exports; DELETE FROM audit; DELETE FROM meta WHERE key LIKE 'head_%';",
+    );
     let trace = |reg: &str, extra: &[&str]| {
         let mut a = vec!["trace", "--key", "unit.key", "--registry", reg, "--original", src_s, "--json"];
         a.extend_from_slice(extra);
@@ -204,8 +237,19 @@ fn trace_names_nobody_from_rows_the_chain_does_not_hold() {
         assert!(t["verdict"].is_string() && t["mode"] == "informed" && t["threshold"].is_number());
     }
     let out = ok(
-        &["trace", "--key", "unit.key", "--registry", "edited.db", "--original", src_s, "--trust-unverified-registry",
-          "--report", "r.html", "A.mp4"],
+        &[
+            "trace",
+            "--key",
+            "unit.key",
+            "--registry",
+            "edited.db",
+            "--original",
+            src_s,
+            "--trust-unverified-registry",
+            "--report",
+            "r.html",
+            "A.mp4",
+        ],
         p,
     );
     assert!(out.starts_with("WARNING: the registry FAILED verification"), "{out}");
@@ -273,9 +317,11 @@ fn five_embeds_to_one_output_deliver_exactly_one() {
     assert_eq!(st.iter().filter(|s| *s == "delivered").count(), 1, "{st:?}");
     assert!(st.iter().all(|s| s == "delivered" || s == "failed"), "{st:?}");
     // The one delivered row is the recipient whose copy is in the file.
-    let delivered: Vec<Value> = list(p, "reg.db").into_iter().filter(|e| e["status"] == "delivered").collect();
+    let delivered: Vec<Value> =
+        list(p, "reg.db").into_iter().filter(|e| e["status"] == "delivered").collect();
     let t: Value = serde_json::from_str(
-        ok(&["trace", "--key", "unit.key", "--registry", "reg.db", "--original", s, "--json", "same.mp4"], p).trim(),
+        ok(&["trace", "--key", "unit.key", "--registry", "reg.db", "--original", s, "--json", "same.mp4"], p)
+            .trim(),
     )
     .unwrap();
     assert_eq!(t["suspects"][0]["recipient"], delivered[0]["recipient"]);

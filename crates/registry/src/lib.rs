@@ -468,8 +468,13 @@ impl Registry {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_millis(100))?;
-        let mut reg =
-            Self { conn, path: path.to_path_buf(), writable: true, cancel, lock_timeout: DEFAULT_LOCK_TIMEOUT };
+        let mut reg = Self {
+            conn,
+            path: path.to_path_buf(),
+            writable: true,
+            cancel,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        };
         reg.retry_busy(|c| c.pragma_update(None, "journal_mode", "WAL"))?;
         reg.conn.pragma_update(None, "synchronous", "FULL")?;
         let path_buf = reg.path.clone();
@@ -516,7 +521,9 @@ impl Registry {
     pub fn open_read_only(path: &Path) -> Result<Self> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::Missing(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Missing(path.to_path_buf()))
+            }
             Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
         };
         let not = |why: &str| Error::NotARegistry { path: path.to_path_buf(), why: why.to_string() };
@@ -532,7 +539,8 @@ impl Registry {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let query = if Path::new(&wal).exists() { "mode=ro" } else { "immutable=1" };
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(sqlite_uri(path, query)?, flags)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let tables: i64 = conn
@@ -606,7 +614,10 @@ impl Registry {
                 Ok(v) => return Ok(v),
                 Err(e) if is_busy(&e) => {
                     if t0.elapsed() > self.lock_timeout {
-                        return Err(Error::Locked { path: self.path.clone(), seconds: t0.elapsed().as_secs() });
+                        return Err(Error::Locked {
+                            path: self.path.clone(),
+                            seconds: t0.elapsed().as_secs(),
+                        });
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -678,7 +689,13 @@ impl Registry {
         })
     }
 
-    fn finish(&mut self, mark_id: &str, status: ExportStatus, why: Option<&str>, mac_key: &[u8; 32]) -> Result<()> {
+    fn finish(
+        &mut self,
+        mark_id: &str,
+        status: ExportStatus,
+        why: Option<&str>,
+        mac_key: &[u8; 32],
+    ) -> Result<()> {
         let statuses = self.statuses()?;
         if statuses.get(mark_id) != Some(&ExportStatus::Pending) || !self.contains(mark_id)? {
             return Err(Error::NotPending(mark_id.to_string()));
@@ -701,7 +718,8 @@ impl Registry {
     }
 
     fn audit_rows(&self) -> Result<Vec<AuditRow>> {
-        let mut st = self.conn.prepare("SELECT seq, at, action, payload, prev_hash, hash FROM audit ORDER BY seq")?;
+        let mut st =
+            self.conn.prepare("SELECT seq, at, action, payload, prev_hash, hash FROM audit ORDER BY seq")?;
         let rows = st
             .query_map([], |r| {
                 Ok(AuditRow {
@@ -749,14 +767,18 @@ impl Registry {
         Ok(self
             .rows()?
             .into_iter()
-            .map(|r| Export { status: statuses.get(&r.mark_id).copied().unwrap_or(ExportStatus::Pending), record: r })
+            .map(|r| Export {
+                status: statuses.get(&r.mark_id).copied().unwrap_or(ExportStatus::Pending),
+                record: r,
+            })
             .collect())
     }
 
     /// The export whose mark id starts with `prefix` (lower-cased; must be unique).
     pub fn find(&self, prefix: &str) -> Result<Option<Export>> {
         let p = prefix.trim().to_lowercase();
-        let mut all: Vec<Export> = self.exports()?.into_iter().filter(|e| e.record.mark_id.starts_with(&p)).collect();
+        let mut all: Vec<Export> =
+            self.exports()?.into_iter().filter(|e| e.record.mark_id.starts_with(&p)).collect();
         match all.len() {
             0 => Ok(None),
             1 => Ok(all.pop()),
@@ -768,8 +790,11 @@ impl Registry {
     /// it (strict, unique mark ids) and the chain's end against the recorded head,
     /// authenticated when the registry subkey `mac_key` is given. Needs no secret otherwise.
     pub fn verify(&self, mac_key: Option<&[u8; 32]>) -> Result<VerifyReport> {
-        let mut rep =
-            VerifyReport { head: GENESIS.to_string(), authenticated: mac_key.is_some(), ..Default::default() };
+        let mut rep = VerifyReport {
+            head: GENESIS.to_string(),
+            authenticated: mac_key.is_some(),
+            ..Default::default()
+        };
         let fp = self.key_fingerprint()?;
         let mut chain: BTreeMap<String, (Value, ExportStatus)> = BTreeMap::new();
         let mut expect_seq = 1;
@@ -800,7 +825,9 @@ impl Registry {
                     }
                     created = true;
                     if v["key_fingerprint"].as_str() != Some(fp.as_str()) {
-                        rep.problems.push("the registry's key fingerprint differs from the one it was created with".into());
+                        rep.problems.push(
+                            "the registry's key fingerprint differs from the one it was created with".into(),
+                        );
                     }
                 }
                 "export" => {
@@ -814,23 +841,33 @@ impl Registry {
                 }
                 "delivered" | "failed" => match chain.get_mut(&id) {
                     Some((_, s)) if *s == ExportStatus::Pending => {
-                        *s = if a.action == "delivered" { ExportStatus::Delivered } else { ExportStatus::Failed };
+                        *s = if a.action == "delivered" {
+                            ExportStatus::Delivered
+                        } else {
+                            ExportStatus::Failed
+                        };
                     }
-                    _ => rep.problems.push(format!("audit entry {seq} settles mark id {id:?}, which is not pending")),
+                    _ => rep
+                        .problems
+                        .push(format!("audit entry {seq} settles mark id {id:?}, which is not pending")),
                 },
                 other => rep.problems.push(format!("audit entry {seq} has an unknown action {other:?}")),
             }
         }
         if !created {
             rep.problems.push(
-                "the registry's creation entry is missing (the audit log was emptied or cut at the start)".into(),
+                "the registry's creation entry is missing (the audit log was emptied or cut at the start)"
+                    .into(),
             );
         }
         let mut seen = HashSet::new();
         for r in self.rows()? {
             rep.export_rows += 1;
             if parse_mark_id(&r.mark_id).is_err() {
-                rep.problems.push(format!("export row with malformed mark id {:?} (inserted behind the tool's back)", r.mark_id));
+                rep.problems.push(format!(
+                    "export row with malformed mark id {:?} (inserted behind the tool's back)",
+                    r.mark_id
+                ));
                 continue;
             }
             if !seen.insert(r.mark_id.clone()) {
@@ -849,7 +886,8 @@ impl Registry {
             }
         }
         for id in chain.keys().filter(|id| !seen.contains(*id)) {
-            rep.problems.push(format!("export {id} is in the audit log but missing from the exports (deleted)"));
+            rep.problems
+                .push(format!("export {id} is in the audit log but missing from the exports (deleted)"));
         }
         let (seq, hash, mac) = (self.meta("head_seq")?, self.meta("head_hash")?, self.meta("head_mac")?);
         let last_seq = (expect_seq - 1).to_string();
@@ -863,7 +901,8 @@ impl Registry {
             let recorded = seq.as_deref().and_then(|s| s.parse().ok()).unwrap_or(-1);
             let want = head_mac(key, recorded, hash.as_deref().unwrap_or(""));
             if mac.as_deref() != Some(want.as_str()) {
-                rep.problems.push("the recorded head is not authentic for this key (forged or rolled back)".into());
+                rep.problems
+                    .push("the recorded head is not authentic for this key (forged or rolled back)".into());
             }
         }
         Ok(rep)
@@ -874,7 +913,9 @@ impl Registry {
 /// transaction).
 fn append_audit(c: &Connection, action: &str, payload: &Value, mac_key: &[u8; 32]) -> Result<()> {
     let last: Option<(i64, String)> = c
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     let (seq, prev) = last.map_or((1, GENESIS.to_string()), |(s, h)| (s + 1, h));
     let payload = payload.to_string();
@@ -884,8 +925,11 @@ fn append_audit(c: &Connection, action: &str, payload: &Value, mac_key: &[u8; 32
         "INSERT INTO audit (seq, at, action, payload, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![seq, at, action, payload, prev, hash],
     )?;
-    for (k, v) in [("head_seq", seq.to_string()), ("head_hash", hash.clone()), ("head_mac", head_mac(mac_key, seq, &hash))]
-    {
+    for (k, v) in [
+        ("head_seq", seq.to_string()),
+        ("head_hash", hash.clone()),
+        ("head_mac", head_mac(mac_key, seq, &hash)),
+    ] {
         c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![k, v])?;
     }
     Ok(())

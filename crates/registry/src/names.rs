@@ -77,7 +77,9 @@ mod tests {
 
     #[test]
     fn lookalike_names_are_the_same_person() {
-        for other in ["pc smith", "PC  Smith", " PC Smith ", "PC\u{a0}Smith", "ＰＣ Ｓｍｉｔｈ", "PC\u{2003}SMITH"] {
+        for other in
+            ["pc smith", "PC  Smith", " PC Smith ", "PC\u{a0}Smith", "ＰＣ Ｓｍｉｔｈ", "PC\u{2003}SMITH"]
+        {
             assert!(same_name("PC Smith", other), "{other:?}");
         }
         assert!(!same_name("PC Smith", "PC Smyth"));

@@ -106,11 +106,15 @@ fn attacks_from_the_issue_are_caught() {
     );
     assert!(rep.problems.iter().any(|p| p.contains("more than one export row")), "{:?}", rep.problems);
     // Everything deleted, head included: not "OK, 0 exports".
-    let rep = tampered(&path, "DELETE FROM exports; DELETE FROM audit; DELETE FROM meta WHERE key LIKE 'head_%';");
+    let rep =
+        tampered(&path, "DELETE FROM exports; DELETE FROM audit; DELETE FROM meta WHERE key LIKE 'head_%';");
     assert!(!rep.is_ok());
     assert!(rep.problems.iter().any(|p| p.contains("creation entry is missing")), "{:?}", rep.problems);
     // A forged delivery of the failed export.
-    let rep = tampered(&path, "DELETE FROM audit WHERE seq = 7; UPDATE meta SET value = '6' WHERE key = 'head_seq';");
+    let rep = tampered(
+        &path,
+        "DELETE FROM audit WHERE seq = 7; UPDATE meta SET value = '6' WHERE key = 'head_seq';",
+    );
     assert!(!rep.is_ok(), "{:?}", rep.problems);
 }
 
@@ -145,7 +149,10 @@ fn wrong_key_schema_and_bad_records_are_refused() {
     let path = filled(dir.path());
     assert!(matches!(Registry::open_or_create(&path, "other", &KEY, None), Err(Error::WrongKey { .. })));
     let mut reg = Registry::open_or_create(&path, FP, &KEY, None).unwrap();
-    assert!(matches!(reg.record_pending(&record("00000000000000a1", "Z"), &KEY), Err(Error::DuplicateMarkId(_))));
+    assert!(matches!(
+        reg.record_pending(&record("00000000000000a1", "Z"), &KEY),
+        Err(Error::DuplicateMarkId(_))
+    ));
     assert!(matches!(reg.record_pending(&record("00000000000000A9", "Z"), &KEY), Err(Error::BadMarkId(_))));
     let mut r = record("00000000000000d4", "Z");
     r.approved_by = "pc\u{a0} SMITH".into();
@@ -161,7 +168,14 @@ fn wrong_key_schema_and_bad_records_are_refused() {
 #[test]
 fn strict_mark_ids() {
     assert_eq!(parse_mark_id("00000000000000a1").unwrap(), 0xa1);
-    for bad in [" 00000000000000a1", "00000000000000A1", "0000000000000a1", "00000000000000a1 ", "+0000000000000a1", ""] {
+    for bad in [
+        " 00000000000000a1",
+        "00000000000000A1",
+        "0000000000000a1",
+        "00000000000000a1 ",
+        "+0000000000000a1",
+        "",
+    ] {
         assert!(parse_mark_id(bad).is_err(), "{bad:?}");
     }
 }
