@@ -483,15 +483,19 @@ fn check_declared_approval(a: &EmbedArgs) -> Result<()> {
 }
 
 /// Output paths refused before any work: a name ending in a slash (a directory, not a
-/// file) and any existing directory entry, a dangling symbolic link included.
+/// file) and a dangling symbolic link (existing files are refused by `check_output`).
 fn refuse_unsafe_output(output: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     if output.as_os_str().as_bytes().ends_with(b"/") {
         bail!("output {} ends with '/': name a file to write, not a directory", output.display());
     }
-    if std::fs::symlink_metadata(output).is_ok() {
+    // Existing files and links to them are refused by the output check; a link to nothing
+    // would pass it and the final link would then fail after the work.
+    let dangling =
+        std::fs::symlink_metadata(output).is_ok_and(|m| m.file_type().is_symlink()) && !output.exists();
+    if dangling {
         bail!(
-            "output {} exists already (possibly as a link); choose a new file name, nothing is overwritten",
+            "output {} exists already as a link to a missing file; choose a new file name, nothing is overwritten",
             output.display()
         );
     }

@@ -796,7 +796,9 @@ impl Registry {
             ..Default::default()
         };
         let fp = self.key_fingerprint()?;
-        let mut chain: BTreeMap<String, (Value, ExportStatus)> = BTreeMap::new();
+        // Payload text per mark id: rows are compared with it as text (the canonical JSON the
+        // tool wrote), since parsing floats back may be off by one unit in the last place.
+        let mut chain: BTreeMap<String, (String, ExportStatus)> = BTreeMap::new();
         let mut expect_seq = 1;
         let mut created = false;
         for a in self.audit_rows()? {
@@ -833,10 +835,10 @@ impl Registry {
                 "export" => {
                     if parse_mark_id(&id).is_err() {
                         rep.problems.push(format!("audit entry {seq} holds a malformed mark id {id:?}"));
-                    } else if chain.contains_key(&id) {
-                        rep.problems.push(format!("audit entry {seq} registers mark id {id} a second time"));
+                    } else if let std::collections::btree_map::Entry::Vacant(slot) = chain.entry(id.clone()) {
+                        slot.insert((a.payload.clone(), ExportStatus::Pending));
                     } else {
-                        chain.insert(id, (v, ExportStatus::Pending));
+                        rep.problems.push(format!("audit entry {seq} registers mark id {id} a second time"));
                     }
                 }
                 "delivered" | "failed" => match chain.get_mut(&id) {
@@ -879,7 +881,7 @@ impl Registry {
                     "export {} has no audit entry (inserted behind the tool's back)",
                     r.mark_id
                 )),
-                Some((v, _)) if *v != r.to_json() => {
+                Some((text, _)) if *text != r.to_json().to_string() => {
                     rep.problems.push(format!("export {} differs from its audit entry (edited)", r.mark_id))
                 }
                 Some((_, status)) => rep.exports.push(Export { status: *status, record: r }),

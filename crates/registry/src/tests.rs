@@ -206,3 +206,21 @@ fn waiting_for_the_lock_can_be_cancelled() {
     holder.execute_batch("ROLLBACK").unwrap();
     reg.record_pending(&record("00000000000000e5", "E"), &KEY).unwrap();
 }
+
+#[test]
+fn awkward_floats_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reg.db");
+    let mut reg = Registry::open_or_create(&path, FP, &KEY, None).unwrap();
+    // Values whose JSON text does not parse back to the same bits without float_roundtrip.
+    for (i, d) in
+        [0.1 + 0.2, 12.345_678_901_234_567, 2.0 / 3.0, 1e-300 / 3.0, 4.004_004_004_004].iter().enumerate()
+    {
+        let mut r = record(&format!("{:016x}", 0xf0 + i), "A");
+        r.duration_s = Some(*d);
+        reg.record_pending(&r, &KEY).unwrap();
+    }
+    let rep = Registry::open_read_only(&path).unwrap().verify(Some(&KEY)).unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.problems);
+    assert_eq!(rep.exports.len(), 5);
+}
