@@ -876,12 +876,13 @@ impl Registry {
                 rep.problems.push(format!("mark id {} appears in more than one export row", r.mark_id));
                 continue;
             }
+            let row_text = r.to_json().to_string();
             match chain.get(&r.mark_id) {
                 None => rep.problems.push(format!(
                     "export {} has no audit entry (inserted behind the tool's back)",
                     r.mark_id
                 )),
-                Some((text, _)) if *text != r.to_json().to_string() => {
+                Some((text, _)) if *text != row_text => {
                     rep.problems.push(format!("export {} differs from its audit entry (edited)", r.mark_id))
                 }
                 Some((_, status)) => rep.exports.push(Export { status: *status, record: r }),
