@@ -1,7 +1,6 @@
 //! The `tracemark` command-line tool: a thin layer over `tracemark-core` (embedding) and
 //! `tracemark-extract` (tracing), plus the export registry.
 
-mod registry;
 mod report;
 
 use std::io::IsTerminal;
@@ -24,7 +23,7 @@ use tracemark_extract::trace::{
 };
 use tracemark_extract::Candidate;
 
-use registry::{ExportRecord, Registry};
+use tracemark_registry::{self as registry, names, Export, ExportRecord, ExportStatus, Registry};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -75,6 +74,10 @@ enum Command {
         /// Write a self-contained HTML evidence report.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Trace even if the registry fails verification, naming recipients from rows the
+        /// audit chain does not vouch for (the output and report then say so).
+        #[arg(long)]
+        trust_unverified_registry: bool,
         /// Memory an informed trace may use to keep decoded frames so that each file is
         /// decoded once; past it, frames are decoded again (slower, same result).
         #[arg(long, value_name = "MB", default_value_t = DEFAULT_MEMORY_BUDGET >> 20)]
@@ -125,7 +128,9 @@ fn main() -> ExitCode {
             // One line: the chain of causes joined.
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("tracemark: error: {msg}");
-            if e.downcast_ref::<Interrupted>().is_some() {
+            if e.downcast_ref::<Interrupted>().is_some()
+                || matches!(e.downcast_ref::<registry::Error>(), Some(registry::Error::Interrupted))
+            {
                 ExitCode::from(130)
             } else {
                 ExitCode::from(1)
@@ -156,7 +161,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Embed(args) => embed(args, show_progress)?,
-        Command::Trace { key: key_path, registry, original, threshold, json, report, memory_mb, leaked } => {
+        Command::Trace {
+            key: key_path,
+            registry,
+            original,
+            threshold,
+            json,
+            report,
+            trust_unverified_registry,
+            memory_mb,
+            leaked,
+        } => {
             // The evidence report is a new file: never over an input or an earlier report.
             let mut inputs = vec![leaked.as_path(), registry.as_path(), key_path.as_path()];
             inputs.extend(original.as_deref());
@@ -164,17 +179,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 check_output(&inputs, path, false).map_err(|e| anyhow!("--report: {e}"))?;
             }
             let key = load_key(&key_path)?;
-            let reg = Registry::open_existing(&registry, &key.fingerprint())?;
-            let candidates: Vec<Candidate> = reg
-                .exports()?
-                .into_iter()
-                .filter_map(|e| {
-                    e.mark_id
-                        .parse::<MarkId>()
-                        .ok()
-                        .map(|id| Candidate { mark_id: id, recipient: e.recipient })
-                })
-                .collect();
+            let reg = Registry::open_read_only(&registry)?;
+            reg.check_key(&key.fingerprint())?;
+            let trust = verified_exports(&reg, &key, trust_unverified_registry)?;
+            let candidates = candidates(&trust.exports);
             let config = TraceConfig::new()
                 .with_threshold(threshold)
                 .with_memory_budget(memory_mb.saturating_mul(1 << 20));
@@ -192,67 +200,83 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 b.finish_and_clear();
             }
             if let Some(path) = &report {
-                let html = report_html(&result, &reg, &key, &leaked, original.as_deref())?;
+                let html = report_html(&result, &reg, &trust, &key, &leaked, original.as_deref())?;
                 write_new_file(&inputs, path, html.as_bytes()).map_err(|e| anyhow!("--report: {e}"))?;
             }
             if json {
-                println!("{}", trace_json(&result));
+                let mut v = trace_json(&result);
+                v["registry"] = trust.to_json();
+                println!("{v}");
             } else {
+                if !trust.verified {
+                    println!("WARNING: {}", trust.statement);
+                }
                 print_trace(&result, report.as_deref());
+                if trust.verified {
+                    println!("{}", trust.statement);
+                }
             }
         }
         Command::Registry { action } => match action {
             RegistryAction::List { registry, json } => {
-                let reg = Registry::open_readonly(&registry)?;
+                let reg = Registry::open_read_only(&registry)?;
                 let all = reg.exports()?;
                 if json {
-                    println!("{}", serde_json::Value::Array(all.iter().map(ExportRecord::to_json).collect()));
+                    println!("{}", serde_json::Value::Array(all.iter().map(export_json).collect()));
                 } else {
                     println!(
-                        "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  created",
-                        "mark id", "recipient", "officer", "approved by", "case"
+                        "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  {:<9}  {:<29}  created",
+                        "mark id", "recipient", "officer", "approved by", "case", "status", "approval"
                     );
-                    for e in all {
+                    for x in all {
+                        let e = &x.record;
+                        let t = |s: &str| names::escape_for_terminal(s);
                         println!(
-                            "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  {}",
-                            e.mark_id,
-                            e.recipient,
-                            e.officer,
-                            e.approved_by,
-                            e.case_ref.as_deref().unwrap_or("-"),
-                            e.created_at
+                            "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  {:<9}  {:<29}  {}",
+                            t(&e.mark_id),
+                            t(&e.recipient),
+                            t(&e.officer),
+                            t(&e.approved_by),
+                            t(e.case_ref.as_deref().unwrap_or("-")),
+                            x.status.as_str(),
+                            e.approval_kind(),
+                            t(&e.created_at)
                         );
                     }
                 }
             }
             RegistryAction::Show { id, registry, json } => {
-                let reg = Registry::open_readonly(&registry)?;
+                let reg = Registry::open_read_only(&registry)?;
                 let e = reg
                     .find(&id)?
                     .ok_or_else(|| anyhow!("no export with mark id {id:?} in {}", registry.display()))?;
                 if json {
-                    println!("{}", e.to_json());
+                    println!("{}", export_json(&e));
                 } else {
-                    for (k, v) in e.to_json().as_object().expect("record is an object") {
-                        println!("{k:>16}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                    for (k, v) in export_json(&e).as_object().expect("record is an object") {
+                        let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        println!("{k:>16}: {}", names::escape_for_terminal(&v));
                     }
                 }
             }
             RegistryAction::Verify { registry, key } => {
-                let reg = Registry::open_readonly(&registry)?;
+                let reg = Registry::open_read_only(&registry)?;
                 let mac_key = key.as_deref().map(load_key).transpose()?.map(|k| k.subkey(Purpose::Registry));
+                if let Some(k) = &key {
+                    reg.check_key(&load_key(k)?.fingerprint())?;
+                }
                 let rep = reg.verify(mac_key.as_ref())?;
                 if rep.problems.is_empty() {
                     println!(
                         "registry OK: {} exports, {} audit entries, chain head {}{}",
-                        rep.exports,
-                        rep.audit_rows,
+                        rep.exports.len(),
+                        rep.audit_entries,
                         rep.head,
                         if mac_key.is_some() { " (authenticated with the key)" } else { "" }
                     );
                 } else {
                     for p in &rep.problems {
-                        println!("PROBLEM: {p}");
+                        println!("PROBLEM: {}", names::escape_for_terminal(p));
                     }
                     bail!(
                         "registry {} FAILED verification: {} problem(s)",
@@ -264,6 +288,97 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a trace may rely on in the registry.
+struct Trust {
+    /// The exports a trace may name.
+    exports: Vec<Export>,
+    verified: bool,
+    authenticated: bool,
+    problems: Vec<String>,
+    /// In words, for the text output and the report.
+    statement: String,
+}
+
+impl Trust {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "verified": self.verified,
+            "authenticated": self.authenticated,
+            "problems": self.problems,
+            "exports_considered": self.exports.len(),
+            "names_from": if self.verified { "verified audit chain" } else { "UNVERIFIED registry rows" },
+            "statement": self.statement,
+        })
+    }
+}
+
+/// Verifies the registry (head authenticated with the unit key) before a trace names
+/// anyone: only exports the chain holds are candidates. A registry that fails
+/// verification is refused unless `trust_unverified`; then its rows are used and the
+/// statement says so.
+fn verified_exports(reg: &Registry, key: &MasterKey, trust_unverified: bool) -> Result<Trust> {
+    let rep = reg.verify(Some(&key.subkey(Purpose::Registry)))?;
+    // A failed export never delivered a file: its recipient cannot have leaked it.
+    let usable = |e: &Export| e.status != ExportStatus::Failed;
+    if rep.is_ok() {
+        let exports: Vec<Export> = rep.exports.into_iter().filter(usable).collect();
+        return Ok(Trust {
+            statement: format!(
+                "registry verified: {} exports held by the audit chain, head authenticated with the key",
+                exports.len()
+            ),
+            exports,
+            verified: true,
+            authenticated: true,
+            problems: vec![],
+        });
+    }
+    if !trust_unverified {
+        bail!(
+            "registry {} FAILED verification ({} problem(s), first: {}); nobody is named from a registry that may              have been tampered with. Run `tracemark registry verify --registry {0} --key KEY` for details, or pass              --trust-unverified-registry to trace anyway",
+            reg.path().display(),
+            rep.problems.len(),
+            names::escape_for_terminal(&rep.problems[0]),
+        );
+    }
+    let exports: Vec<Export> = reg
+        .exports()?
+        .into_iter()
+        .filter(|e| usable(e) && registry::parse_mark_id(&e.record.mark_id).is_ok())
+        .collect();
+    Ok(Trust {
+        statement: format!(
+            "the registry FAILED verification ({} problem(s)); recipients are named from {} UNVERIFIED rows              (--trust-unverified-registry) and may have been forged or edited",
+            rep.problems.len(),
+            exports.len()
+        ),
+        exports,
+        verified: false,
+        authenticated: false,
+        problems: rep.problems,
+    })
+}
+
+/// Trace candidates: one per distinct, strictly parsed mark id.
+fn candidates(exports: &[Export]) -> Vec<Candidate> {
+    let mut seen = std::collections::HashSet::new();
+    exports
+        .iter()
+        .filter_map(|e| {
+            let id = registry::parse_mark_id(&e.record.mark_id).ok()?;
+            seen.insert(id).then(|| Candidate { mark_id: MarkId(id), recipient: e.record.recipient.clone() })
+        })
+        .collect()
+}
+
+/// An export as JSON: the record plus its status and how its approval is backed.
+fn export_json(e: &Export) -> serde_json::Value {
+    let mut v = e.record.to_json();
+    v["status"] = json!(e.status.as_str());
+    v["approval_kind"] = json!(e.record.approval_kind());
+    v
 }
 
 fn load_key(path: &Path) -> Result<MasterKey> {
@@ -342,24 +457,97 @@ struct EmbedArgs {
     output: PathBuf,
 }
 
-fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
+/// Declared four eyes: visible names, and an approving officer who is not the exporting
+/// officer once names are normalised (case, white space, look-alike characters).
+fn check_declared_approval(a: &EmbedArgs) -> Result<()> {
     for (name, v) in
         [("--recipient", &a.recipient), ("--officer", &a.officer), ("--approved-by", &a.approved_by)]
     {
-        if v.trim().is_empty() {
-            bail!("{name} must not be empty: every export needs a recipient, an exporting officer and an approving officer");
+        match names::normalise(v) {
+            Ok(_) => {}
+            Err(names::NameError::Empty) => bail!(
+                "{name} must not be empty: every export needs a recipient, an exporting officer and an approving officer"
+            ),
+            Err(e) => bail!("{name} {e}"),
         }
     }
-    if a.officer.trim() == a.approved_by.trim() {
-        bail!("--approved-by must name a different officer than --officer: an export cannot approve itself");
+    if names::same_name(&a.officer, &a.approved_by) {
+        bail!(
+            "--approved-by must name a different officer than --officer ({:?} and {:?} are the same name): an export \
+             cannot approve itself",
+            names::escape_for_terminal(&a.officer),
+            names::escape_for_terminal(&a.approved_by)
+        );
     }
+    Ok(())
+}
+
+/// Output paths refused before any work: a name ending in a slash (a directory, not a
+/// file) and a dangling symbolic link (existing files are refused by `check_output`).
+fn refuse_unsafe_output(output: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if output.as_os_str().as_bytes().ends_with(b"/") {
+        bail!("output {} ends with '/': name a file to write, not a directory", output.display());
+    }
+    // Existing files and links to them are refused by the output check; a link to nothing
+    // would pass it and the final link would then fail after the work.
+    let dangling =
+        std::fs::symlink_metadata(output).is_ok_and(|m| m.file_type().is_symlink()) && !output.exists();
+    if dangling {
+        bail!(
+            "output {} exists already as a link to a missing file; choose a new file name, nothing is overwritten",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+/// A flag set by Ctrl-C (installed before the registry lock is awaited, so the wait can be
+/// interrupted too).
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    // A second handler cannot be installed; then Ctrl-C simply kills the process, and
+    // the temporary output is the only thing left (never the final name).
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    interrupted
+}
+
+/// Settles a pending registry row after the transcode: delivered when the file took its
+/// final name, failed otherwise. A row that cannot be settled stays pending (never looks
+/// delivered).
+fn settle_export(
+    reg: &mut Registry,
+    rec: Option<&ExportRecord>,
+    delivered: Result<(), &tracemark_core::Error>,
+    mac_key: &[u8; 32],
+) -> Result<()> {
+    let Some(rec) = rec else { return Ok(()) };
+    match delivered {
+        Ok(()) => reg.mark_delivered(&rec.mark_id, mac_key).with_context(|| {
+            format!("the marked copy was written, but its registry row {} stays 'pending'", rec.mark_id)
+        }),
+        Err(e) => {
+            // Best effort: if even this fails the row stays 'pending', not 'delivered'.
+            let _ = reg.mark_failed(&rec.mark_id, &e.to_string(), mac_key);
+            Ok(())
+        }
+    }
+}
+
+fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
+    check_declared_approval(&a)?;
+    refuse_unsafe_output(&a.output)?;
     let key = load_key(&a.key)?;
     let config = TranscodeConfig::new().with_crf(a.crf).with_preset(a.preset.as_str());
     config.validate().map_err(|e| anyhow!("{e}"))?;
     if !a.input.exists() {
         bail!("input file not found: {}", a.input.display());
     }
-    let mut reg = Registry::open_or_create(&a.registry, &key.fingerprint())?;
+    let mac_key = key.subkey(Purpose::Registry);
+    let interrupted = interrupt_flag();
+    let mut reg =
+        Registry::open_or_create(&a.registry, &key.fingerprint(), &mac_key, Some(Arc::clone(&interrupted)))?;
     let mark_id = loop {
         let id = MarkId::random();
         if !reg.contains(&id.to_string())? {
@@ -371,13 +559,6 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
     let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config).map_err(|e| anyhow!("{e}"))?);
     let source_sha256 = sha256_file(&a.input)?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = Arc::clone(&interrupted);
-        // A second handler cannot be installed; then Ctrl-C simply kills the process, and
-        // the temporary output is the only thing left (never the final name).
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
     let bar = progress_bar(show_progress, "marking");
     let mut cb = |p: Progress| {
         show(bar.as_ref(), p);
@@ -414,11 +595,15 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 .to_string(),
                 key_fingerprint: key.fingerprint(),
                 created_at: registry::now_utc(),
+                approval: None,
             };
             if interrupted.load(Ordering::SeqCst) {
                 return Err(tracemark_core::Error::Cancelled);
             }
-            reg.insert_export(&rec, &key.subkey(Purpose::Registry)).map_err(fail)?;
+            reg.record_pending(&rec, &mac_key).map_err(|e| match e {
+                registry::Error::Interrupted => tracemark_core::Error::Cancelled,
+                e => fail(e.into()),
+            })?;
             record = Some(rec);
             Ok(())
         };
@@ -426,6 +611,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    settle_export(&mut reg, record.as_ref(), result.as_ref().map(|_| ()), &mac_key)?;
     match result {
         Err(tracemark_core::Error::Cancelled) => return Err(Interrupted.into()),
         Err(e) => return Err(anyhow!("{e}")),
@@ -537,18 +723,20 @@ fn print_trace(r: &TraceResult, report: Option<&Path>) {
 fn report_html(
     r: &TraceResult,
     reg: &Registry,
+    trust: &Trust,
     key: &MasterKey,
     leaked: &Path,
     original: Option<&Path>,
 ) -> Result<String> {
-    let exports = reg.exports()?;
     let original = match original {
         Some(p) => Some((p, sha256_file(p)?)),
         None => None,
     };
     report::render(&report::ReportInput {
         result: r,
-        exports: &exports,
+        exports: &trust.exports,
+        registry_statement: trust.statement.clone(),
+        registry_verified: trust.verified,
         key_fingerprint: key.fingerprint(),
         leaked,
         leaked_sha256: sha256_file(leaked)?,

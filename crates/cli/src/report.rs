@@ -9,12 +9,16 @@ use plotters::prelude::*;
 use tracemark_extract::image::Gray;
 use tracemark_extract::trace::{Registration, TraceResult};
 
-use crate::registry::ExportRecord;
+use tracemark_registry::Export;
 
 /// What the report is about.
 pub struct ReportInput<'a> {
     pub result: &'a TraceResult,
-    pub exports: &'a [ExportRecord],
+    pub exports: &'a [Export],
+    /// What the registry's verification found, in words (shown at the top).
+    pub registry_statement: String,
+    /// Whether the registry verified (the statement is shown as a warning otherwise).
+    pub registry_verified: bool,
     pub key_fingerprint: String,
     pub leaked: &'a Path,
     pub leaked_sha256: String,
@@ -155,12 +159,21 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
         r.frames_used,
         r.threshold
     )?;
+    if inp.registry_verified {
+        write!(h, "<p><b>Registry:</b> {}</p>", esc(&inp.registry_statement))?;
+    } else {
+        write!(
+            h,
+            "<p style='color:#a00;border:2px solid #a00;padding:.5em'><b>Warning: {}</b></p>",
+            esc(&inp.registry_statement)
+        )?;
+    }
     h.push_str("<h2>Suspects</h2>");
     if d.suspects.is_empty() {
         h.push_str("<p>None: no export reaches the threshold.</p>");
     }
     for s in &d.suspects {
-        let rec = inp.exports.iter().find(|e| e.mark_id == s.mark_id.to_string());
+        let rec = inp.exports.iter().find(|e| e.record.mark_id == s.mark_id.to_string());
         write!(
             h,
             "<table><tr><th>recipient</th><td><b>{}</b></td></tr><tr><th>mark id</th><td><code>{}</code></td></tr>\
@@ -170,8 +183,11 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
             s.score,
             s.false_positive_probability
         )?;
-        if let Some(e) = rec {
+        if let Some(x) = rec {
+            let e = &x.record;
             for (k, v) in [
+                ("approval", e.approval_kind()),
+                ("export status", x.status.as_str()),
                 ("exporting officer", e.officer.as_str()),
                 ("approved by", e.approved_by.as_str()),
                 ("case", e.case_ref.as_deref().unwrap_or("-")),

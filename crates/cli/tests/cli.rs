@@ -466,16 +466,17 @@ fn verify_catches_edits_deletions_and_insertions_behind_the_tools_back() {
     tamper("DELETE FROM exports WHERE recipient = 'A';", false);
     tamper("DELETE FROM exports WHERE recipient = 'C'; DELETE FROM audit WHERE seq = 3;", false);
     tamper("UPDATE audit SET payload = replace(payload, 'Insp. Jones', 'Nobody') WHERE seq = 2;", false);
+    // Audit entries: 1 creation, then an export and its delivery per recipient (C: 6, 7).
     tamper(
-        "DELETE FROM exports WHERE recipient = 'C'; DELETE FROM audit WHERE seq = 3; \
-         UPDATE meta SET value = '2' WHERE key = 'head_seq'; \
-         UPDATE meta SET value = (SELECT hash FROM audit WHERE seq = 2) WHERE key = 'head_hash';",
+        "DELETE FROM exports WHERE recipient = 'C'; DELETE FROM audit WHERE seq >= 6; \
+         UPDATE meta SET value = '5' WHERE key = 'head_seq'; \
+         UPDATE meta SET value = (SELECT hash FROM audit WHERE seq = 5) WHERE key = 'head_hash';",
         true,
     );
     tamper(
         "INSERT INTO exports SELECT NULL, 'ffffffffffffffff', 'ghost', officer, approved_by, case_ref, reason, source_path, \
          source_sha256, output_path, output_sha256, frames, duration_s, width, height, embed_params, key_fingerprint, \
-         created_at FROM exports LIMIT 1;",
+         created_at, approval FROM exports LIMIT 1;",
         false,
     );
     // The tool itself cannot change history either.
