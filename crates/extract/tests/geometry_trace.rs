@@ -132,15 +132,21 @@ fn moving_texture(t: usize, x: usize, y: usize) -> u8 {
     (128.0 + 50.0 * (x * 0.11).sin() * (y * 0.07).cos() + 30.0 * ((x + y) * 0.031).sin()) as u8
 }
 
+/// A marked export of `source` (x264 crf 18) in `dir`.
+fn export(key: &MasterKey, source: &Path, dir: &Path) -> PathBuf {
+    let marked = dir.join("marked.mp4");
+    let embedder = Embedder::new(key, MARK, EmbedConfig::new()).unwrap();
+    let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
+    transcode(source, &marked, &cfg, Arc::new(embedder), &mut no_progress).unwrap();
+    marked
+}
+
 #[test]
 fn known_homographies_are_recovered_to_half_a_pixel_and_the_export_named() {
     let key = MasterKey::from_seed(2031);
     let dir = tempfile::tempdir().unwrap();
     let source = testdata("vtest-4s.avi");
-    let marked = dir.path().join("marked.mp4");
-    let embedder = Embedder::new(&key, MARK, EmbedConfig::new()).unwrap();
-    let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
-    transcode(&source, &marked, &cfg, Arc::new(embedder), &mut no_progress).unwrap();
+    let marked = export(&key, &source, dir.path());
     let frames = luma_frames(&marked);
     assert_eq!(frames.len(), 40);
     let (w, h) = (W as f64, H as f64);
@@ -211,10 +217,7 @@ fn blind_trace_reads_mirrored_and_flipped_copies() {
     let key = MasterKey::from_seed(2032);
     let dir = tempfile::tempdir().unwrap();
     let source = testdata("vtest-4s.avi");
-    let marked = dir.path().join("marked.mp4");
-    let embedder = Embedder::new(&key, MARK, EmbedConfig::new()).unwrap();
-    let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
-    transcode(&source, &marked, &cfg, Arc::new(embedder), &mut no_progress).unwrap();
+    let marked = export(&key, &source, dir.path());
     for (vf, want) in [("hflip", (true, false)), ("vflip", (false, true)), ("hflip,vflip", (true, true))] {
         let leak = dir.path().join("leak.mp4");
         let o = Command::new("ffmpeg")

@@ -296,6 +296,20 @@ fn is_sqlite(path: &Path) -> Result<bool> {
     Ok(n == 16 && &head == b"SQLite format 3\0")
 }
 
+/// Whether `path` is an SQLite database with no tables, indexes or triggers (read through
+/// SQLite's locks, so a concurrent creator's uncommitted schema counts as absent).
+fn schema_is_empty(path: &Path) -> Result<bool> {
+    if !is_sqlite(path)? {
+        return Ok(false);
+    }
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(sqlite_uri(path, "mode=ro")?, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let n: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    Ok(n == 0)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -462,9 +476,14 @@ impl Registry {
             Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
         };
         if !fresh {
-            // Look before touching: a foreign database must stay exactly as it is.
-            let ro = Self::open_read_only(path)?;
-            ro.check_key(key_fingerprint)?;
+            // Look before touching: a foreign database must stay exactly as it is. A database
+            // with no schema at all holds nothing to lose: it is what another tracemark
+            // creating this registry right now leaves visible before its first commit.
+            match Self::open_read_only(path) {
+                Ok(ro) => ro.check_key(key_fingerprint)?,
+                Err(Error::NotARegistry { .. }) if schema_is_empty(path)? => {}
+                Err(e) => return Err(e),
+            }
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_millis(100))?;

@@ -224,3 +224,31 @@ fn awkward_floats_verify() {
     assert!(rep.is_ok(), "{:?}", rep.problems);
     assert_eq!(rep.exports.len(), 5);
 }
+
+#[test]
+fn concurrent_creators_all_open_the_same_registry() {
+    // What a creator leaves visible before its first commit: a schema-less WAL database.
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("half.db");
+    let c = Connection::open(&half).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    drop(c);
+    assert!(std::fs::metadata(&half).unwrap().len() > 0);
+    Registry::open_or_create(&half, FP, &KEY, None).unwrap();
+    Registry::open_read_only(&half).unwrap();
+
+    for round in 0..20 {
+        let path = dir.path().join(format!("race{round}.db"));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Registry::open_or_create(&path, FP, &KEY, None).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let reg = Registry::open_read_only(&path).unwrap();
+        assert!(reg.verify(Some(&KEY)).unwrap().is_ok());
+    }
+}
