@@ -15,7 +15,10 @@
 //!   flipped to *delivered* (or *failed*) afterwards, each an audit entry: a crash can leave
 //!   a pending row, never a delivered row without its file.
 
+pub mod approval;
 pub mod names;
+pub mod officer;
+pub mod roster;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,7 +31,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub use approval::{Approval, Checkpoint, Request, RequestBody};
 pub use names::NameError;
+pub use officer::{OfficerError, OfficerKey, OfficerPublic};
+pub use roster::{Role, Roster, RosterEntry};
 
 /// Schema version written to `meta`. Version 1 (no creation entry, no delivery status) is
 /// refused.
@@ -104,6 +110,30 @@ pub enum Error {
         officer: String,
         /// Approving officer as given.
         approved_by: String,
+    },
+    /// A key, request, approval or checkpoint file was refused (malformed, bad signature,
+    /// wrong passphrase).
+    #[error(transparent)]
+    Officer(#[from] OfficerError),
+    /// The registry has a roster: an approval only declared by name is refused.
+    #[error("this registry has an officer roster: exports need a signed approval (`tracemark request`, then `tracemark approve`, then `embed --approval FILE`); declared names are refused")]
+    SignedApprovalRequired,
+    /// A signed approval, but no roster to check it against.
+    #[error("this registry has no officer roster: add officers first (`tracemark officer add`)")]
+    NoRoster,
+    /// A signed approval was refused (role, expiry, source, recipient, reuse...).
+    #[error("approval refused: {0}")]
+    ApprovalRefused(String),
+    /// A roster change was refused (unknown officer, duplicate, revoked...).
+    #[error("{0}")]
+    Roster(String),
+    /// The registry fails verification (for operations that need a sound chain).
+    #[error("registry {path} fails verification ({first}); run `tracemark registry verify`")]
+    Unverified {
+        /// The registry.
+        path: PathBuf,
+        /// The first problem found.
+        first: String,
     },
     /// Waiting for the lock was cancelled (Ctrl-C).
     #[error("interrupted while waiting for the registry lock; nothing was registered")]
@@ -272,6 +302,14 @@ pub struct VerifyReport {
     pub authenticated: bool,
     /// Everything wrong, in words. Empty when the registry verified.
     pub problems: Vec<String>,
+    /// The officer roster the chain holds.
+    pub roster: Roster,
+    /// The registry's authority public key (hex), when the chain records one.
+    pub authority_key: Option<String>,
+    /// Whether the head's signature by the authority key was checked (and held).
+    pub head_signed: bool,
+    /// Number of exports with a signed approval that verified.
+    pub signed_approvals: usize,
 }
 
 impl VerifyReport {
@@ -319,6 +357,76 @@ fn head_mac(key: &[u8; 32], seq: i64, head: &str) -> String {
     m.update(b"tracemark registry head v2\0");
     m.update(format!("{seq}\0{head}").as_bytes());
     hex(&m.finalize().into_bytes())
+}
+
+const HEAD_CONTEXT: &str = "tracemark registry head signature v1";
+
+fn head_message(seq: i64, head: &str) -> String {
+    format!("{seq}\0{head}")
+}
+
+/// The authority key the chain records (in the creation entry, or an `authority` entry for
+/// registries made before authority keys), read inside a transaction.
+fn recorded_authority(c: &Connection) -> Result<Option<String>> {
+    let mut st =
+        c.prepare("SELECT payload FROM audit WHERE action IN ('create', 'authority') ORDER BY seq")?;
+    let payloads = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(payloads.iter().rev().find_map(|p| {
+        serde_json::from_str::<Value>(p).ok()?.get("authority_key")?.as_str().map(str::to_string)
+    }))
+}
+
+/// The roster replayed from the audit table (unverified; [`Registry::verify`] checks it).
+fn replay_roster(c: &Connection) -> Result<Roster> {
+    let mut st = c.prepare(
+        "SELECT at, action, payload FROM audit WHERE action IN ('officer_add', 'officer_revoke') ORDER BY seq",
+    )?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut roster = Roster::default();
+    for (at, action, payload) in rows {
+        let v: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+        let _ = roster.apply(&action, &v, roster::parse_utc(&at).unwrap_or(0));
+    }
+    Ok(roster)
+}
+
+/// Request digests of every signed approval already used by an export.
+fn used_requests(c: &Connection) -> Result<HashSet<String>> {
+    let mut st = c.prepare("SELECT approval FROM exports WHERE approval IS NOT NULL")?;
+    let texts = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(texts
+        .iter()
+        .filter_map(|t| serde_json::from_str::<Approval>(t).ok())
+        .map(|a| a.request.digest())
+        .collect())
+}
+
+/// Checks that `rec` says what its signed approval says.
+fn approval_matches(a: &Approval, rec: &ExportRecord) -> std::result::Result<(), String> {
+    let rq = &a.request.body;
+    let mismatch = |what: &str| Err(format!("the export's {what} differs from the approved request's"));
+    if rq.source_sha256 != rec.source_sha256 {
+        return Err("the source clip is not the one the request was made for (SHA-256 differs)".into());
+    }
+    if rq.recipient != rec.recipient {
+        return mismatch("recipient");
+    }
+    if rq.requester_name != rec.officer || a.body.approver_name != rec.approved_by {
+        return mismatch("officers");
+    }
+    if rq.case_ref != rec.case_ref || rq.reason != rec.reason {
+        return mismatch("case or reason");
+    }
+    if rq.registry != rec.key_fingerprint {
+        return Err("the request was made for another registry (unit key)".into());
+    }
+    Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64
 }
 
 fn chain_hash(prev: &str, seq: i64, at: &str, action: &str, payload: &str) -> String {
@@ -479,10 +587,18 @@ impl Registry {
             // Look before touching: a foreign database must stay exactly as it is. A database
             // with no schema at all holds nothing to lose: it is what another tracemark
             // creating this registry right now leaves visible before its first commit.
-            match Self::open_read_only(path) {
-                Ok(ro) => ro.check_key(key_fingerprint)?,
-                Err(Error::NotARegistry { .. }) if schema_is_empty(path)? => {}
-                Err(e) => return Err(e),
+            // A creator that commits between our two looks is seen on a second try.
+            let mut tries = 0;
+            loop {
+                match Self::open_read_only(path) {
+                    Ok(ro) => break ro.check_key(key_fingerprint)?,
+                    Err(Error::NotARegistry { .. }) if schema_is_empty(path)? => break,
+                    Err(Error::NotARegistry { .. }) if tries < 5 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(40));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         let conn = Connection::open(path)?;
@@ -513,7 +629,8 @@ impl Registry {
                         c.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![k, v])?;
                     }
                     let payload = json!({"key_fingerprint": key_fingerprint, "schema_version": SCHEMA_VERSION,
-                                         "created_at": at});
+                                         "created_at": at,
+                                         "authority_key": officer::authority_key(mac_key).id()});
                     append_audit(c, "create", &payload, mac_key)?;
                 }
                 Some(fp) if fp != key_fingerprint => {
@@ -528,6 +645,11 @@ impl Registry {
             let version = meta("schema_version")?.unwrap_or_default();
             if version != SCHEMA_VERSION.to_string() {
                 return Err(Error::Schema { path: path_buf.clone(), found: version });
+            }
+            // Registries made before authority keys get theirs recorded on first write.
+            if recorded_authority(c)?.is_none() {
+                let payload = json!({"authority_key": officer::authority_key(mac_key).id()});
+                append_audit(c, "authority", &payload, mac_key)?;
             }
             Ok(())
         })?;
@@ -678,6 +800,23 @@ impl Registry {
             if taken > 0 {
                 return Err(Error::DuplicateMarkId(rec.mark_id.clone()));
             }
+            let roster = replay_roster(c)?;
+            match (&rec.approval, roster.exists()) {
+                (None, true) => return Err(Error::SignedApprovalRequired),
+                (Some(_), false) => return Err(Error::NoRoster),
+                (Some(text), true) => {
+                    let a = Approval::from_file_text(text)?;
+                    roster.check(&a, now_secs()).map_err(Error::ApprovalRefused)?;
+                    approval_matches(&a, rec).map_err(Error::ApprovalRefused)?;
+                    if used_requests(c)?.contains(&a.request.digest()) {
+                        return Err(Error::ApprovalRefused(
+                            "this approval was used for an export already; each approval allows one export"
+                                .into(),
+                        ));
+                    }
+                }
+                (None, false) => {}
+            }
             c.execute(
                 &format!(
                     "INSERT INTO exports ({COLUMNS}) VALUES \
@@ -706,6 +845,160 @@ impl Registry {
             )?;
             append_audit(c, "export", &rec.to_json(), mac_key)
         })
+    }
+
+    /// The roster as the audit table says (not verified: see [`VerifyReport::roster`]).
+    pub fn roster(&self) -> Result<Roster> {
+        replay_roster(&self.conn)
+    }
+
+    /// Checks, before any work, that a signed approval (the file's text) allows an export of
+    /// the source with SHA-256 `source_sha256` now: signatures, roster roles at signing time
+    /// and now, different keys, expiry, the source, this registry, not used before.
+    pub fn check_approval(&self, text: &str, source_sha256: &str) -> Result<Approval> {
+        let roster = replay_roster(&self.conn)?;
+        if !roster.exists() {
+            return Err(Error::NoRoster);
+        }
+        let a = Approval::from_file_text(text)?;
+        roster.check(&a, now_secs()).map_err(Error::ApprovalRefused)?;
+        if a.request.body.source_sha256 != source_sha256 {
+            return Err(Error::ApprovalRefused(
+                "the input is not the clip the request was made for (SHA-256 differs)".into(),
+            ));
+        }
+        if a.request.body.registry != self.key_fingerprint()? {
+            return Err(Error::ApprovalRefused(
+                "the request was made for another registry (unit key)".into(),
+            ));
+        }
+        if used_requests(&self.conn)?.contains(&a.request.digest()) {
+            return Err(Error::ApprovalRefused(
+                "this approval was used for an export already; each approval allows one export".into(),
+            ));
+        }
+        Ok(a)
+    }
+
+    fn check_authority(&self, mac_key: &[u8; 32]) -> Result<officer::OfficerKey> {
+        let authority = officer::authority_key(mac_key);
+        if recorded_authority(&self.conn)?.as_deref() != Some(authority.id().as_str()) {
+            return Err(Error::WrongKey {
+                path: self.path.clone(),
+                registry: self.key_fingerprint()?,
+                given: "a key whose registry authority differs".into(),
+            });
+        }
+        Ok(authority)
+    }
+
+    /// Puts an officer on the roster (an audit entry under the unit key's authority).
+    /// Refuses a key or a (normalised) name already on it.
+    pub fn add_officer(
+        &mut self,
+        officer: &OfficerPublic,
+        role: Role,
+        mac_key: &[u8; 32],
+    ) -> Result<RosterEntry> {
+        self.check_authority(mac_key)?;
+        officer::parse_officer_id(&officer.id)?;
+        names::normalise(&officer.name)
+            .map_err(|e| Error::InvalidField { field: "name", why: e.to_string() })?;
+        self.write(|c| {
+            let roster = replay_roster(c)?;
+            if let Some(e) = roster.get(&officer.id) {
+                return Err(Error::Roster(format!(
+                    "officer key {} is on the roster already (as {}{})",
+                    officer::short_id(&e.id),
+                    names::escape_for_terminal(&e.name),
+                    if e.is_revoked() { ", revoked: make a new key" } else { "" }
+                )));
+            }
+            if let Some(e) =
+                roster.entries.iter().find(|e| !e.is_revoked() && names::same_name(&e.name, &officer.name))
+            {
+                return Err(Error::Roster(format!(
+                    "an active officer is named {} already (key {}); names on the roster must differ",
+                    names::escape_for_terminal(&e.name),
+                    officer::short_id(&e.id)
+                )));
+            }
+            append_audit(c, "officer_add", &Roster::add_payload(&officer.id, &officer.name, role), mac_key)?;
+            let roster = replay_roster(c)?;
+            Ok(roster.get(&officer.id).cloned().expect("just added"))
+        })
+    }
+
+    /// Revokes the officer whose id starts with `id_prefix` (at least 8 digits): their
+    /// key signs nothing valid from now on.
+    pub fn revoke_officer(&mut self, id_prefix: &str, mac_key: &[u8; 32]) -> Result<RosterEntry> {
+        self.check_authority(mac_key)?;
+        self.write(|c| {
+            let roster = replay_roster(c)?;
+            let e = roster.find(id_prefix).map_err(Error::Roster)?.clone();
+            if e.is_revoked() {
+                return Err(Error::Roster(format!(
+                    "officer {} is revoked already",
+                    names::escape_for_terminal(&e.name)
+                )));
+            }
+            append_audit(c, "officer_revoke", &json!({"officer_id": e.id}), mac_key)?;
+            let roster = replay_roster(c)?;
+            Ok(roster.get(&e.id).cloned().expect("on the roster"))
+        })
+    }
+
+    /// A signed checkpoint of the registry as it stands (it must verify, authenticated
+    /// with `mac_key`).
+    pub fn checkpoint(&self, mac_key: &[u8; 32]) -> Result<Checkpoint> {
+        let authority = self.check_authority(mac_key)?;
+        let rep = self.verify(Some(mac_key))?;
+        if let Some(first) = rep.problems.first() {
+            return Err(Error::Unverified { path: self.path.clone(), first: first.clone() });
+        }
+        let body = approval::CheckpointBody {
+            registry: self.key_fingerprint()?,
+            authority_key: authority.id(),
+            entries: rep.audit_entries as i64,
+            head: rep.head,
+            made_at: now_secs(),
+        };
+        Ok(Checkpoint::sign(body, &authority))
+    }
+
+    /// Adds to `rep` (from [`Registry::verify`]) everything that shows the registry lost,
+    /// truncated or rewrote what it held at checkpoint `cp`.
+    pub fn verify_checkpoint(&self, cp: &Checkpoint, rep: &mut VerifyReport) -> Result<()> {
+        let b = &cp.body;
+        if b.registry != self.key_fingerprint()? {
+            rep.problems.push("the checkpoint is for another registry (another unit key)".into());
+            return Ok(());
+        }
+        if rep.authority_key.as_deref() != Some(b.authority_key.as_str()) {
+            rep.problems.push(
+                "the registry's authority key is not the one that signed the checkpoint (the registry was replaced or rewritten)"
+                    .into(),
+            );
+        }
+        let at: Option<String> = self
+            .conn
+            .query_row("SELECT hash FROM audit WHERE seq = ?1", [b.entries], |r| r.get(0))
+            .optional()?;
+        if (rep.audit_entries as i64) < b.entries || at.is_none() {
+            rep.problems.push(format!(
+                "the registry holds {} audit entries, fewer than the {} at the checkpoint of {} (truncated or rolled back)",
+                rep.audit_entries,
+                b.entries,
+                format_utc(b.made_at)
+            ));
+        } else if at.as_deref() != Some(b.head.as_str()) {
+            rep.problems.push(format!(
+                "audit entry {} is not the one at the checkpoint of {} (history rewritten)",
+                b.entries,
+                format_utc(b.made_at)
+            ));
+        }
+        Ok(())
     }
 
     fn finish(
@@ -820,6 +1113,9 @@ impl Registry {
         let mut chain: BTreeMap<String, (String, ExportStatus)> = BTreeMap::new();
         let mut expect_seq = 1;
         let mut created = false;
+        let mut authority: Option<String> = None;
+        let mut roster = Roster::default();
+        let mut used = HashSet::new();
         for a in self.audit_rows()? {
             let seq = a.seq;
             if seq != expect_seq {
@@ -845,13 +1141,50 @@ impl Registry {
                         rep.problems.push(format!("audit entry {seq} creates the registry a second time"));
                     }
                     created = true;
+                    authority = v["authority_key"].as_str().map(str::to_string);
                     if v["key_fingerprint"].as_str() != Some(fp.as_str()) {
                         rep.problems.push(
                             "the registry's key fingerprint differs from the one it was created with".into(),
                         );
                     }
                 }
+                "authority" => {
+                    if authority.is_some() || roster.exists() {
+                        rep.problems.push(format!("audit entry {seq} replaces the registry's authority key"));
+                    }
+                    authority = v["authority_key"].as_str().map(str::to_string);
+                }
+                "officer_add" | "officer_revoke" => {
+                    if authority.is_none() {
+                        rep.problems
+                            .push(format!("audit entry {seq} changes the roster before any authority key"));
+                    }
+                    let t = roster::parse_utc(&a.at).unwrap_or(i64::MIN);
+                    if let Err(w) = roster.apply(&a.action, &v, t) {
+                        rep.problems.push(format!("audit entry {seq}: {w}"));
+                    }
+                }
                 "export" => {
+                    match v["approval"].as_str() {
+                        None if roster.exists() => rep.problems.push(format!(
+                            "export {id} has only a declared approval although the registry has a roster"
+                        )),
+                        None => {}
+                        Some(text) => match Approval::from_file_text(text) {
+                            Err(e) => {
+                                rep.problems.push(format!("export {id}: its approval does not verify: {e}"))
+                            }
+                            Ok(ap) => {
+                                let t = roster::parse_utc(&a.at).unwrap_or(i64::MAX);
+                                if let Err(w) = roster.check(&ap, t) {
+                                    rep.problems.push(format!("export {id}: {w}"));
+                                }
+                                if !used.insert(ap.request.digest()) {
+                                    rep.problems.push(format!("export {id} reuses an approval used before"));
+                                }
+                            }
+                        },
+                    }
                     if parse_mark_id(&id).is_err() {
                         rep.problems.push(format!("audit entry {seq} holds a malformed mark id {id:?}"));
                     } else if let std::collections::btree_map::Entry::Vacant(slot) = chain.entry(id.clone()) {
@@ -904,7 +1237,17 @@ impl Registry {
                 Some((text, _)) if *text != row_text => {
                     rep.problems.push(format!("export {} differs from its audit entry (edited)", r.mark_id))
                 }
-                Some((_, status)) => rep.exports.push(Export { status: *status, record: r }),
+                Some((_, status)) => {
+                    if let Some(text) = &r.approval {
+                        if let Ok(ap) = Approval::from_file_text(text) {
+                            match approval_matches(&ap, &r) {
+                                Ok(()) => rep.signed_approvals += 1,
+                                Err(w) => rep.problems.push(format!("export {}: {w}", r.mark_id)),
+                            }
+                        }
+                    }
+                    rep.exports.push(Export { status: *status, record: r })
+                }
             }
         }
         for id in chain.keys().filter(|id| !seen.contains(*id)) {
@@ -919,6 +1262,21 @@ impl Registry {
                 seq.as_deref().unwrap_or("none")
             ));
         }
+        if let Some(k) = &authority {
+            let recorded = seq.as_deref().and_then(|s| s.parse().ok()).unwrap_or(-1);
+            let sig = self.meta("head_sig")?.unwrap_or_default();
+            let msg = head_message(recorded, hash.as_deref().unwrap_or(""));
+            if officer::verify_signature(k, HEAD_CONTEXT, msg.as_bytes(), &sig, "head").is_ok() {
+                rep.head_signed = true;
+            } else {
+                rep.problems.push(
+                    "the recorded head is not signed by the registry's authority key (forged or rolled back)"
+                        .into(),
+                );
+            }
+        }
+        rep.roster = roster;
+        rep.authority_key = authority;
         if let Some(key) = mac_key {
             let recorded = seq.as_deref().and_then(|s| s.parse().ok()).unwrap_or(-1);
             let want = head_mac(key, recorded, hash.as_deref().unwrap_or(""));
@@ -951,6 +1309,7 @@ fn append_audit(c: &Connection, action: &str, payload: &Value, mac_key: &[u8; 32
         ("head_seq", seq.to_string()),
         ("head_hash", hash.clone()),
         ("head_mac", head_mac(mac_key, seq, &hash)),
+        ("head_sig", officer::authority_key(mac_key).sign(HEAD_CONTEXT, head_message(seq, &hash).as_bytes())),
     ] {
         c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![k, v])?;
     }
@@ -959,3 +1318,6 @@ fn append_audit(c: &Connection, action: &str, payload: &Value, mac_key: &[u8; 32
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod officer_tests;
