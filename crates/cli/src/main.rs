@@ -1,6 +1,7 @@
 //! The `tracemark` command-line tool: a thin layer over `tracemark-core` (embedding) and
 //! `tracemark-extract` (tracing), plus the export registry.
 
+mod officer;
 mod report;
 
 use std::io::IsTerminal;
@@ -90,6 +91,15 @@ enum Command {
         #[command(subcommand)]
         action: RegistryAction,
     },
+    /// Officer keys and the registry's roster of who may request and approve exports.
+    Officer {
+        #[command(subcommand)]
+        action: officer::OfficerAction,
+    },
+    /// Ask for an export (exporting officer): writes a signed request for an approver.
+    Request(officer::RequestArgs),
+    /// Approve a request (senior officer, on their own machine): writes a signed approval.
+    Approve(officer::ApproveArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,6 +127,21 @@ enum RegistryAction {
         /// even by someone who rewrote the bookkeeping).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// A checkpoint from `registry checkpoint`: fails on anything removed, truncated
+        /// or rolled back up to it (needs no secret).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Write a signed checkpoint (entry count and head) for an auditor to keep elsewhere.
+    Checkpoint {
+        #[arg(long)]
+        registry: PathBuf,
+        /// The unit's key file (signs the checkpoint).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the checkpoint (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -259,20 +284,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            RegistryAction::Verify { registry, key } => {
+            RegistryAction::Verify { registry, key, checkpoint } => {
                 let reg = Registry::open_read_only(&registry)?;
                 let mac_key = key.as_deref().map(load_key).transpose()?.map(|k| k.subkey(Purpose::Registry));
                 if let Some(k) = &key {
                     reg.check_key(&load_key(k)?.fingerprint())?;
                 }
-                let rep = reg.verify(mac_key.as_ref())?;
+                let cp = checkpoint
+                    .as_deref()
+                    .map(|p| {
+                        registry::Checkpoint::from_file_text(&officer::read_small_file(p, "checkpoint")?)
+                            .map_err(|e| anyhow!("{}: {e}", p.display()))
+                    })
+                    .transpose()?;
+                let mut rep = reg.verify(mac_key.as_ref())?;
+                if let Some(cp) = &cp {
+                    reg.verify_checkpoint(cp, &mut rep)?;
+                }
                 if rep.problems.is_empty() {
+                    let declared = rep.exports.len() - rep.signed_approvals;
                     println!(
-                        "registry OK: {} exports, {} audit entries, chain head {}{}",
+                        "registry OK: {} exports ({} with signed approvals verified, {} approval declared, not signed), \
+                         {} officers on the roster, {} audit entries, chain head {}{}{}{}",
                         rep.exports.len(),
+                        rep.signed_approvals,
+                        declared,
+                        rep.roster.entries.len(),
                         rep.audit_entries,
                         rep.head,
-                        if mac_key.is_some() { " (authenticated with the key)" } else { "" }
+                        if rep.head_signed { " (head signature verified)" } else { " (head not signed: older registry)" },
+                        if mac_key.is_some() { " (authenticated with the key)" } else { "" },
+                        cp.as_ref()
+                            .map(|c| format!(
+                                " (consistent with the checkpoint of {} at entry {})",
+                                registry::format_utc(c.body.made_at),
+                                c.body.entries
+                            ))
+                            .unwrap_or_default()
                     );
                 } else {
                     for p in &rep.problems {
@@ -285,7 +333,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
+            RegistryAction::Checkpoint { registry, key, out } => {
+                let unit = load_key(&key)?;
+                let mac_key = unit.subkey(Purpose::Registry);
+                check_output(&[&registry, &key], &out, false).map_err(|e| anyhow!("{e}"))?;
+                Registry::open_read_only(&registry)?.check_key(&unit.fingerprint())?;
+                // Writable only so that a registry older than authority keys gets one.
+                let reg = Registry::open_or_create(&registry, &unit.fingerprint(), &mac_key, None)?;
+                let cp = reg.checkpoint(&mac_key)?;
+                write_new_file(&[&registry, &key], &out, cp.to_file_text().as_bytes())
+                    .map_err(|e| anyhow!("{e}"))?;
+                println!(
+                    "wrote checkpoint {} ({} audit entries, head {}); keep it away from the registry: \
+                     `registry verify --checkpoint {}` proves nothing up to it was removed",
+                    out.display(),
+                    cp.body.entries,
+                    cp.body.head,
+                    out.display()
+                );
+            }
         },
+        Command::Officer { action } => officer::officer(action)?,
+        Command::Request(args) => officer::request(args)?,
+        Command::Approve(args) => officer::approve(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -424,20 +494,23 @@ struct EmbedArgs {
     /// The export registry (created if missing).
     #[arg(long)]
     registry: PathBuf,
-    /// Who receives this copy.
+    /// Who receives this copy (with `--approval`: taken from it, and must match if given).
+    #[arg(long, required_unless_present = "approval")]
+    recipient: Option<String>,
+    /// The exporting officer (declared approvals, registries without a roster).
+    #[arg(long, required_unless_present = "approval", conflicts_with = "approval")]
+    officer: Option<String>,
+    /// The senior officer who approved the export (declared, registries without a roster).
+    #[arg(long = "approved-by", required_unless_present = "approval", conflicts_with = "approval")]
+    approved_by: Option<String>,
+    /// A signed approval from `tracemark approve` (required once the registry has a roster).
     #[arg(long)]
-    recipient: String,
-    /// The exporting officer.
-    #[arg(long)]
-    officer: String,
-    /// The senior officer who approved the export.
-    #[arg(long = "approved-by")]
-    approved_by: String,
-    /// Case reference.
-    #[arg(long = "case")]
+    approval: Option<PathBuf>,
+    /// Case reference (with `--approval`: taken from it).
+    #[arg(long = "case", conflicts_with = "approval")]
     case_ref: Option<String>,
-    /// Why the clip leaves the building.
-    #[arg(long)]
+    /// Why the clip leaves the building (with `--approval`: taken from it).
+    #[arg(long, conflicts_with = "approval")]
     reason: Option<String>,
     /// x264 constant rate factor (0 = lossless).
     #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=51))]
@@ -460,9 +533,12 @@ struct EmbedArgs {
 /// Declared four eyes: visible names, and an approving officer who is not the exporting
 /// officer once names are normalised (case, white space, look-alike characters).
 fn check_declared_approval(a: &EmbedArgs) -> Result<()> {
-    for (name, v) in
-        [("--recipient", &a.recipient), ("--officer", &a.officer), ("--approved-by", &a.approved_by)]
-    {
+    let (recipient, officer, approved_by) = (
+        a.recipient.as_deref().unwrap_or_default(),
+        a.officer.as_deref().unwrap_or_default(),
+        a.approved_by.as_deref().unwrap_or_default(),
+    );
+    for (name, v) in [("--recipient", recipient), ("--officer", officer), ("--approved-by", approved_by)] {
         match names::normalise(v) {
             Ok(_) => {}
             Err(names::NameError::Empty) => bail!(
@@ -471,15 +547,64 @@ fn check_declared_approval(a: &EmbedArgs) -> Result<()> {
             Err(e) => bail!("{name} {e}"),
         }
     }
-    if names::same_name(&a.officer, &a.approved_by) {
+    if names::same_name(officer, approved_by) {
         bail!(
             "--approved-by must name a different officer than --officer ({:?} and {:?} are the same name): an export \
              cannot approve itself",
-            names::escape_for_terminal(&a.officer),
-            names::escape_for_terminal(&a.approved_by)
+            names::escape_for_terminal(officer),
+            names::escape_for_terminal(approved_by)
         );
     }
     Ok(())
+}
+
+/// Who asked, who approved, for whom: from the signed approval or the declared names.
+struct Approved {
+    recipient: String,
+    officer: String,
+    approved_by: String,
+    case_ref: Option<String>,
+    reason: Option<String>,
+    /// The signed approval (compact JSON) when there is one.
+    signed: Option<String>,
+}
+
+/// Checks the export's approval before any work: a signed approval against the roster,
+/// the input and this registry; declared names only while the registry has no roster.
+fn check_approval(a: &EmbedArgs, reg: &Registry, source_sha256: &str) -> Result<Approved> {
+    let Some(path) = &a.approval else {
+        if reg.roster()?.exists() {
+            return Err(registry::Error::SignedApprovalRequired.into());
+        }
+        return Ok(Approved {
+            recipient: a.recipient.as_deref().unwrap_or_default().trim().to_string(),
+            officer: a.officer.as_deref().unwrap_or_default().trim().to_string(),
+            approved_by: a.approved_by.as_deref().unwrap_or_default().trim().to_string(),
+            case_ref: a.case_ref.clone(),
+            reason: a.reason.clone(),
+            signed: None,
+        });
+    };
+    let text = officer::read_small_file(path, "approval")?;
+    let ap = reg.check_approval(&text, source_sha256).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let rq = &ap.request.body;
+    if let Some(r) = &a.recipient {
+        if r.trim() != rq.recipient {
+            bail!(
+                "--recipient {:?} is not the approved recipient {:?}; the approval allows only that recipient",
+                names::escape_for_terminal(r),
+                names::escape_for_terminal(&rq.recipient)
+            );
+        }
+    }
+    Ok(Approved {
+        recipient: rq.recipient.clone(),
+        officer: rq.requester_name.clone(),
+        approved_by: ap.body.approver_name.clone(),
+        case_ref: rq.case_ref.clone(),
+        reason: rq.reason.clone(),
+        signed: Some(ap.to_compact()),
+    })
 }
 
 /// Output paths refused before any work: a name ending in a slash (a directory, not a
@@ -536,7 +661,9 @@ fn settle_export(
 }
 
 fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
-    check_declared_approval(&a)?;
+    if a.approval.is_none() {
+        check_declared_approval(&a)?;
+    }
     refuse_unsafe_output(&a.output)?;
     let key = load_key(&a.key)?;
     let config = TranscodeConfig::new().with_crf(a.crf).with_preset(a.preset.as_str());
@@ -558,6 +685,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
     embed_config.validate().map_err(|e| anyhow!("--target-psnr: {e}"))?;
     let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config).map_err(|e| anyhow!("{e}"))?);
     let source_sha256 = sha256_file(&a.input)?;
+    let approved = check_approval(&a, &reg, &source_sha256)?;
 
     let bar = progress_bar(show_progress, "marking");
     let mut cb = |p: Progress| {
@@ -575,11 +703,11 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
             let output_sha256 = sha256_file(tmp).map_err(fail)?;
             let rec = ExportRecord {
                 mark_id: mark_id.to_string(),
-                recipient: a.recipient.trim().to_string(),
-                officer: a.officer.trim().to_string(),
-                approved_by: a.approved_by.trim().to_string(),
-                case_ref: a.case_ref.clone(),
-                reason: a.reason.clone(),
+                recipient: approved.recipient.clone(),
+                officer: approved.officer.clone(),
+                approved_by: approved.approved_by.clone(),
+                case_ref: approved.case_ref.clone(),
+                reason: approved.reason.clone(),
                 source_path: std::fs::canonicalize(&a.input).unwrap_or(a.input.clone()).display().to_string(),
                 source_sha256: source_sha256.clone(),
                 output_path: std::path::absolute(&a.output).unwrap_or(a.output.clone()).display().to_string(),
@@ -595,7 +723,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 .to_string(),
                 key_fingerprint: key.fingerprint(),
                 created_at: registry::now_utc(),
-                approval: None,
+                approval: approved.signed.clone(),
             };
             if interrupted.load(Ordering::SeqCst) {
                 return Err(tracemark_core::Error::Cancelled);
@@ -621,7 +749,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 println!("{}", rec.to_json());
             } else {
                 println!(
-                    "exported {} -> {} for {} (mark {}, {} frames {}x{}; approved by {}; recorded in {})",
+                    "exported {} -> {} for {} (mark {}, {} frames {}x{}; approved by {}, {}; recorded in {})",
                     a.input.display(),
                     a.output.display(),
                     rec.recipient,
@@ -630,6 +758,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                     rep.output_size.0,
                     rep.output_size.1,
                     rec.approved_by,
+                    rec.approval_kind(),
                     reg.path().display()
                 );
                 if rep.input.height % 2 == 1 || rep.input.width % 2 == 1 {

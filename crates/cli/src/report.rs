@@ -130,6 +130,61 @@ fn strength_chart(r: &TraceResult) -> Result<String> {
 }
 
 /// Renders the report.
+/// Rows for the four-eyes chain of a signed approval: who requested, who approved, when,
+/// and whether the signatures hold (checked again here, from the stored documents).
+fn approval_chain(
+    h: &mut String,
+    e: &tracemark_registry::ExportRecord,
+    registry_verified: bool,
+) -> Result<()> {
+    use tracemark_registry::{format_utc, officer::short_id, Approval};
+    let Some(text) = &e.approval else {
+        return Ok(());
+    };
+    let Ok(a) = Approval::from_file_text(text) else {
+        write!(
+            h,
+            "<tr><th>signatures</th><td><b>DO NOT VERIFY</b>: the stored approval was altered</td></tr>"
+        )?;
+        return Ok(());
+    };
+    let (rq, ap) = (&a.request.body, &a.body);
+    let rows = [
+        (
+            "requested by",
+            format!(
+                "{} (officer key {}) at {}",
+                rq.requester_name,
+                short_id(&rq.requester_id),
+                format_utc(rq.requested_at)
+            ),
+        ),
+        (
+            "approved by (signed)",
+            format!(
+                "{} (officer key {}) at {}",
+                ap.approver_name,
+                short_id(&ap.approver_id),
+                format_utc(ap.approved_at)
+            ),
+        ),
+        ("request valid until", format_utc(rq.expires_at)),
+        ("request SHA-256", ap.request_sha256.clone()),
+        (
+            "signatures",
+            if registry_verified {
+                "signatures verified (Ed25519 request and approval; roles on the roster checked by the registry's verification)".to_string()
+            } else {
+                "signatures verified (Ed25519), but the roster could not be checked: the registry failed verification".to_string()
+            },
+        ),
+    ];
+    for (k, v) in rows {
+        write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(&v))?;
+    }
+    Ok(())
+}
+
 pub fn render(inp: &ReportInput<'_>) -> Result<String> {
     let r = inp.result;
     let d = &r.decision;
@@ -199,6 +254,7 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
             ] {
                 write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(v))?;
             }
+            approval_chain(&mut h, e, inp.registry_verified)?;
         }
         h.push_str("</table>");
     }

@@ -450,8 +450,11 @@ fn verify_catches_edits_deletions_and_insertions_behind_the_tools_back() {
         c.execute_batch(sql).unwrap();
         drop(c);
         if with_key {
-            // The bookkeeping was rewritten too: only the key can tell.
-            ok(&["registry", "verify", "--registry", "tampered.db"], s.p());
+            // The bookkeeping was rewritten too: the key tells, and so does the head's
+            // signature by the registry's authority key, with public keys only.
+            fails(&["registry", "verify", "--registry", "tampered.db"], s.p(), "failed verification");
+            let o = run(&["registry", "verify", "--registry", "tampered.db"], s.p());
+            assert!(String::from_utf8_lossy(&o.stdout).contains("not signed by the registry's authority key"));
             fails(
                 &["registry", "verify", "--registry", "tampered.db", "--key", "unit.key"],
                 s.p(),
