@@ -14,6 +14,13 @@
 //! - An export is recorded as *pending* before its output file takes its final name and
 //!   flipped to *delivered* (or *failed*) afterwards, each an audit entry: a crash can leave
 //!   a pending row, never a delivered row without its file.
+//! - Four eyes, provably: officers hold Ed25519 keys ([`OfficerKey`], sealed with a
+//!   passphrase); the registry's [`Roster`] of who may request and approve is replayed from
+//!   the chain; an export may carry a signed [`Request`] and [`Approval`], which
+//!   [`Registry::record_pending`] checks (and insists on once a roster exists).
+//! - The registry's authority key, derived from the unit key, signs the head and
+//!   [`Checkpoint`]s; its public half is in the chain, so [`Registry::verify`] with no secret
+//!   authenticates everything, and [`Registry::verify_checkpoint`] catches rollbacks.
 
 pub mod approval;
 pub mod names;

@@ -252,3 +252,38 @@ fn concurrent_creators_all_open_the_same_registry() {
         assert!(reg.verify(Some(&KEY)).unwrap().is_ok());
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, .. Default::default() })]
+
+    /// Whatever text a caller puts in a row's names, case and reason, the registry either
+    /// refuses it with a typed error or stores it so that it verifies and reads back as
+    /// written (never a half-written row, never a panic).
+    #[test]
+    fn any_row_text_is_refused_or_round_trips(
+        recipient in "\\PC{0,40}", officer in "\\PC{0,20}", case_ref in proptest::option::of("\\PC{0,30}"),
+        reason in proptest::option::of(".{0,60}"), frames in 0i64..1_000_000, dur in proptest::option::of(0.0f64..1e5),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reg.db");
+        let mut reg = Registry::open_or_create(&path, FP, &KEY, None).unwrap();
+        let mut r = record("00000000000000a1", &recipient);
+        r.officer = officer;
+        r.case_ref = case_ref;
+        r.reason = reason;
+        r.frames = frames;
+        r.duration_s = dur;
+        match reg.record_pending(&r, &KEY) {
+            Ok(()) => {
+                let rep = reg.verify(Some(&KEY)).unwrap();
+                proptest::prop_assert!(rep.is_ok(), "{:?}", rep.problems);
+                proptest::prop_assert_eq!(&rep.exports[0].record, &r);
+            }
+            Err(Error::InvalidField { .. } | Error::SelfApproval { .. }) => {
+                proptest::prop_assert_eq!(reg.exports().unwrap().len(), 0);
+                proptest::prop_assert!(reg.verify(Some(&KEY)).unwrap().is_ok());
+            }
+            Err(e) => proptest::prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+}
