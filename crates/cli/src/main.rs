@@ -787,11 +787,19 @@ fn registration_json(r: &Registration) -> serde_json::Value {
                 "homography": homography.0, "mirrored": mirrored, "rotation_deg": rotation_deg,
             })
         }
-        Registration::Blind { scale, analysis_factor, shift, hypotheses, mirrored } => json!({
+        Registration::Blind {
+            scale,
+            analysis_factor,
+            shift,
+            hypotheses,
+            mirrored,
+            rotation_deg,
+            stretch,
+        } => json!({
             "kind": "blind", "scale": scale, "analysis_factor": analysis_factor,
             "tile_shift": [shift.0, shift.1], "hypotheses": hypotheses,
             "mirrored": mirrored.0 || mirrored.1, "mirrored_horizontally": mirrored.0,
-            "mirrored_vertically": mirrored.1,
+            "mirrored_vertically": mirrored.1, "rotation_deg": rotation_deg, "stretch": stretch,
         }),
     }
 }

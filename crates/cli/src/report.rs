@@ -302,10 +302,11 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
             time_offset_s,
             ncc
         )?,
-        Registration::Blind { scale, analysis_factor, shift, hypotheses, mirrored } => write!(
+        Registration::Blind { scale, analysis_factor, shift, hypotheses, mirrored, rotation_deg, stretch } => write!(
             h,
             "<tr><th>mark scale</th><td>{:.4} (analysis grid {:.3} leaked px per px)</td></tr>\
              <tr><th>mirrored</th><td>{}</td></tr>\
+             <tr><th>rotation, stretch</th><td>{:.2}&deg;, {:.3}</td></tr>\
              <tr><th>tile shift</th><td>({:.2}, {:.2})</td></tr><tr><th>geometries searched</th><td>{:.0}</td></tr>",
             scale,
             analysis_factor,
@@ -315,6 +316,8 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
                 (false, true) => "upside down",
                 (true, true) => "both (a half turn)",
             },
+            rotation_deg,
+            stretch,
             shift.0,
             shift.1,
             hypotheses

@@ -212,6 +212,43 @@ fn known_homographies_are_recovered_to_half_a_pixel_and_the_export_named() {
     }
 }
 
+/// Blind copies through real ffmpeg rotations and aspect stretches: the mark's own lattice
+/// gives the shape (found without the key), the pilot search the rest.
+#[test]
+fn blind_trace_finds_rotations_and_stretches_from_the_marks_lattice() {
+    let key = MasterKey::from_seed(2033);
+    let dir = tempfile::tempdir().unwrap();
+    let source = testdata("vtest-4s.avi");
+    let marked = export(&key, &source, dir.path());
+    for (vf, rot, stretch) in [
+        ("rotate=4*PI/180:ow=iw:oh=ih", 4.0, 1.0),
+        ("rotate=-3*PI/180:ow=iw:oh=ih,hflip", 3.0, 1.0),
+        ("scale=trunc(iw*1.25/2)*2:ih,crop=768:576", 0.0, 1.25),
+        ("scale=768:trunc(576*1.2/2)*2,crop=768:576", 0.0, 1.0 / 1.2),
+    ] {
+        let leak = dir.path().join("leak.mp4");
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&marked)
+            .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
+            .arg(&leak)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let r = trace_blind(&key, &leak, &candidates(), &TraceConfig::new(), &mut no_progress).unwrap();
+        let Registration::Blind { rotation_deg, stretch: found, .. } = r.registration else {
+            panic!("blind")
+        };
+        eprintln!("{vf}: rotation {rotation_deg:.3}, stretch {found:.4}, {:?}", r.decision.suspects.first());
+        // ffmpeg's angle turns the picture clockwise on screen (y down); a mirror flips its sign.
+        assert!((rotation_deg.abs() - rot).abs() < 0.3, "{vf}: rotation {rotation_deg}");
+        assert!((found - stretch).abs() < 0.01, "{vf}: stretch {found}");
+        assert_eq!(r.decision.verdict, Verdict::Identified, "{vf}: {:?}", r.decision);
+        assert_eq!(r.decision.suspects[0].mark_id, MARK, "{vf}");
+        assert_eq!(r.decision.suspects.len(), 1, "{vf}");
+    }
+}
+
 #[test]
 fn blind_trace_reads_mirrored_and_flipped_copies() {
     let key = MasterKey::from_seed(2032);

@@ -61,23 +61,173 @@ fn whiten(img: &Gray) -> Gray {
     out
 }
 
-/// Resamples `img` so one output pixel is `scale` input pixels, starting `offset` output
-/// pixels in (sub-pixel shifts).
-fn resample(img: &Gray, scale: f64, offset: (f64, f64)) -> Gray {
+/// A linear map from the mark's working grid to analysis pixels: `scale` times a shape
+/// (rotation and aspect stretch, unit determinant) found from the mark's own lattice.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Linear([[f64; 2]; 2]);
+
+impl Linear {
+    const IDENTITY: Linear = Linear([[1.0, 0.0], [0.0, 1.0]]);
+
+    fn scaled(self, s: f64) -> Linear {
+        let m = self.0;
+        Linear([[m[0][0] * s, m[0][1] * s], [m[1][0] * s, m[1][1] * s]])
+    }
+
+    /// The same map seen in a picture flipped by `mirror` (conjugation by the flip).
+    fn mirrored(self, mirror: Mirror) -> Linear {
+        let (fx, fy) = (if mirror.horizontal { -1.0 } else { 1.0 }, if mirror.vertical { -1.0 } else { 1.0 });
+        let m = self.0;
+        Linear([[m[0][0], m[0][1] * fx * fy], [m[1][0] * fx * fy, m[1][1]]])
+    }
+
+    /// Rotation in degrees (of the mark's x axis) and horizontal-to-vertical stretch.
+    fn rotation_and_stretch(self) -> (f64, f64) {
+        let m = self.0;
+        let (cx, cy) =
+            ((m[0][0].powi(2) + m[1][0].powi(2)).sqrt(), (m[0][1].powi(2) + m[1][1].powi(2)).sqrt());
+        (m[1][0].atan2(m[0][0]).to_degrees(), cx / cy.max(1e-12))
+    }
+}
+
+/// Resamples `img` onto the mark's grid: output pixel (x, y) (plus `offset`) is the input at
+/// `map` (x, y); the output is as large as the input at `map`'s scale.
+fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
+    let m = map.0;
+    let scale = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt().max(1e-9);
     let (w, h) = (
         ((img.w as f64 / scale) - offset.0).floor().max(1.0) as usize,
         ((img.h as f64 / scale) - offset.1).floor().max(1.0) as usize,
     );
+    // Centre the grid on the picture so a rotation loses the corners evenly (the centre
+    // must not depend on `offset`: shifts are measured against it).
+    let (cx, cy) = (img.w as f64 / scale / 2.0, img.h as f64 / scale / 2.0);
+    let (icx, icy) = (img.w as f64 / 2.0, img.h as f64 / 2.0);
     let mut out = Gray::new(w, h);
     for y in 0..h {
         for x in 0..w {
-            let u = ((x as f64 + offset.0 + 0.5) * scale - 0.5) as f32;
-            let v = ((y as f64 + offset.1 + 0.5) * scale - 0.5) as f32;
+            let (px, py) = (x as f64 + offset.0 + 0.5 - cx, y as f64 + offset.1 + 0.5 - cy);
+            let u = (m[0][0] * px + m[0][1] * py + icx - 0.5) as f32;
+            let v = (m[1][0] * px + m[1][1] * py + icy - 0.5) as f32;
             out.data[y * w + x] = img.sample(u, v).unwrap_or(0.0);
         }
     }
     out
 }
+
+/// Shapes (rotation, stretch) the mark's periodic lattice suggests, found without the key:
+/// the autocorrelation of the accumulated residual peaks at the tile's lattice vectors.
+/// Returns at most a few shapes that are not the identity (the plain search covers that).
+fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
+    use rustfft::num_complex::Complex32;
+    let (w, h) = (acc.w, acc.h);
+    if w < TILE_PX / 2 || h < TILE_PX / 2 {
+        return Vec::new();
+    }
+    let mean = acc.data.iter().sum::<f32>() / acc.data.len() as f32;
+    let mut buf: Vec<Complex32> = acc.data.iter().map(|&v| Complex32::new(v - mean, 0.0)).collect();
+    let mut fft = Fft2d::new(w, h);
+    fft.forward(&mut buf);
+    for c in buf.iter_mut() {
+        *c = Complex32::new(c.norm_sqr().sqrt(), 0.0);
+    }
+    fft.inverse(&mut buf);
+    let at = |dx: i64, dy: i64| -> f64 {
+        f64::from(buf[(dy.rem_euclid(h as i64) as usize) * w + dx.rem_euclid(w as i64) as usize].re)
+    };
+    // Lattice periods the scale search covers: a tile of 128 mark pixels at 0.5-2 mark
+    // pixels per analysis pixel; directions within 12 degrees of the axes.
+    let (rmin, rmax) = (TILE_PX as f64 / 2.05, TILE_PX as f64 * 2.05);
+    let lim = (rmax.ceil() as i64).min(w as i64 / 2 - 2).min(h as i64 / 2 - 2).max(1);
+    let mut ring = Vec::new();
+    for dy in -lim..=lim {
+        for dx in -lim..=lim {
+            let r = ((dx * dx + dy * dy) as f64).sqrt();
+            if r >= rmin && r <= rmax {
+                ring.push((at(dx, dy), dx, dy));
+            }
+        }
+    }
+    if ring.len() < 100 {
+        return Vec::new();
+    }
+    let n = ring.len() as f64;
+    let mu = ring.iter().map(|v| v.0).sum::<f64>() / n;
+    let sd = (ring.iter().map(|v| (v.0 - mu).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
+    let para = |l: f64, c: f64, r: f64| {
+        let d = l - 2.0 * c + r;
+        if d.abs() > 1e-12 {
+            (0.5 * (l - r) / d).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        }
+    };
+    // Local maxima well above the ring's spread, refined to sub-pixel, by axis.
+    let mut along_x = Vec::new();
+    let mut along_y = Vec::new();
+    for &(v, dx, dy) in &ring {
+        let z = (v - mu) / sd;
+        if z < LATTICE_MIN_Z
+            || !(-2..=2).all(|ey| (-2..=2).all(|ex| (ex == 0 && ey == 0) || at(dx + ex, dy + ey) <= v))
+        {
+            continue;
+        }
+        let fx = dx as f64 + para(at(dx - 1, dy), v, at(dx + 1, dy));
+        let fy = dy as f64 + para(at(dx, dy - 1), v, at(dx, dy + 1));
+        let angle = fy.atan2(fx).to_degrees();
+        if dx > 0 && angle.abs() <= 12.0 {
+            along_x.push((z, fx, fy));
+        } else if dy > 0 && (angle - 90.0).abs() <= 12.0 {
+            along_y.push((z, fx, fy));
+        }
+    }
+    let best = |v: &mut Vec<(f64, f64, f64)>| {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+        v.truncate(2);
+    };
+    best(&mut along_x);
+    best(&mut along_y);
+    let mut shapes: Vec<Linear> = Vec::new();
+    let mut keep = |shape: Linear| {
+        let (rot, stretch) = shape.rotation_and_stretch();
+        // The plain search (square pixels, no rotation) covers what is close to it.
+        let plain = rot.abs() < 0.3 && (stretch - 1.0).abs() < 0.015;
+        let seen = shapes.iter().any(|o| {
+            let (r2, s2) = o.rotation_and_stretch();
+            (r2 - rot).abs() < 0.1 && (s2 - stretch).abs() < 0.003
+        });
+        if !plain && !seen && (0.7..=1.43).contains(&stretch) && shapes.len() < MAX_LATTICE_SHAPES {
+            shapes.push(shape);
+        }
+    };
+    // Both axes found: rotation and stretch. One axis only: a rotation of square pixels.
+    let rotation = |deg: f64| {
+        let (s, c) = deg.to_radians().sin_cos();
+        Linear([[c, -s], [s, c]])
+    };
+    for &(_, px, py) in &along_x {
+        for &(_, qx, qy) in &along_y {
+            let det = px * qy - qx * py;
+            if det <= 0.0 {
+                continue;
+            }
+            let k = det.sqrt();
+            keep(Linear([[px / k, qx / k], [py / k, qy / k]]));
+        }
+    }
+    for &(_, px, py) in along_x.iter().take(1) {
+        keep(rotation(py.atan2(px).to_degrees()));
+    }
+    for &(_, qx, qy) in along_y.iter().take(1) {
+        keep(rotation((-qx).atan2(qy).to_degrees()));
+    }
+    shapes
+}
+
+/// A lattice peak must stand this far above the autocorrelation's spread to be tried.
+const LATTICE_MIN_Z: f64 = 4.5;
+/// At most this many lattice shapes are searched (each counted in the hypotheses).
+const MAX_LATTICE_SHAPES: usize = 4;
 
 fn fold(img: &Gray) -> Vec<f32> {
     let mut f = vec![0f32; TILE_PX * TILE_PX];
@@ -205,10 +355,10 @@ impl PilotSearch {
         }
     }
 
-    /// Best pilot peak of `acc` resampled at `scale` over the mirrors: its z, and the
+    /// Best pilot peak of `acc` resampled by `map` over the mirrors: its z, and the
     /// mirror. `None` when the image is too small for a tile.
-    fn best_mirror(&mut self, acc: &Gray, scale: f64) -> Option<(f64, Mirror)> {
-        let img = resample(acc, scale, (0.0, 0.0));
+    fn best_mirror(&mut self, acc: &Gray, map: Linear) -> Option<(f64, Mirror)> {
+        let img = resample(acc, map, (0.0, 0.0));
         if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
             return None;
         }
@@ -226,10 +376,10 @@ impl PilotSearch {
         Some(best)
     }
 
-    /// Peak of the pilot correlation of `acc` resampled at `scale`: its z over the whole
+    /// Peak of the pilot correlation of `acc` resampled by `map`: its z over the whole
     /// surface and the integer shift; `None` when the image is too small for a tile.
-    fn peak(&mut self, acc: &Gray, scale: f64) -> Option<(f64, (usize, usize))> {
-        let img = resample(acc, scale, (0.0, 0.0));
+    fn peak(&mut self, acc: &Gray, map: Linear) -> Option<(f64, (usize, usize))> {
+        let img = resample(acc, map, (0.0, 0.0));
         if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
             return None;
         }
@@ -382,33 +532,42 @@ pub fn trace_accumulated(
     let detector = Detector::new(key);
     let (views, frames) = (&acc.views, acc.frames);
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
-    // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Every
+    // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Shapes
+    // (rotation, stretch) come from the mark's lattice, found without the key. Every
     // hypothesis is independent: search them in parallel, one FFT plan per thread.
-    let search = |hyps: Vec<(usize, f64)>| -> (f64, usize, f64, Mirror) {
+    type Hyp = (usize, usize, f64);
+    let shapes: Vec<Vec<Linear>> = views
+        .iter()
+        .map(|v| std::iter::once(Linear::IDENTITY).chain(lattice_shapes(&v.acc)).collect())
+        .collect();
+    let search = |hyps: Vec<Hyp>| -> (f64, Hyp, Mirror) {
         hyps.into_par_iter()
             .map_init(
                 || PilotSearch::new(key),
-                |sync, (vi, scale)| {
-                    sync.best_mirror(&views[vi].acc, scale)
-                        .map_or((f64::MIN, vi, scale, Mirror::ALL[0]), |(z, m)| (z, vi, scale, m))
+                |sync, (vi, si, scale)| {
+                    sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale))
+                        .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
                 },
             )
             .reduce(
-                || (f64::MIN, 0, 1.0, Mirror::ALL[0]),
-                |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2, b.3) < (a.1, a.2, a.3)) { b } else { a },
+                || (f64::MIN, (0, 0, 1.0), Mirror::ALL[0]),
+                |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2) < (a.1, a.2)) { b } else { a },
             )
     };
-    let coarse: Vec<(usize, f64)> =
-        (0..views.len()).flat_map(|vi| (-70..=70).map(move |k| (vi, 1.01f64.powi(k)))).collect();
+    let coarse: Vec<Hyp> = (0..views.len())
+        .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
+        .flat_map(|(vi, si)| (-70..=70).map(move |k| (vi, si, 1.01f64.powi(k))))
+        .collect();
     let mut hypotheses = coarse.len();
     let best = search(coarse);
-    let fine: Vec<(usize, f64)> =
-        (-10..=10).filter(|&k| k != 0).map(|k| (best.1, best.2 * (1.0 + 0.001 * f64::from(k)))).collect();
+    let (vi, si, s0) = best.1;
+    let fine: Vec<Hyp> =
+        (-10..=10).filter(|&k| k != 0).map(|k| (vi, si, s0 * (1.0 + 0.001 * f64::from(k)))).collect();
     hypotheses += fine.len();
     let best_fine = search(fine);
-    let (_, vi, scale, mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+    let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
-    // exact, and the shift is then found afresh.
+    // exact (the shape is seen flipped too), and the shift is then found afresh.
     let flipped;
     let view = if mirror.is_identity() {
         &views[vi]
@@ -420,20 +579,26 @@ pub fn trace_accumulated(
         };
         &flipped
     };
+    let map = shapes[vi][si].mirrored(mirror).scaled(scale);
     let mut sync = PilotSearch::new(key);
     let acc = &view.acc;
-    let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
+    let Some((_, peak)) = sync.peak(acc, map) else {
+        return Err(Error::Registration(format!(
+            "the {}x{} picture is too small for a blind trace",
+            acc.w, acc.h
+        )));
+    };
     let shift = sync.subpixel(peak);
     // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
     // corner.
     let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
-    let aligned = resample(acc, scale, start);
+    let aligned = resample(acc, map, start);
     let phase = (
         ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
         ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
     );
     // The mean picture, on the same grid, tells the mask where the mark is strong.
-    let mut host = resample(&view.host, scale, start);
+    let mut host = resample(&view.host, map, start);
     for v in host.data.iter_mut() {
         *v /= frames as f32;
     }
@@ -450,6 +615,7 @@ pub fn trace_accumulated(
     );
     sums.frames = frames;
     let hypotheses = (hypotheses * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64;
+    let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
     let decision = decide(&detector, &sums, candidates, hypotheses, config.threshold);
     Ok(TraceResult {
         decision,
@@ -461,6 +627,8 @@ pub fn trace_accumulated(
             shift,
             hypotheses,
             mirrored: (mirror.horizontal, mirror.vertical),
+            rotation_deg,
+            stretch,
         },
         threshold: config.threshold,
         per_second: Vec::new(),

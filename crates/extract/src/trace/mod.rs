@@ -108,6 +108,11 @@ pub enum Registration {
         /// The leaked picture is flipped (left-right, upside down) relative to the mark;
         /// both at once is a half turn.
         mirrored: (bool, bool),
+        /// Rotation of the mark's axes in the leaked picture (degrees, from the lattice
+        /// of the mark itself; 0 when the plain search won).
+        rotation_deg: f64,
+        /// Horizontal-to-vertical stretch of the mark in the leaked picture (1 = none).
+        stretch: f64,
     },
 }
 
