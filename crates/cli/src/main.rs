@@ -236,7 +236,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if !trust.verified {
                     println!("WARNING: {}", trust.statement);
                 }
-                print_trace(&result, report.as_deref());
+                print_trace(&result, report.as_deref(), &trust.exports);
                 if trust.verified {
                     println!("{}", trust.statement);
                 }
@@ -823,7 +823,7 @@ fn trace_json(r: &TraceResult) -> serde_json::Value {
     })
 }
 
-fn print_trace(r: &TraceResult, report: Option<&Path>) {
+fn print_trace(r: &TraceResult, report: Option<&Path>, exports: &[Export]) {
     let d = &r.decision;
     let mode = if r.informed { "informed" } else { "blind" };
     match d.verdict {
@@ -832,8 +832,21 @@ fn print_trace(r: &TraceResult, report: Option<&Path>) {
             for s in &d.suspects {
                 println!(
                     "  {}  mark {}  score {:.1}  false-positive probability {:.2e}",
-                    s.recipient, s.mark_id, s.score, s.false_positive_probability
+                    names::escape_for_terminal(&s.recipient),
+                    s.mark_id,
+                    s.score,
+                    s.false_positive_probability
                 );
+                if let Some(e) = exports.iter().find(|e| e.record.mark_id == s.mark_id.to_string()) {
+                    let e = &e.record;
+                    println!(
+                        "    exported {} by {}, approved by {} ({})",
+                        names::escape_for_terminal(&e.created_at),
+                        names::escape_for_terminal(&e.officer),
+                        names::escape_for_terminal(&e.approved_by),
+                        e.approval_kind()
+                    );
+                }
             }
         }
         tracemark_extract::Verdict::Inconclusive => println!(
@@ -842,7 +855,9 @@ fn print_trace(r: &TraceResult, report: Option<&Path>) {
             r.threshold,
             d.candidates.first().map_or(String::new(), |s| format!(
                 " (best: {} score {:.1}, p {:.2e})",
-                s.recipient, s.score, s.false_positive_probability
+                names::escape_for_terminal(&s.recipient),
+                s.score,
+                s.false_positive_probability
             ))
         ),
         tracemark_extract::Verdict::NoMark => {
