@@ -862,8 +862,14 @@ impl Registry {
     /// Checks, before any work, that a signed approval (the file's text) allows an export of
     /// the source with SHA-256 `source_sha256` now: signatures, roster roles at signing time
     /// and now, different keys, expiry, the source, this registry, not used before.
+    /// The registry must verify first: a roster edited behind the tool's back authorises
+    /// nobody.
     pub fn check_approval(&self, text: &str, source_sha256: &str) -> Result<Approval> {
-        let roster = replay_roster(&self.conn)?;
+        let rep = self.verify(None)?;
+        if let Some(first) = rep.problems.first() {
+            return Err(Error::Unverified { path: self.path.clone(), first: first.clone() });
+        }
+        let roster = rep.roster;
         if !roster.exists() {
             return Err(Error::NoRoster);
         }

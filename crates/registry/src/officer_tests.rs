@@ -279,6 +279,9 @@ fn a_forged_head_or_roster_entry_fails_verification_without_the_key() {
     assert_eq!(rep.problems.len(), 1, "{:?}", rep.problems);
     assert!(rep.problems[0].contains("not signed by the registry's authority"), "{:?}", rep.problems);
     assert!(rep.roster.get(&mallory.id()).is_some());
+    // ... and the forged roster entry authorises nothing.
+    let a = Approval::sign(&request(&u.smith, "Channel 4"), &mallory, now()).unwrap();
+    assert!(matches!(forged.check_approval(&a.to_file_text(), SOURCE), Err(Error::Unverified { .. })));
     // The untouched registry verifies.
     assert!(u.reg.verify(None).unwrap().is_ok());
 }
