@@ -278,6 +278,9 @@ impl PilotSearch {
     }
 }
 
+/// Smallest picture side a blind trace can read: half a tile at the largest scale searched.
+pub const BLIND_MIN_SIDE: usize = TILE_PX / 4;
+
 /// Blind trace: no source. Averages the whitened leaked frames, searches the scale, mirror
 /// and cyclic shift of the pilot, and reads the mark there.
 pub fn trace_blind(
@@ -297,6 +300,8 @@ pub fn trace_blind(
 pub struct BlindAccumulation {
     views: Vec<Analysis>,
     frames: u64,
+    /// Picture size of the leaked clip.
+    size: (usize, usize),
 }
 
 impl BlindAccumulation {
@@ -367,7 +372,7 @@ pub fn accumulate_blind(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    Ok(BlindAccumulation { views, frames })
+    Ok(BlindAccumulation { views, frames, size: (info.width, info.height) })
 }
 
 /// Searches an accumulation for the pilot of `key` and reads the mark where it is (the
@@ -380,7 +385,7 @@ pub fn trace_accumulated(
 ) -> Result<TraceResult> {
     config.validate()?;
     let detector = Detector::new(key);
-    let (views, frames) = (&acc.views, acc.frames);
+    let (views, frames, acc_size) = (&acc.views, acc.frames, acc.size);
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
     // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Every
     // hypothesis is independent: search them in parallel, one FFT plan per thread.
@@ -422,7 +427,13 @@ pub fn trace_accumulated(
     };
     let mut sync = PilotSearch::new(key);
     let acc = &view.acc;
-    let (_, peak) = sync.peak(acc, scale).expect("the best scale fits");
+    // Every scale of the search is too large for a picture this small to hold half a tile.
+    let (_, peak) = sync.peak(acc, scale).ok_or(Error::TooSmall {
+        width: acc_size.0,
+        height: acc_size.1,
+        min: BLIND_MIN_SIDE,
+        what: "trace without the original (blind); pass --original",
+    })?;
     let shift = sync.subpixel(peak);
     // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
     // corner.
