@@ -1,8 +1,11 @@
 //! The `tracemark` command-line tool: a thin layer over `tracemark-core` (embedding) and
 //! `tracemark-extract` (tracing), plus the export registry.
 
+mod inputs;
 mod officer;
 mod report;
+mod selfcheck;
+mod signals;
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
@@ -14,7 +17,6 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tracemark_core::key::Purpose;
 use tracemark_core::output::{check_output, write_new_file};
 use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
@@ -147,16 +149,21 @@ enum RegistryAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // FFmpeg's own messages would break the one-line error contract: errors come back as
+    // values and are reported by us. (Process-wide; the libraries leave it alone.)
+    tracemark_core::video::ffmpeg_next::util::log::set_level(
+        tracemark_core::video::ffmpeg_next::util::log::Level::Fatal,
+    );
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain of causes joined.
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("tracemark: error: {msg}");
-            if e.downcast_ref::<Interrupted>().is_some()
-                || matches!(e.downcast_ref::<registry::Error>(), Some(registry::Error::Interrupted))
-            {
-                ExitCode::from(130)
+            if let Some(i) = e.downcast_ref::<Interrupted>() {
+                ExitCode::from(signals::exit_code(i.signal))
+            } else if matches!(e.downcast_ref::<registry::Error>(), Some(registry::Error::Interrupted)) {
+                ExitCode::from(signals::exit_code(signals::received()))
             } else {
                 ExitCode::from(1)
             }
@@ -164,11 +171,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The export was stopped by a signal (the one received, if known).
 #[derive(Debug)]
-struct Interrupted;
+struct Interrupted {
+    signal: Option<i32>,
+}
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted: no output was written and nothing was registered")
+        write!(
+            f,
+            "interrupted by {}: no output was written and nothing was registered",
+            signals::name(self.signal)
+        )
     }
 }
 impl std::error::Error for Interrupted {}
@@ -479,10 +493,7 @@ fn show(bar: Option<&indicatif::ProgressBar>, p: Progress) {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    inputs::sha256_file(path)
 }
 
 /// Arguments of `tracemark embed`.
@@ -524,6 +535,10 @@ struct EmbedArgs {
     /// Print the export record as JSON.
     #[arg(long)]
     json: bool,
+    /// Export an input that ends well before its container says it should (a cut or
+    /// partly copied file); the registry row records it. Refused otherwise.
+    #[arg(long)]
+    allow_truncated: bool,
     /// The clip to export.
     input: PathBuf,
     /// The marked copy to write (must not exist).
@@ -627,15 +642,10 @@ fn refuse_unsafe_output(output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A flag set by Ctrl-C (installed before the registry lock is awaited, so the wait can be
-/// interrupted too).
+/// A flag set by SIGINT, SIGTERM or SIGHUP (installed before the registry lock is
+/// awaited, so the wait can be interrupted too).
 fn interrupt_flag() -> Arc<AtomicBool> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&interrupted);
-    // A second handler cannot be installed; then Ctrl-C simply kills the process, and
-    // the temporary output is the only thing left (never the final name).
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    interrupted
+    signals::install()
 }
 
 /// Settles a pending registry row after the transcode: delivered when the file took its
@@ -665,12 +675,14 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
         check_declared_approval(&a)?;
     }
     refuse_unsafe_output(&a.output)?;
+    inputs::video_output(&a.output)?;
     let key = load_key(&a.key)?;
-    let config = TranscodeConfig::new().with_crf(a.crf).with_preset(a.preset.as_str());
+    let config = TranscodeConfig::new()
+        .with_crf(a.crf)
+        .with_preset(a.preset.as_str())
+        .with_allow_truncated(a.allow_truncated);
     config.validate().map_err(|e| anyhow!("{e}"))?;
-    if !a.input.exists() {
-        bail!("input file not found: {}", a.input.display());
-    }
+    inputs::video_input(&a.input)?;
     let mac_key = key.subkey(Purpose::Registry);
     let interrupted = interrupt_flag();
     let mut reg =
@@ -713,14 +725,30 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 output_path: std::path::absolute(&a.output).unwrap_or(a.output.clone()).display().to_string(),
                 output_sha256,
                 frames: rep.frames as i64,
-                duration_s: rep.input.duration_seconds,
+                // A truncated input lasts as long as its frames, not as its header says.
+                duration_s: if rep.truncated {
+                    rep.input.frame_rate.map(|(n, d)| rep.frames as f64 * f64::from(d) / f64::from(n))
+                } else {
+                    rep.input.duration_seconds
+                },
                 width: rep.output_size.0 as i64,
                 height: rep.output_size.1 as i64,
-                embed_params: json!({
-                    "crf": a.crf, "preset": a.preset, "target_psnr_db": embed_config.target_psnr_db,
-                    "scheme": "tracemark/v1", "tool_version": env!("CARGO_PKG_VERSION"),
-                })
-                .to_string(),
+                embed_params: {
+                    let mut p = json!({
+                        "crf": a.crf, "preset": a.preset, "target_psnr_db": embed_config.target_psnr_db,
+                        "scheme": "tracemark/v1", "tool_version": env!("CARGO_PKG_VERSION"),
+                        "video_stream": rep.input.stream_index,
+                    });
+                    if rep.truncated {
+                        p["truncated_input"] = json!({
+                            "decoded_frames": rep.frames,
+                            "declared_frames": rep.input.frames_estimate,
+                            "declared_duration_s": rep.input.duration_seconds,
+                            "allowed_by": "--allow-truncated",
+                        });
+                    }
+                    p.to_string()
+                },
                 key_fingerprint: key.fingerprint(),
                 created_at: registry::now_utc(),
                 approval: approved.signed.clone(),
@@ -733,6 +761,10 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 e => fail(e.into()),
             })?;
             record = Some(rec);
+            // The row is pending: read the mark back before anything is delivered. A copy
+            // whose own mark cannot be found is refused (the row is then marked failed).
+            selfcheck::run(&key, &a.input, tmp, mark_id, &selfcheck::Settings::of(&a, rep))
+                .map_err(|e| tracemark_core::Error::Commit(format!("{e:#}")))?;
             Ok(())
         };
     let result = transcode_with_commit(&a.input, &a.output, &config, embedder, &mut cb, &mut commit);
@@ -740,8 +772,18 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
         b.finish_and_clear();
     }
     settle_export(&mut reg, record.as_ref(), result.as_ref().map(|_| ()), &mac_key)?;
+    if let Ok(rep) = &result {
+        report_input_notes(&a.input, rep);
+    }
     match result {
-        Err(tracemark_core::Error::Cancelled) => return Err(Interrupted.into()),
+        Err(tracemark_core::Error::Cancelled) => {
+            return Err(Interrupted { signal: signals::received() }.into())
+        }
+        Err(e @ tracemark_core::Error::Truncated { .. }) => {
+            return Err(anyhow!(
+                "{e}; pass --allow-truncated to export what there is (the registry row then records it)"
+            ))
+        }
         Err(e) => return Err(anyhow!("{e}")),
         Ok(rep) => {
             let rec = record.expect("the commit hook ran");
@@ -776,6 +818,35 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Notes on stderr about how the input was read: which video stream when there are
+/// several, an accepted truncated input, temporaries of killed runs cleaned up.
+fn report_input_notes(input: &Path, rep: &tracemark_core::video::TranscodeReport) {
+    let i = &rep.input;
+    if i.video_streams > 1 {
+        eprintln!(
+            "tracemark: note: {} has {} video streams; marked stream {} ({}x{}, the largest, as ffmpeg chooses); \
+             the other video streams are not in the copy",
+            input.display(),
+            i.video_streams,
+            i.stream_index,
+            i.width,
+            i.height
+        );
+    }
+    if rep.truncated {
+        eprintln!(
+            "tracemark: note: {} is truncated: {} frames decoded of {} declared; exported as allowed by \
+             --allow-truncated and recorded as such",
+            input.display(),
+            rep.frames,
+            i.frames_estimate.unwrap_or_default()
+        );
+    }
+    for p in &rep.stale_removed {
+        eprintln!("tracemark: note: removed {}, left by an earlier run that was killed", p.display());
+    }
 }
 
 fn registration_json(r: &Registration) -> serde_json::Value {

@@ -146,9 +146,11 @@ fn read_paths_never_write_and_work_on_a_read_only_registry() {
     std::fs::copy(p.join("unit.key"), ro.join("unit.key")).unwrap();
     std::fs::copy(p.join("A.mp4"), ro.join("A.mp4")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    for f in ["reg.db", "unit.key", "A.mp4"] {
+    for f in ["reg.db", "A.mp4"] {
         std::fs::set_permissions(ro.join(f), std::fs::Permissions::from_mode(0o444)).unwrap();
     }
+    // Read-only for its owner alone: a key others may read is refused.
+    std::fs::set_permissions(ro.join("unit.key"), std::fs::Permissions::from_mode(0o400)).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     let before = std::fs::read(ro.join("reg.db")).unwrap();
     let rows = list(&ro, "reg.db");

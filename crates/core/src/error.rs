@@ -21,6 +21,31 @@ pub enum Error {
         /// What FFmpeg said.
         reason: String,
     },
+    /// The path is not a regular file (a directory, FIFO, device or socket): only regular
+    /// files are opened, so a pipe or `/dev/zero` can neither hang a job nor fill memory.
+    #[error("{path} is not a regular file ({kind}); pass a file")]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead (`directory`, `FIFO`, `character device`, …).
+        kind: &'static str,
+    },
+    /// FFmpeg opens files by UTF-8 name only; this path is not valid UTF-8.
+    #[error("{0}: the file name is not valid UTF-8, which FFmpeg cannot open; rename the file")]
+    NonUtf8Path(PathBuf),
+    /// The input ends before its container says it should (a cut or partly copied file).
+    #[error(
+        "{path} ends early: {decoded} frames decoded, but the container declares {declared}; the file looks \
+         truncated (copy it again, or allow a truncated input explicitly)"
+    )]
+    Truncated {
+        /// The input path.
+        path: PathBuf,
+        /// Frames decoded.
+        decoded: u64,
+        /// Frames the container declares (from its frame count or duration).
+        declared: u64,
+    },
     /// The container holds no video stream.
     #[error("{0} has no video stream")]
     NoVideoStream(PathBuf),

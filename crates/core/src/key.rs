@@ -17,6 +17,24 @@ const MAGIC: &[u8; 8] = b"TRACEMRK";
 const VERSION: u16 = 1;
 const FILE_LEN: usize = 8 + 2 + 32 + 32;
 
+/// What is wrong with the bytes of a key file ([`MasterKey::decode`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file does not start with the key file magic.
+    #[error("not a tracemark key file (bad magic)")]
+    BadMagic,
+    /// A format version this build does not read.
+    #[error("key file version {0} is not supported (this build reads {VERSION})")]
+    UnsupportedVersion(u16),
+    /// The file has the wrong length.
+    #[error("key file is {0} bytes, expected {FILE_LEN} (truncated or corrupt)")]
+    WrongLength(usize),
+    /// The checksum does not match.
+    #[error("key file checksum mismatch (corrupt)")]
+    Checksum,
+}
+
 /// A 256-bit secret shared by everything one police unit marks. Debug output never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MasterKey {
@@ -112,39 +130,66 @@ impl MasterKey {
     }
 
     /// Parses the bytes of a key file.
-    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+    ///
+    /// # Errors
+    /// A [`KeyFileError`] saying what is wrong with the bytes.
+    ///
+    /// ```
+    /// use tracemark_core::key::{KeyFileError, MasterKey};
+    /// assert!(matches!(MasterKey::decode(b"not a key"), Err(KeyFileError::BadMagic)));
+    /// ```
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, KeyFileError> {
         if bytes.len() < 10 || &bytes[..8] != MAGIC {
-            return Err("not a tracemark key file (bad magic)".into());
+            return Err(KeyFileError::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if version != VERSION {
-            return Err(format!("key file version {version} is not supported (this build reads {VERSION})"));
+            return Err(KeyFileError::UnsupportedVersion(version));
         }
         if bytes.len() != FILE_LEN {
-            return Err(format!(
-                "key file is {} bytes, expected {FILE_LEN} (truncated or corrupt)",
-                bytes.len()
-            ));
+            return Err(KeyFileError::WrongLength(bytes.len()));
         }
         if Sha256::digest(&bytes[..42]).as_slice() != &bytes[42..] {
-            return Err("key file checksum mismatch (corrupt)".into());
+            return Err(KeyFileError::Checksum);
         }
         let mut secret = [0u8; 32];
         secret.copy_from_slice(&bytes[10..42]);
         Ok(Self { secret })
     }
 
-    /// Reads a key file.
+    /// Reads a key file. Only a regular file is read, and no more than a key file's size
+    /// (a FIFO or `/dev/zero` cannot hang or exhaust memory). The key is refused when group
+    /// or other users may read or write it (any of the mode bits `0o077`): chmod 600.
+    ///
+    /// # Errors
+    /// [`Error::BadKey`] naming the file and what is wrong: missing, not a regular file,
+    /// unreadable, corrupt, of another version, or open to other users.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::BadKey {
-            path: path.into(),
-            reason: if e.kind() == std::io::ErrorKind::NotFound {
-                "file not found".into()
-            } else {
-                e.to_string()
-            },
+        use std::io::Read;
+        let bad = |reason: String| Error::BadKey { path: path.into(), reason };
+        let f = crate::input::open_regular(path).map_err(|e| match e {
+            Error::InputNotFound(_) => bad("file not found".into()),
+            Error::NotARegularFile { kind, .. } => bad(format!("not a regular file ({kind})")),
+            Error::Io { source, .. } => bad(source.to_string()),
+            other => bad(other.to_string()),
         })?;
-        Self::decode(&bytes).map_err(|reason| Error::BadKey { path: path.into(), reason })
+        let mut bytes = Vec::with_capacity(FILE_LEN + 1);
+        f.take(FILE_LEN as u64 + 1).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
+        let key = Self::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(bad(format!(
+                    "mode {:04o} lets other users read or change the secret key; run `chmod 600 {}` (and check \
+                     who may have copied it)",
+                    mode & 0o7777,
+                    path.display()
+                )));
+            }
+        }
+        Ok(key)
     }
 
     /// Writes a new key file with mode 0600. Refuses to replace an existing file.
@@ -199,12 +244,38 @@ mod tests {
         let bytes = MasterKey::from_seed(1).encode();
         let mut flipped = bytes;
         flipped[20] ^= 1;
-        assert!(MasterKey::decode(&flipped).unwrap_err().contains("checksum"));
-        assert!(MasterKey::decode(&bytes[..50]).unwrap_err().contains("truncated"));
-        assert!(MasterKey::decode(b"hello world, not a key").unwrap_err().contains("magic"));
+        assert_eq!(MasterKey::decode(&flipped), Err(KeyFileError::Checksum));
+        assert!(MasterKey::decode(&flipped).unwrap_err().to_string().contains("checksum"));
+        assert_eq!(MasterKey::decode(&bytes[..50]), Err(KeyFileError::WrongLength(50)));
+        assert!(MasterKey::decode(&bytes[..50]).unwrap_err().to_string().contains("truncated"));
+        assert!(MasterKey::decode(b"hello world, not a key").unwrap_err().to_string().contains("magic"));
         let mut v2 = bytes;
         v2[8] = 2;
-        assert!(MasterKey::decode(&v2).unwrap_err().contains("version"));
+        assert_eq!(MasterKey::decode(&v2), Err(KeyFileError::UnsupportedVersion(2)));
+        assert!(MasterKey::decode(&v2).unwrap_err().to_string().contains("version"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_open_to_others_and_non_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        MasterKey::from_seed(3).save_new(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = MasterKey::load(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("0666"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(MasterKey::load(&p).unwrap(), MasterKey::from_seed(3));
+        let e = MasterKey::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file") && e.contains(&dir.path().display().to_string()), "{e}");
+        #[cfg(target_os = "linux")]
+        {
+            let t0 = std::time::Instant::now();
+            let e = MasterKey::load(Path::new("/dev/zero")).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+            assert!(t0.elapsed().as_secs() < 2);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod embed;
 pub mod error;
 pub mod frame;
 pub mod grid;
+pub mod input;
 pub mod key;
 pub mod layout;
 pub mod mask;

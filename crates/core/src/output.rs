@@ -37,6 +37,72 @@ pub fn check_output(inputs: &[&Path], output: &Path, overwrite: bool) -> Result<
     Ok(())
 }
 
+/// Longest file name (bytes) the common file systems take.
+pub const NAME_MAX: usize = 255;
+
+/// What every temporary name holds after the final name: `.partial-PID-NONCE.EXT`.
+const PARTIAL: &str = ".partial-";
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The process id in a temporary name made by [`TempOutput::next_to`], if `name` is one.
+fn temporary_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let at = rest.rfind(PARTIAL)?;
+    let tail = &rest[at + PARTIAL.len()..];
+    let (pid, tail) = tail.split_once('-')?;
+    let (nonce, ext) = tail.split_once('.')?;
+    let valid = !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && nonce.len() == 8
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        && !ext.is_empty();
+    valid.then(|| pid.parse().ok()).flatten()
+}
+
+/// Whether process `pid` is alive (Linux: `/proc`). Elsewhere every process counts as
+/// alive, so nothing is ever removed there.
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") && Path::new("/proc/self").exists() {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Removes, from the directory `output` is written to, the temporary files a killed run
+/// left (`.NAME.partial-PID-NONCE.EXT` as made by [`TempOutput::next_to`]) whose process is
+/// no longer alive. Only regular files of exactly that pattern are touched, never those of
+/// this process or of a live one. Returns the files removed.
+pub fn remove_stale_temporaries(output: &Path) -> Vec<PathBuf> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temporary_owner) else { continue };
+        if pid == me || process_alive(pid) {
+            continue;
+        }
+        // Not following links: only a plain file left by a writer is removed.
+        if entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 /// A temporary file next to a final output, removed when dropped unless
 /// [`TempOutput::commit`] ran.
 #[derive(Debug)]
@@ -46,16 +112,21 @@ pub struct TempOutput {
 }
 
 impl TempOutput {
-    /// A fresh temporary name beside `output` (hidden, with the process id and a nonce, and
-    /// `output`'s extension last: FFmpeg picks the container from it).
+    /// A fresh temporary name beside `output`: `.NAME.partial-PID-NONCE.EXT` (hidden, with
+    /// the process id and a nonce, and `output`'s extension last: FFmpeg picks the container
+    /// from it). A long NAME is shortened so the temporary name fits in [`NAME_MAX`] bytes
+    /// even when the final name itself only just fits.
     pub fn next_to(output: &Path) -> Self {
         let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let ext =
             output.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "mp4".into());
+        let ext = truncate_utf8(&ext, 32);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let tmp = format!(".{name}.partial-{}-{nanos:08x}.{ext}", std::process::id());
+        let suffix = format!("{PARTIAL}{}-{nanos:08x}.{ext}", std::process::id());
+        let stem = truncate_utf8(&name, NAME_MAX - 1 - suffix.len());
+        let tmp = format!(".{stem}{suffix}");
         Self { path: output.with_file_name(tmp), committed: false }
     }
 
@@ -134,6 +205,43 @@ mod tests {
         assert_eq!(std::fs::read(&input).unwrap(), b"input");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn long_names_get_temporaries_that_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [10usize, 200, 225, 240, 255]
+            .into_iter()
+            .flat_map(|len| ["a".repeat(len - 4) + ".mp4", "é".repeat((len - 4) / 2) + ".mp4"]);
+        for name in names {
+            let out = dir.path().join(&name);
+            let tmp = TempOutput::next_to(&out);
+            let tn = tmp.path().file_name().unwrap().to_str().unwrap().to_string();
+            assert!(tn.len() <= NAME_MAX, "{} bytes: {tn}", tn.len());
+            assert!(tn.ends_with(".mp4") && tn.starts_with('.') && tn.contains(".partial-"), "{tn}");
+            assert_eq!(temporary_owner(&tn), Some(std::process::id()));
+            std::fs::write(tmp.path(), b"x").unwrap();
+            std::fs::write(&out, b"x").unwrap();
+            drop(tmp);
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid far above pid_max: never alive.
+        let dead = dir.path().join(".clip.mp4.partial-4194399999-0badcafe.mp4");
+        let mine = TempOutput::next_to(&dir.path().join("clip.mp4"));
+        let alive = dir.path().join(".clip.mp4.partial-1-00000000.mp4");
+        let unrelated = dir.path().join(".clip.mp4.partial-notes.txt");
+        for p in [&dead, &alive, &unrelated, &mine.path().to_path_buf()] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let removed = remove_stale_temporaries(&dir.path().join("other.mp4"));
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists() && alive.exists() && unrelated.exists() && mine.path().exists());
     }
 
     #[test]

@@ -33,6 +33,21 @@ pub enum Error {
     /// The leaked clip could not be registered against the source.
     #[error("registration failed: {0}")]
     Registration(String),
+    /// The picture is too small for the reading asked for.
+    #[error("the clip is {width}x{height}: too small to {what} (each side needs at least {min} pixels)")]
+    TooSmall {
+        /// Picture width.
+        width: usize,
+        /// Picture height.
+        height: usize,
+        /// Smallest side that can be read.
+        min: usize,
+        /// What could not be done (`trace blind`, …).
+        what: &'static str,
+    },
+    /// The caller cancelled through the progress callback.
+    #[error("cancelled")]
+    Cancelled,
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -586,6 +586,14 @@ impl Registry {
             }
         }
         let fresh = match std::fs::metadata(path) {
+            // A FIFO or a device would hang SQLite (or feed it endless bytes): only regular
+            // files are registries.
+            Ok(m) if !m.is_file() => {
+                return Err(Error::NotARegistry {
+                    path: path.to_path_buf(),
+                    why: "not a regular file".into(),
+                })
+            }
             Ok(m) => m.len() == 0,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),

@@ -17,7 +17,9 @@ mod transcode;
 mod writer;
 
 pub use reader::{ReadEvent, VideoInfo, VideoReader};
-pub use transcode::{transcode, transcode_with_commit, CommitHook, TranscodeConfig, TranscodeReport};
+pub use transcode::{
+    is_truncated, transcode, transcode_with_commit, CommitHook, TranscodeConfig, TranscodeReport,
+};
 pub use writer::{output_size, EncodeSettings, OddDimensions, VideoWriter, X264_PRESETS};
 
 /// Re-export of the FFmpeg bindings this crate was built with.

@@ -29,6 +29,14 @@ pub struct VideoInfo {
     pub source_pixel_format: String,
     /// Whether luma uses the full 0–255 range (JPEG range) rather than 16–235.
     pub full_range: bool,
+    /// Index of the video stream read.
+    pub stream_index: usize,
+    /// Video streams in the file (cover pictures not counted); when more than one, the
+    /// largest picture is read, as the `ffmpeg` tool chooses.
+    pub video_streams: usize,
+    /// Interlaced: `Some(true)` top field first, `Some(false)` bottom field first; `None`
+    /// for progressive or unknown.
+    pub top_field_first: Option<bool>,
 }
 
 /// Reads the video stream of a file frame by frame, with timestamps. Non-video packets can
@@ -68,14 +76,15 @@ pub enum ReadEvent {
     End,
 }
 
-/// Makes sure FFmpeg's global state is initialised and its log stays quiet.
+/// Makes sure FFmpeg's global state is initialised. FFmpeg's log level is process-wide
+/// and belongs to the host program: this library never changes it (the `tracemark` tool
+/// quietens it itself).
 pub(crate) fn init_ffmpeg() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
         // Failing here only means FFmpeg will initialise lazily; every later call reports
         // its own error.
         let _ = ff::init();
-        ff::util::log::set_level(ff::util::log::Level::Fatal);
     });
 }
 
@@ -91,6 +100,33 @@ fn strip_jpeg_range(p: Pixel) -> (Pixel, bool) {
     }
 }
 
+/// The main video stream of a file, as the `ffmpeg` tool picks it: the largest picture
+/// (width x height), a stream marked default counting extra, cover pictures never; the
+/// first such stream on a tie. Returns its index and how many video streams there are.
+fn main_video_stream(ictx: &ff::format::context::Input) -> Option<(usize, usize)> {
+    let mut best: Option<(u64, usize)> = None;
+    let mut count = 0;
+    for st in ictx.streams() {
+        if st.parameters().medium() != ff::media::Type::Video
+            || st.disposition().contains(ff::format::stream::Disposition::ATTACHED_PIC)
+        {
+            continue;
+        }
+        count += 1;
+        // SAFETY: the codec parameters are valid while `ictx` lives; plain integer reads.
+        let (w, h) = unsafe {
+            let p = st.parameters().as_ptr();
+            (u64::try_from((*p).width).unwrap_or(0), u64::try_from((*p).height).unwrap_or(0))
+        };
+        let default = st.disposition().contains(ff::format::stream::Disposition::DEFAULT);
+        let score = w * h + 5_000_000 * u64::from(default);
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, st.index()));
+        }
+    }
+    best.map(|(_, i)| (i, count))
+}
+
 fn rational(r: ff::Rational) -> (i32, i32) {
     (r.numerator(), r.denominator())
 }
@@ -98,28 +134,26 @@ fn rational(r: ff::Rational) -> (i32, i32) {
 impl VideoReader {
     /// Opens `path` and its best video stream. Fails with a typed error for a missing,
     /// empty or non-video file.
+    ///
+    /// # Errors
+    /// [`Error::InputNotFound`], [`Error::NotARegularFile`] (directories, FIFOs, devices),
+    /// [`Error::EmptyInput`], [`Error::NonUtf8Path`], [`Error::NotAVideo`],
+    /// [`Error::NoVideoStream`].
     pub fn open(path: &Path) -> Result<Self> {
         init_ffmpeg();
-        let meta = std::fs::metadata(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::InputNotFound(path.to_path_buf())
-            } else {
-                Error::io(path, e)
-            }
-        })?;
-        if meta.is_dir() {
-            return Err(Error::NotAVideo { path: path.into(), reason: "it is a directory".into() });
-        }
+        let meta = crate::input::regular_file(path)?;
         if meta.len() == 0 {
             return Err(Error::EmptyInput(path.to_path_buf()));
         }
+        // ffmpeg-next unwraps the UTF-8 conversion of the path: check first.
+        if path.to_str().is_none() {
+            return Err(Error::NonUtf8Path(path.to_path_buf()));
+        }
         let ictx = ff::format::input(&path)
             .map_err(|e| Error::NotAVideo { path: path.into(), reason: e.to_string() })?;
-        let stream = ictx
-            .streams()
-            .best(ff::media::Type::Video)
-            .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
-        let stream_index = stream.index();
+        let (stream_index, video_streams) =
+            main_video_stream(&ictx).ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
+        let stream = ictx.stream(stream_index).ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
         // FFmpeg renders any text file as "ANSI art" video through its tty demuxer; a text
         // file is not footage.
         if ictx.format().name() == "tty" || stream.parameters().id() == ff::codec::Id::ANSI {
@@ -171,7 +205,20 @@ impl VideoReader {
             }
             _ => 1,
         };
+        // SAFETY: the stream's codec parameters are valid while `ictx` lives; a plain enum read.
+        let field_order = unsafe { (*stream.parameters().as_ptr()).field_order };
+        let top_field_first = {
+            use ff::ffi::AVFieldOrder as F;
+            match field_order {
+                F::AV_FIELD_TT | F::AV_FIELD_TB => Some(true),
+                F::AV_FIELD_BB | F::AV_FIELD_BT => Some(false),
+                _ => None,
+            }
+        };
         let info = VideoInfo {
+            stream_index,
+            video_streams,
+            top_field_first,
             width,
             height,
             time_base,

@@ -28,6 +28,16 @@ pub struct TranscodeConfig {
     pub frames_in_flight: usize,
     /// Replace an existing output file (never the input).
     pub overwrite: bool,
+    /// Accept an input that ends well before its container says it should (see
+    /// [`is_truncated`]); the report then says so. Refused by default.
+    pub allow_truncated: bool,
+}
+
+/// Whether `decoded` frames fall well short of the `declared` count of a container: more
+/// than a fifth and at least three frames missing. Containers' counts are estimates
+/// (from a duration and a frame rate, say) and may be off by a frame or two.
+pub fn is_truncated(decoded: u64, declared: Option<u64>) -> bool {
+    declared.is_some_and(|d| decoded.saturating_mul(5) < d.saturating_mul(4) && d - decoded >= 3)
 }
 
 impl TranscodeConfig {
@@ -58,6 +68,11 @@ impl TranscodeConfig {
     /// Allows replacing an existing output file.
     pub fn with_overwrite(mut self, overwrite: bool) -> Self {
         self.overwrite = overwrite;
+        self
+    }
+    /// Accepts (`true`) or refuses (`false`, the default) an input that ends early.
+    pub fn with_allow_truncated(mut self, allow: bool) -> Self {
+        self.allow_truncated = allow;
         self
     }
     /// Sets the odd-size policy.
@@ -108,6 +123,12 @@ pub struct TranscodeReport {
     pub skipped_streams: Vec<String>,
     /// Where the output was written.
     pub output: PathBuf,
+    /// The input ended well before its container said it would ([`is_truncated`]; only
+    /// with [`TranscodeConfig::allow_truncated`]): `frames` were encoded of
+    /// `input.frames_estimate`.
+    pub truncated: bool,
+    /// Temporary files of earlier, killed runs removed from the output's directory.
+    pub stale_removed: Vec<PathBuf>,
 }
 
 /// Refuses an output that is the input, sits in a missing directory, or exists already
@@ -155,6 +176,7 @@ pub fn transcode_with_commit<T: FrameTransform>(
     check_output(&[input], output, config.overwrite)?;
     let reader = VideoReader::open(input)?;
     let info = reader.info().clone();
+    let stale_removed = crate::output::remove_stale_temporaries(output);
     let tmp = TempOutput::next_to(output);
     let mut writer = VideoWriter::create(tmp.path(), &reader, &config.encode)?;
     let output_size = writer.size();
@@ -186,8 +208,23 @@ pub fn transcode_with_commit<T: FrameTransform>(
         result
     })?;
     writer.finish()?;
-    let report =
-        TranscodeReport { frames, input: info, output_size, skipped_streams, output: output.to_path_buf() };
+    let truncated = is_truncated(frames, info.frames_estimate);
+    if truncated && !config.allow_truncated {
+        return Err(Error::Truncated {
+            path: input.to_path_buf(),
+            decoded: frames,
+            declared: info.frames_estimate.unwrap_or_default(),
+        });
+    }
+    let report = TranscodeReport {
+        frames,
+        input: info,
+        output_size,
+        skipped_streams,
+        output: output.to_path_buf(),
+        truncated,
+        stale_removed,
+    };
     before_commit(tmp.path(), &report)?;
     tmp.commit(output, config.overwrite)?;
     Ok(report)

@@ -117,6 +117,10 @@ impl VideoWriter {
         settings.validate()?;
         let info = reader.info();
         let (width, height) = output_size(info.width, info.height, settings.odd_dimensions)?;
+        // ffmpeg-next unwraps the UTF-8 conversion of the path: check first.
+        if path.to_str().is_none() {
+            return Err(Error::NonUtf8Path(path.to_path_buf()));
+        }
         let mut octx = ff::format::output(&path).map_err(|e| enc_err("cannot create output", e))?;
         let codec = ff::encoder::find_by_name("libx264").ok_or(Error::EncoderUnavailable("libx264"))?;
         let global_header = octx.format().flags().contains(ff::format::Flags::GLOBAL_HEADER);
@@ -156,8 +160,19 @@ impl VideoWriter {
             (*e).color_trc = (*d).color_trc;
             (*e).chroma_sample_location = (*d).chroma_sample_location;
         }
+        let mut flags = ff::codec::Flags::empty();
         if global_header {
-            enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+            flags |= ff::codec::Flags::GLOBAL_HEADER;
+        }
+        // Interlaced sources stay interlaced (field order kept): libx264 codes fields.
+        if info.top_field_first.is_some() {
+            flags |= ff::codec::Flags::INTERLACED_DCT | ff::codec::Flags::INTERLACED_ME;
+        }
+        enc.set_flags(flags);
+        // SAFETY: the input stream's codec parameters and the encoder context are valid;
+        // a plain enum field is copied.
+        unsafe {
+            (*enc.as_mut_ptr()).field_order = (*ist.parameters().as_ptr()).field_order;
         }
         let mut opts = ff::Dictionary::new();
         opts.set("crf", &settings.crf.to_string());
@@ -221,8 +236,36 @@ impl VideoWriter {
             copy_map[ist.index()] = Some((ost.index(), ist.time_base()));
         }
         octx.set_metadata(input.metadata().to_owned());
-        octx.write_header().map_err(|e| enc_err("cannot write the container header", e))?;
-        let av_frame = ff::frame::Video::new(Pixel::YUV420P, width as u32, height as u32);
+        // MP4/MOV carry the colour range (and tags) in a `colr` box only when asked to; it
+        // is asked for whenever the source says anything, so `tv`/`pc` is not lost.
+        let mut header_opts = ff::Dictionary::new();
+        let is_mov = {
+            let format = octx.format();
+            format
+                .name()
+                .split(',')
+                .any(|n| matches!(n, "mp4" | "mov" | "ipod" | "3gp" | "3g2" | "ismv" | "f4v"))
+        };
+        // SAFETY: the encoder context is valid; plain enum reads.
+        let tagged = unsafe {
+            let e = encoder.as_ptr();
+            (*e).color_range != ff::ffi::AVColorRange::AVCOL_RANGE_UNSPECIFIED
+                || (*e).color_primaries != ff::ffi::AVColorPrimaries::AVCOL_PRI_UNSPECIFIED
+                || (*e).color_trc != ff::ffi::AVColorTransferCharacteristic::AVCOL_TRC_UNSPECIFIED
+                || (*e).colorspace != ff::ffi::AVColorSpace::AVCOL_SPC_UNSPECIFIED
+        };
+        if is_mov && tagged {
+            header_opts.set("movflags", "+write_colr");
+        }
+        octx.write_header_with(header_opts).map_err(|e| enc_err("cannot write the container header", e))?;
+        let mut av_frame = ff::frame::Video::new(Pixel::YUV420P, width as u32, height as u32);
+        if let Some(tff) = info.top_field_first {
+            // SAFETY: `av_frame` is a valid AVFrame we own; plain integer fields.
+            unsafe {
+                (*av_frame.as_mut_ptr()).interlaced_frame = 1;
+                (*av_frame.as_mut_ptr()).top_field_first = i32::from(tff);
+            }
+        }
         Ok(Self {
             octx,
             encoder,

@@ -428,6 +428,9 @@ impl PilotSearch {
     }
 }
 
+/// Smallest picture side a blind trace can read: half a tile at the largest scale searched.
+pub const BLIND_MIN_SIDE: usize = TILE_PX / 4;
+
 /// Blind trace: no source. Averages the whitened leaked frames, searches the scale, mirror
 /// and cyclic shift of the pilot, and reads the mark there.
 pub fn trace_blind(
@@ -447,6 +450,8 @@ pub fn trace_blind(
 pub struct BlindAccumulation {
     views: Vec<Analysis>,
     frames: u64,
+    /// Picture size of the leaked clip.
+    size: (usize, usize),
 }
 
 impl BlindAccumulation {
@@ -517,7 +522,7 @@ pub fn accumulate_blind(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    Ok(BlindAccumulation { views, frames })
+    Ok(BlindAccumulation { views, frames, size: (info.width, info.height) })
 }
 
 /// Searches an accumulation for the pilot of `key` and reads the mark where it is (the
@@ -530,7 +535,7 @@ pub fn trace_accumulated(
 ) -> Result<TraceResult> {
     config.validate()?;
     let detector = Detector::new(key);
-    let (views, frames) = (&acc.views, acc.frames);
+    let (views, frames, acc_size) = (&acc.views, acc.frames, acc.size);
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
     // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Shapes
     // (rotation, stretch) come from the mark's lattice, found without the key. Every
@@ -582,12 +587,13 @@ pub fn trace_accumulated(
     let map = shapes[vi][si].mirrored(mirror).scaled(scale);
     let mut sync = PilotSearch::new(key);
     let acc = &view.acc;
-    let Some((_, peak)) = sync.peak(acc, map) else {
-        return Err(Error::Registration(format!(
-            "the {}x{} picture is too small for a blind trace",
-            acc.w, acc.h
-        )));
-    };
+    // Every scale of the search is too large for a picture this small to hold half a tile.
+    let (_, peak) = sync.peak(acc, map).ok_or(Error::TooSmall {
+        width: acc_size.0,
+        height: acc_size.1,
+        min: BLIND_MIN_SIDE,
+        what: "trace without the original (blind); pass --original",
+    })?;
     let shift = sync.subpixel(peak);
     // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
     // corner.

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use tracemark_core::pipeline::{Progress, ProgressFn};
 use tracemark_core::video::VideoReader;
-use tracemark_core::Error as CoreError;
 
 use crate::homography::Homography;
 use crate::image::Gray;
@@ -18,9 +17,11 @@ use crate::verdict::Decision;
 use crate::{Error, Result};
 
 mod blind;
+mod check;
 mod informed;
 
-pub use blind::{accumulate_blind, trace_accumulated, trace_blind, BlindAccumulation};
+pub use blind::{accumulate_blind, trace_accumulated, trace_blind, BlindAccumulation, BLIND_MIN_SIDE};
+pub use check::{check_export, ExportCheck};
 pub use informed::trace_informed;
 
 /// Default [`TraceConfig::memory_budget`]: 768 MiB.
@@ -159,7 +160,7 @@ fn seconds(pts: Option<i64>, tb: (i32, i32)) -> f64 {
 fn tick(progress: &mut ProgressFn<'_>, done: u64, total: Option<u64>) -> Result<()> {
     match progress(Progress { done, total }) {
         ControlFlow::Continue(()) => Ok(()),
-        ControlFlow::Break(()) => Err(Error::Video(CoreError::Cancelled)),
+        ControlFlow::Break(()) => Err(Error::Cancelled),
     }
 }
 

@@ -92,7 +92,7 @@ pub(super) fn decode_clip(
     let mut start = None;
     while limit == 0 || clip.thumbs.len() < limit {
         if shared.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Video(CoreError::Cancelled));
+            return Err(Error::Cancelled);
         }
         if !reader.read_frame(&mut frame).map_err(Error::Video)? {
             break;
@@ -185,7 +185,7 @@ pub(super) fn decode_both(
 }
 
 pub(super) fn is_cancelled(e: &Error) -> bool {
-    matches!(e, Error::Video(CoreError::Cancelled))
+    matches!(e, Error::Cancelled | Error::Video(CoreError::Cancelled))
 }
 
 /// A frame at reading resolution: kept from the first decode, or decoded again.

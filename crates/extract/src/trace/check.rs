@@ -1,0 +1,129 @@
+//! An export reads its own mark back: the cheapest reading there is, for the exporter to
+//! run on every file it writes before the file is delivered.
+//!
+//! The marked file and its source are decoded side by side for the first seconds; frame
+//! `k` of one is frame `k` of the other and the geometry is the identity, so the residual
+//! is the marked frame minus the source frame on the working grid, read at tile phase 0.
+//! Only the export's own mark id is scored.
+
+use std::path::Path;
+
+use tracemark_core::grid::Grid;
+use tracemark_core::{Frame, MarkId, MasterKey};
+
+use super::open;
+use crate::detect::{DetectScratch, Detector, SlotSums};
+use crate::image::Downscaler;
+use crate::verdict::{decide, Candidate, Decision, Verdict};
+use crate::{Error, Result};
+
+/// What reading an export back found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportCheck {
+    /// The statistics of the reading, with the export as the only candidate.
+    pub decision: Decision,
+    /// Frame pairs read.
+    pub frames: u64,
+    /// Whether the export's mark id was identified at the threshold.
+    pub identified: bool,
+}
+
+/// Reads `marked` (an export of `source` made with `key` for `mark_id`, frame for frame)
+/// for its first `seconds` and scores `mark_id` alone against `threshold` (the
+/// false-positive probability a trace needs to name it).
+///
+/// # Errors
+/// [`Error::TooSmall`] when the marked picture has a side under [`super::BLIND_MIN_SIDE`]
+/// pixels (a blind trace could not read it), [`Error::Video`] when either file cannot be read, [`Error::NoFrames`] when one of them
+/// holds no frame, [`Error::InvalidConfig`] for a threshold outside (0, 1) or a
+/// non-positive duration.
+///
+/// ```no_run
+/// use tracemark_extract::trace::check_export;
+/// use tracemark_core::{MarkId, MasterKey};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let key = MasterKey::load("unit.key".as_ref())?;
+/// let check = check_export(&key, "cam3.avi".as_ref(), "copy-A.mp4".as_ref(), MarkId(7), 2.0, 1e-6)?;
+/// assert!(check.identified, "the export would not be traceable");
+/// # Ok(()) }
+/// ```
+pub fn check_export(
+    key: &MasterKey,
+    source: &Path,
+    marked: &Path,
+    mark_id: MarkId,
+    seconds: f64,
+    threshold: f64,
+) -> Result<ExportCheck> {
+    if !(threshold > 0.0 && threshold < 1.0) {
+        return Err(Error::InvalidConfig(format!("threshold {threshold} must be in (0, 1)")));
+    }
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err(Error::InvalidConfig(format!("{seconds} s of video cannot be read")));
+    }
+    let detector = Detector::new(key);
+    let (mut src, mut out) = (open(source)?, open(marked)?);
+    let (si, oi) = (src.info().clone(), out.info().clone());
+    if oi.width.min(oi.height) < super::BLIND_MIN_SIDE {
+        return Err(Error::TooSmall {
+            width: oi.width,
+            height: oi.height,
+            min: super::BLIND_MIN_SIDE,
+            what: "carry a traceable mark",
+        });
+    }
+    let fps =
+        si.frame_rate.filter(|&(n, d)| n > 0 && d > 0).map_or(25.0, |(n, d)| f64::from(n) / f64::from(d));
+    let max_frames = ((seconds * fps).ceil() as u64).max(1);
+    let grid = Grid::for_frame(si.width, si.height);
+    // Native grid: the mark sits on the source's pixels, and the copy keeps them (an odd
+    // last row or column may be cropped): compare the common top-left area. Otherwise
+    // both pictures go onto the source's working grid.
+    let (w, h) = if grid.is_native() {
+        (si.width.min(oi.width), si.height.min(oi.height))
+    } else {
+        (grid.work_w.min(oi.width), grid.work_h.min(oi.height))
+    };
+    let mut down = (!grid.is_native())
+        .then(|| (Downscaler::new(si.width, si.height, w, h), Downscaler::new(oi.width, oi.height, w, h)));
+    let (mut fs, mut fo) = (Frame::new(si.width, si.height), Frame::new(oi.width, oi.height));
+    let (mut host, mut marked_px) = (vec![0f32; w * h], vec![0f32; w * h]);
+    let mut resid = vec![0f32; w * h];
+    let mut sums = SlotSums::default();
+    let mut scratch = DetectScratch::default();
+    let mut frames = 0u64;
+    while frames < max_frames {
+        if !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {
+            break;
+        }
+        match &mut down {
+            Some((ds, dout)) => {
+                ds.run(&fs.y, &mut host);
+                dout.run(&fo.y, &mut marked_px);
+            }
+            None => {
+                for y in 0..h {
+                    let (a, b) = (&fs.y.row(y)[..w], &fo.y.row(y)[..w]);
+                    for x in 0..w {
+                        host[y * w + x] = f32::from(a[x]);
+                        marked_px[y * w + x] = f32::from(b[x]);
+                    }
+                }
+            }
+        }
+        for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
+            *r = m - s;
+        }
+        detector.accumulate(&resid, &host, w, h, (0, 0), &mut sums, &mut scratch);
+        detector.end_frame(&mut sums);
+        frames += 1;
+    }
+    if frames == 0 {
+        return Err(Error::NoFrames);
+    }
+    let candidate = [Candidate { mark_id, recipient: String::new() }];
+    let decision = decide(&detector, &sums, &candidate, 1.0, threshold);
+    let identified =
+        decision.verdict == Verdict::Identified && decision.suspects.iter().any(|s| s.mark_id == mark_id);
+    Ok(ExportCheck { decision, frames, identified })
+}
