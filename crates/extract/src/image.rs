@@ -107,12 +107,24 @@ impl Gray {
     /// rows at once (nine shifted copies of the neighbourhood, compare-swapped lane by lane,
     /// which vectorises).
     pub fn median3(&self) -> Gray {
+        let mut out = Gray::new(self.w, self.h);
+        self.median3_into(&mut Vec::new(), &mut out);
+        out
+    }
+
+    /// [`Gray::median3`] into `out` (resized to match), with `lanes` as reusable scratch:
+    /// no allocation once both have grown to this width.
+    pub fn median3_into(&self, lanes: &mut Vec<Vec<f32>>, out: &mut Gray) {
         let (w, h) = (self.w, self.h);
+        out.reshape(w, h);
         if w < 3 || h < 3 {
-            return self.median3_reference();
+            *out = self.median3_reference();
+            return;
         }
-        let mut out = Gray::new(w, h);
-        let mut lanes = vec![vec![0f32; w]; 9];
+        lanes.resize_with(9, Vec::new);
+        for lane in lanes.iter_mut() {
+            lane.resize(w, 0.0);
+        }
         for y in 0..h {
             for (dy, row) in [y.saturating_sub(1), y, (y + 1).min(h - 1)].into_iter().enumerate() {
                 let r = &self.data[row * w..row * w + w];
@@ -147,7 +159,13 @@ impl Gray {
             }
             out.data[y * w..y * w + w].copy_from_slice(&lanes[4]);
         }
-        out
+    }
+
+    /// Makes this a `w` x `h` image, keeping the allocation (contents unspecified).
+    pub fn reshape(&mut self, w: usize, h: usize) {
+        self.w = w;
+        self.h = h;
+        self.data.resize(w * h, 0.0);
     }
 
     /// Scalar reference for [`Gray::median3`]: sorts each neighbourhood.

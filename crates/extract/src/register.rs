@@ -255,9 +255,16 @@ fn canvas(img: &Gray, cw: usize, ch: usize) -> Vec<f32> {
 
 /// Resamples `img` by (`sx`, `sy`) with bilinear interpolation.
 pub(crate) fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
+    let mut out = Gray::new(0, 0);
+    scaled_into(img, sx, sy, &mut out);
+    out
+}
+
+/// [`scaled`] into `out` (reshaped; its allocation reused).
+pub(crate) fn scaled_into(img: &Gray, sx: f64, sy: f64, out: &mut Gray) {
     let (w, h) =
         (((img.w as f64 * sx).round() as usize).max(2), ((img.h as f64 * sy).round() as usize).max(2));
-    let mut out = Gray::new(w, h);
+    out.reshape(w, h);
     for y in 0..h {
         for x in 0..w {
             let u = ((x as f64 + 0.5) / sx - 0.5).clamp(0.0, (img.w - 1) as f64) as f32;
@@ -265,7 +272,6 @@ pub(crate) fn scaled(img: &Gray, sx: f64, sy: f64) -> Gray {
             out.data[y * w + x] = img.sample(u, v).unwrap_or(0.0);
         }
     }
-    out
 }
 
 /// The scale hypotheses of the coarse search: isotropic scales from 0.25 to 1.6 in 2%

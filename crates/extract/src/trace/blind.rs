@@ -10,7 +10,7 @@ use tracemark_core::{Frame, MasterKey};
 use super::{open, tick, Registration, TraceConfig, TraceResult};
 use crate::detect::{DetectScratch, Detector, SlotSums};
 use crate::fft2d::{cross_correlate, Fft2d};
-use crate::image::Gray;
+use crate::image::{Downscaler, Gray};
 use crate::register;
 use crate::verdict::{decide, Candidate};
 use crate::{Error, Result};
@@ -29,16 +29,35 @@ fn pilot_tile(key: &MasterKey) -> Vec<f32> {
     tile
 }
 
-/// Whitened, locally normalised residual of one analysis image.
-fn whiten(img: &Gray) -> Gray {
-    let med = img.median3();
-    let mut r = Gray::new(img.w, img.h);
-    for (o, (a, b)) in r.data.iter_mut().zip(img.data.iter().zip(&med.data)) {
+/// Buffers one frame needs on one analysis grid, made once and reused for every frame.
+#[derive(Default)]
+struct FrameScratch {
+    /// The area downscaler and the (plane width, plane height, width, height) it is for.
+    down: Option<((usize, usize, usize, usize), Downscaler)>,
+    /// The downscaled plane, when it is then upscaled to the grid.
+    small: Gray,
+    med: Gray,
+    lanes: Vec<Vec<f32>>,
+    resid: Gray,
+    integ: Vec<f64>,
+    /// The frame on the grid, and its whitened residual (the outputs).
+    picture: Gray,
+    white: Gray,
+}
+
+/// Whitened, locally normalised residual of one analysis image, into `out`.
+fn whiten_into(img: &Gray, s: &mut FrameScratch, out: &mut Gray) {
+    img.median3_into(&mut s.lanes, &mut s.med);
+    let (w, h) = (img.w, img.h);
+    s.resid.reshape(w, h);
+    for (o, (a, b)) in s.resid.data.iter_mut().zip(img.data.iter().zip(&s.med.data)) {
         *o = a - b;
     }
+    let r = &s.resid;
     // Local RMS over 9x9 windows via an integral image of squares.
-    let (w, h) = (img.w, img.h);
-    let mut integ = vec![0f64; (w + 1) * (h + 1)];
+    let integ = &mut s.integ;
+    integ.clear();
+    integ.resize((w + 1) * (h + 1), 0.0);
     for y in 0..h {
         let mut row = 0f64;
         for x in 0..w {
@@ -46,7 +65,7 @@ fn whiten(img: &Gray) -> Gray {
             integ[(y + 1) * (w + 1) + x + 1] = integ[y * (w + 1) + x + 1] + row;
         }
     }
-    let mut out = Gray::new(w, h);
+    out.reshape(w, h);
     for y in 0..h {
         for x in 0..w {
             let (x0, x1, y0, y1) = (x.saturating_sub(4), (x + 5).min(w), y.saturating_sub(4), (y + 5).min(h));
@@ -58,7 +77,26 @@ fn whiten(img: &Gray) -> Gray {
             out.data[y * w + x] = r.data[y * w + x] / (rms + 1.0);
         }
     }
-    out
+}
+
+/// Resizes a plane to `w` x `h` into `s.picture`: area averaging where it shrinks,
+/// bilinear where it grows.
+fn resize_into(p: &tracemark_core::Plane, w: usize, h: usize, s: &mut FrameScratch) {
+    let (dw, dh) = (w.min(p.width()), h.min(p.height()));
+    let key = (p.width(), p.height(), dw, dh);
+    if s.down.as_ref().is_none_or(|(k, _)| *k != key) {
+        s.down = Some((key, Downscaler::new(p.width(), p.height(), dw, dh)));
+    }
+    let down = &mut s.down.as_mut().expect("just made").1;
+    if (dw, dh) == (w, h) {
+        s.picture.reshape(w, h);
+        down.run(p, &mut s.picture.data);
+    } else {
+        s.small.reshape(dw, dh);
+        down.run(p, &mut s.small.data);
+        register::scaled_into(&s.small, w as f64 / dw as f64, h as f64 / dh as f64, &mut s.picture);
+        debug_assert_eq!((s.picture.w, s.picture.h), (w, h));
+    }
 }
 
 /// A linear map from the mark's working grid to analysis pixels: `scale` times a shape
@@ -271,18 +309,6 @@ fn analyses(w: usize, h: usize, sar: f64) -> Vec<Analysis> {
         .collect()
 }
 
-/// Resizes a plane to `w` x `h`: area averaging where it shrinks, bilinear where it grows.
-fn resize(p: &tracemark_core::Plane, w: usize, h: usize) -> Gray {
-    let (dw, dh) = (w.min(p.width()), h.min(p.height()));
-    let down = Gray::from_plane(p, dw, dh);
-    if (dw, dh) == (w, h) {
-        return down;
-    }
-    let up = register::scaled(&down, w as f64 / dw as f64, h as f64 / dh as f64);
-    debug_assert_eq!((up.w, up.h), (w, h));
-    up
-}
-
 /// A mirror of the leaked picture relative to the mark: copies are flipped left-right
 /// (most often) or upside down, and both at once is a half turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -480,6 +506,9 @@ pub fn accumulate_blind(
     // Frames are decoded here and whitened in parallel, a batch at a time.
     let batch_len = 2 * rayon::current_num_threads().max(1);
     let mut batch: Vec<Frame> = (0..batch_len).map(|_| Frame::new(info.width, info.height)).collect();
+    // One set of buffers per batch slot and grid, reused for every frame.
+    let mut scratch: Vec<Vec<FrameScratch>> =
+        (0..batch_len).map(|_| views.iter().map(|_| FrameScratch::default()).collect()).collect();
     let mut frames = 0u64;
     let mut at_end = false;
     while !at_end {
@@ -494,24 +523,22 @@ pub fn accumulate_blind(
             n += 1;
         }
         let sizes: Vec<(usize, usize)> = views.iter().map(|v| (v.acc.w, v.acc.h)).collect();
-        let whitened: Vec<Vec<(Gray, Gray)>> = batch[..n]
-            .par_iter()
-            .map(|f| {
-                sizes
-                    .iter()
-                    .map(|&(w, h)| {
-                        let a = resize(&f.y, w, h);
-                        (whiten(&a), a)
-                    })
-                    .collect()
-            })
-            .collect();
-        for per_view in whitened {
-            for (v, (wr, a)) in views.iter_mut().zip(per_view) {
-                for (o, x) in v.acc.data.iter_mut().zip(&wr.data) {
+        batch[..n].par_iter().zip(scratch[..n].par_iter_mut()).for_each(|(f, per_view)| {
+            for (&(w, h), s) in sizes.iter().zip(per_view.iter_mut()) {
+                resize_into(&f.y, w, h, s);
+                let mut white = std::mem::take(&mut s.white);
+                let picture = std::mem::take(&mut s.picture);
+                whiten_into(&picture, s, &mut white);
+                (s.white, s.picture) = (white, picture);
+            }
+        });
+        // Summed in frame order, so the result does not depend on the thread count.
+        for per_view in &scratch[..n] {
+            for (v, s) in views.iter_mut().zip(per_view) {
+                for (o, x) in v.acc.data.iter_mut().zip(&s.white.data) {
                     *o += x;
                 }
-                for (o, x) in v.host.data.iter_mut().zip(&a.data) {
+                for (o, x) in v.host.data.iter_mut().zip(&s.picture.data) {
                     *o += x;
                 }
             }
@@ -640,4 +667,78 @@ pub fn trace_accumulated(
         per_second: Vec::new(),
         example_frames: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The straightforward whitening (fresh buffers, sorting median) the reused path must
+    /// reproduce exactly.
+    fn whiten_reference(img: &Gray) -> Gray {
+        let med = img.median3_reference();
+        let (w, h) = (img.w, img.h);
+        let r: Vec<f32> = img.data.iter().zip(&med.data).map(|(a, b)| a - b).collect();
+        let mut out = Gray::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let (x0, x1, y0, y1) =
+                    (x.saturating_sub(4), (x + 5).min(w), y.saturating_sub(4), (y + 5).min(h));
+                let mut s = 0f64;
+                for yy in y0..y1 {
+                    for xx in x0..x1 {
+                        s += f64::from(r[yy * w + xx]).powi(2);
+                    }
+                }
+                let rms = (s / ((x1 - x0) * (y1 - y0)) as f64).sqrt() as f32;
+                out.data[y * w + x] = r[y * w + x] / (rms + 1.0);
+            }
+        }
+        out
+    }
+
+    fn plane(w: usize, h: usize, seed: u32) -> tracemark_core::Plane {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        let data = (0..w * h)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // Smooth ramps plus noise: like pictures, not like white noise.
+                ((i % w) as u32 * 2 + (i / w) as u32 + (x >> 28)) as u8
+            })
+            .collect();
+        tracemark_core::Plane::from_vec(data, w, h, w).expect("sizes match")
+    }
+
+    #[test]
+    fn reused_buffers_give_what_fresh_ones_give() {
+        let mut s = FrameScratch::default();
+        // Shrinking, same size, growing (a small picture shown on a larger grid), and back.
+        for (pw, ph, w, h, seed) in [
+            (96, 64, 48, 32, 1),
+            (96, 64, 48, 32, 2),
+            (40, 30, 40, 30, 3),
+            (40, 30, 64, 48, 4),
+            (96, 64, 48, 32, 5),
+        ] {
+            let p = plane(pw, ph, seed);
+            resize_into(&p, w, h, &mut s);
+            let (dw, dh) = (w.min(pw), h.min(ph));
+            let mut want = Gray::from_plane(&p, dw, dh);
+            if (dw, dh) != (w, h) {
+                want = register::scaled(&want, w as f64 / dw as f64, h as f64 / dh as f64);
+            }
+            assert_eq!(s.picture.data, want.data, "{pw}x{ph} -> {w}x{h}");
+            let picture = std::mem::take(&mut s.picture);
+            let mut white = std::mem::take(&mut s.white);
+            whiten_into(&picture, &mut s, &mut white);
+            let reference = whiten_reference(&picture);
+            let worst =
+                white.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // The integral image and the direct window sums round differently in the last bits.
+            assert!(worst < 1e-4, "{pw}x{ph} -> {w}x{h}: {worst}");
+            (s.picture, s.white) = (picture, white);
+        }
+    }
 }
