@@ -154,6 +154,16 @@ fn approvals_are_refused_for_every_reason_in_the_contract() {
     let stranger = OfficerKey::generate("Supt. Nobody").unwrap();
     let b = Approval::sign(&request(&u.smith, "Channel 4"), &stranger, now()).unwrap();
     assert!(refused(u.reg.record_pending(&record_for(&b, "00000000000000c3"), &KEY)).contains("not on"));
+    // A roster key signing under another officer's name.
+    let fake = {
+        // Brown's real key, but a key file claiming the name "Insp. Jones".
+        let text = u.brown.seal("a long passphrase").unwrap().replace("Sgt. Brown", "Insp. Jones");
+        OfficerKey::open(&text, "a long passphrase").unwrap()
+    };
+    let d = Approval::sign(&request(&u.smith, "Channel 4"), &fake, now()).unwrap();
+    assert!(
+        refused(u.reg.record_pending(&record_for(&d, "00000000000000c6"), &KEY)).contains("on the roster as")
+    );
     // A revoked approver.
     let c = Approval::sign(&request(&u.smith, "Channel 4"), &u.brown, now()).unwrap();
     u.reg.revoke_officer(&u.brown.id()[..12], &KEY).unwrap();

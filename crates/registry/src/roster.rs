@@ -154,8 +154,19 @@ impl Roster {
             }
             Ok(e)
         };
-        who(&rq.requester_id, rq.requested_at, "requesting officer")?;
+        let requester = who(&rq.requester_id, rq.requested_at, "requesting officer")?;
         let approver = who(&ap.approver_id, ap.approved_at, "approving officer")?;
+        // The names recorded are the roster's: a key cannot sign under another's name.
+        for (e, signed) in [(requester, &rq.requester_name), (approver, &ap.approver_name)] {
+            if !names::same_name(&e.name, signed) {
+                return Err(format!(
+                    "key {} signed as {:?} but is on the roster as {:?}",
+                    short_id(&e.id),
+                    names::escape_for_terminal(signed),
+                    names::escape_for_terminal(&e.name)
+                ));
+            }
+        }
         if approver.role != Role::Approver {
             return Err(format!(
                 "{} is an {} on the roster, not an approver",
