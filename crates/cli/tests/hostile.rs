@@ -251,7 +251,9 @@ fn truncated_inputs_are_refused_unless_allowed_and_then_recorded() {
         p,
     );
     ffmpeg(&["-i", "full.mkv", "-c", "copy", "full.ts"], p);
-    for ext in ["mkv"] {
+    // A cut MPEG-TS is not detected as truncated yet (no declared frame count survives the cut).
+    {
+        let ext = "mkv";
         let full = std::fs::read(p.join(format!("full.{ext}"))).unwrap();
         std::fs::write(p.join(format!("cut.{ext}")), &full[..full.len() / 2]).unwrap();
         let o = embed(p, &format!("cut.{ext}"), "out.mp4", &[]);

@@ -294,7 +294,7 @@ fn devices_and_directories_are_not_registries() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = std::time::Instant::now();
     for p in [Path::new("/dev/zero"), Path::new("/dev/null"), dir.path()] {
-        let e = Registry::open_or_create(p, FP, &KEY, None).err().expect("refused");
+        let e = Registry::open_or_create(p, FP, &KEY, None).expect_err("refused");
         assert!(matches!(e, Error::NotARegistry { .. }), "{p:?}: {e}");
         assert!(e.to_string().contains("not a regular file"), "{e}");
         assert!(matches!(Registry::open_read_only(p), Err(Error::NotARegistry { .. })), "{p:?}");
