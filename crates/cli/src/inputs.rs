@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 /// A video input: a regular file whose name FFmpeg can open.
 pub fn video_input(path: &Path) -> Result<()> {
-    tracemark_core::input::regular_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracemark_core::input::regular_file(path)?;
     if path.to_str().is_none() {
         bail!("{}", tracemark_core::Error::NonUtf8Path(path.to_path_buf()));
     }
@@ -30,7 +30,7 @@ pub fn video_output(path: &Path) -> Result<()> {
 
 /// SHA-256 (hex) of a regular file.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = tracemark_core::input::open_regular(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut f = tracemark_core::input::open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

@@ -192,7 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { out } => {
             let key = MasterKey::generate();
-            key.save_new(&out).map_err(|e| anyhow!("{e}"))?;
+            key.save_new(&out)?;
             println!(
                 "wrote key {} (fingerprint {}); keep it secret, keep a backup",
                 out.display(),
@@ -215,7 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut inputs = vec![leaked.as_path(), registry.as_path(), key_path.as_path()];
             inputs.extend(original.as_deref());
             if let Some(path) = &report {
-                check_output(&inputs, path, false).map_err(|e| anyhow!("--report: {e}"))?;
+                check_output(&inputs, path, false).context("--report")?;
             }
             let key = load_key(&key_path)?;
             let reg = Registry::open_read_only(&registry)?;
@@ -233,14 +233,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let result = match &original {
                 Some(src) => trace_informed(&key, &leaked, src, &candidates, &config, &mut cb),
                 None => trace_blind(&key, &leaked, &candidates, &config, &mut cb),
-            }
-            .map_err(|e| anyhow!("{e}"))?;
+            }?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
             if let Some(path) = &report {
                 let html = report_html(&result, &reg, &trust, &key, &leaked, original.as_deref())?;
-                write_new_file(&inputs, path, html.as_bytes()).map_err(|e| anyhow!("--report: {e}"))?;
+                write_new_file(&inputs, path, html.as_bytes()).context("--report")?;
             }
             if json {
                 let mut v = trace_json(&result);
@@ -465,6 +464,18 @@ fn export_json(e: &Export) -> serde_json::Value {
     v
 }
 
+/// An error and its causes, joined as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 fn load_key(path: &Path) -> Result<MasterKey> {
     MasterKey::load(path).map_err(|e| anyhow!("{e}; pass the key file made by `tracemark keygen`"))
 }
@@ -664,7 +675,7 @@ fn settle_export(
         }),
         Err(e) => {
             // Best effort: if even this fails the row stays 'pending', not 'delivered'.
-            let _ = reg.mark_failed(&rec.mark_id, &e.to_string(), mac_key);
+            let _ = reg.mark_failed(&rec.mark_id, &error_chain(e), mac_key);
             Ok(())
         }
     }
@@ -681,7 +692,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
         .with_crf(a.crf)
         .with_preset(a.preset.as_str())
         .with_allow_truncated(a.allow_truncated);
-    config.validate().map_err(|e| anyhow!("{e}"))?;
+    config.validate()?;
     inputs::video_input(&a.input)?;
     let mac_key = key.subkey(Purpose::Registry);
     let interrupted = interrupt_flag();
@@ -694,8 +705,8 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
         }
     };
     let embed_config = EmbedConfig::new().with_target_psnr_db(a.target_psnr);
-    embed_config.validate().map_err(|e| anyhow!("--target-psnr: {e}"))?;
-    let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config).map_err(|e| anyhow!("{e}"))?);
+    embed_config.validate().context("--target-psnr")?;
+    let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config)?);
     let source_sha256 = sha256_file(&a.input)?;
     let approved = check_approval(&a, &reg, &source_sha256)?;
 
@@ -784,7 +795,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 "{e}; pass --allow-truncated to export what there is (the registry row then records it)"
             ))
         }
-        Err(e) => return Err(anyhow!("{e}")),
+        Err(e) => return Err(e.into()),
         Ok(rep) => {
             let rec = record.expect("the commit hook ran");
             if a.json {

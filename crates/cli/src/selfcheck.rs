@@ -59,7 +59,10 @@ impl Settings {
 pub fn run(key: &MasterKey, source: &Path, marked: &Path, mark_id: MarkId, s: &Settings) -> Result<()> {
     let t0 = std::time::Instant::now();
     let check = check_export(key, source, marked, mark_id, SECONDS, THRESHOLD).map_err(|e| {
-        anyhow::anyhow!("self-check: the marked copy could not be read back ({e}); nothing was delivered")
+        anyhow::anyhow!(
+            "self-check: the marked copy could not be read back ({}); nothing was delivered",
+            crate::error_chain(&e)
+        )
     })?;
     if std::env::var_os("TRACEMARK_TIMING").is_some() {
         eprintln!(

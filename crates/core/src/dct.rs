@@ -53,6 +53,7 @@ pub fn band_basis() -> [[f32; 64]; 9] {
 }
 
 /// Forward 2-D DCT straight from the definition (scalar reference, O(N^4)).
+#[doc(hidden)]
 pub fn forward_reference(block: &[f64; 64]) -> [f64; 64] {
     let mut out = [0.0; 64];
     for v in 0..N {
@@ -65,6 +66,7 @@ pub fn forward_reference(block: &[f64; 64]) -> [f64; 64] {
 }
 
 /// Inverse 2-D DCT straight from the definition (scalar reference, O(N^4)).
+#[doc(hidden)]
 pub fn inverse_reference(coefs: &[f64; 64]) -> [f64; 64] {
     let mut out = [0.0; 64];
     for v in 0..N {

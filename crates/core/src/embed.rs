@@ -48,12 +48,12 @@ impl EmbedConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<()> {
         if !(30.0..=70.0).contains(&self.target_psnr_db) {
-            return Err(Error::InvalidConfig(format!(
-                "target PSNR {} dB is outside 30..=70 dB",
-                self.target_psnr_db
-            )));
+            return Err(Error::InvalidConfig {
+                setting: "target_psnr_db",
+                reason: format!("{} dB is outside 30..=70 dB", self.target_psnr_db),
+            });
         }
-        self.mask.validate().map_err(Error::InvalidConfig)
+        self.mask.validate()
     }
     /// Target per-pixel RMS of the mark in 8-bit levels.
     pub fn target_rms(&self) -> f64 {
@@ -132,6 +132,26 @@ impl EmbedScratch {
 
 impl Embedder {
     /// The embedder of mark `mark_id` under `key`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `config` is out of range.
+    ///
+    /// ```
+    /// use tracemark_core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey};
+    /// let key = MasterKey::generate(); // a unit's key: `MasterKey::load(path)?`
+    /// let embedder = Embedder::new(&key, MarkId(0x1234), EmbedConfig::new())?;
+    /// let mut frame = Frame::new(320, 240);
+    /// for (y, row) in frame.y.rows_mut().enumerate() {
+    ///     for (x, p) in row.iter_mut().enumerate() {
+    ///         *p = ((x * 7 + y * 13) % 200 + 30) as u8; // some texture to hide the mark in
+    ///     }
+    /// }
+    /// let before = frame.clone();
+    /// let stats = embedder.embed(&mut frame, &mut embedder.new_scratch());
+    /// assert!(stats.mark_rms > 0.0 && frame != before);
+    /// assert!(Embedder::new(&key, MarkId(1), EmbedConfig::new().with_target_psnr_db(99.0)).is_err());
+    /// # Ok::<(), tracemark_core::Error>(())
+    /// ```
     pub fn new(key: &MasterKey, mark_id: MarkId, config: EmbedConfig) -> Result<Self> {
         config.validate()?;
         let layout = TileLayout::new(key);
@@ -247,6 +267,7 @@ impl Embedder {
         EmbedStats { strength, mark_rms }
     }
 
+    #[doc(hidden)]
     /// Scalar reference implementation of [`Embedder::embed`]: f64 throughout, the mark
     /// built coefficient by coefficient with the textbook inverse DCT, resampling computed
     /// from its definition. Slow; for tests of the fast kernel.
@@ -337,6 +358,7 @@ impl Embedder {
 
 impl FrameTransform for Embedder {
     type Scratch = EmbedScratch;
+    type Error = std::convert::Infallible;
     fn new_scratch(&self) -> EmbedScratch {
         EmbedScratch::default()
     }
@@ -345,7 +367,7 @@ impl FrameTransform for Embedder {
         frame: &mut Frame,
         _index: u64,
         scratch: &mut EmbedScratch,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Self::Error> {
         self.embed(frame, scratch);
         Ok(())
     }

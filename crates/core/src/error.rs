@@ -77,8 +77,9 @@ pub enum Error {
     /// The output's directory does not exist.
     #[error("output directory does not exist: {0}")]
     OutputDirMissing(PathBuf),
-    /// Filesystem error on a given path.
-    #[error("{path}: {source}")]
+    /// Filesystem error on a given path (the cause is the error's source, not repeated
+    /// in its message).
+    #[error("I/O error on {path}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -86,8 +87,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A configuration value is out of range.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    #[error("invalid {setting}: {reason}")]
+    InvalidConfig {
+        /// The setting (`crf`, `preset`, `threads`, `target_psnr_db`, `mask`, `output`, …).
+        setting: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// The key file is missing, corrupt or of an unknown version.
     #[error("key file {path}: {reason}")]
     BadKey {
@@ -96,13 +102,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A frame transform reported an error.
-    #[error("frame transform failed on frame {frame}: {reason}")]
+    /// A frame transform reported an error (its error is the source).
+    #[error("frame transform failed on frame {frame}")]
     Transform {
         /// Index of the frame.
         frame: u64,
-        /// What went wrong.
-        reason: String,
+        /// The transform's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The caller's commit hook refused the finished output (nothing was published).
     #[error("{0}")]
@@ -121,3 +127,18 @@ impl Error {
 
 /// Result alias for the core crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_sources_and_not_repeated() {
+        let e = Error::io("/x/out.mp4", std::io::Error::other("disk on fire"));
+        assert_eq!(e.to_string(), "I/O error on /x/out.mp4");
+        let source = std::error::Error::source(&e).expect("the cause is the source");
+        assert_eq!(source.to_string(), "disk on fire");
+        let e = Error::InvalidConfig { setting: "crf", reason: "crf 60 is out of range 0..=51".into() };
+        assert!(matches!(e, Error::InvalidConfig { setting: "crf", .. }));
+    }
+}

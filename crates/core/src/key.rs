@@ -48,6 +48,8 @@ impl std::fmt::Debug for MasterKey {
 }
 
 /// What a keyed random stream is for; each purpose gets an independent stream.
+// `Test` is hidden from the docs because it is for tests, not as a non-exhaustive marker.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
     /// Chips and bit assignment of the tile layout.
@@ -55,6 +57,7 @@ pub enum Purpose {
     /// The scrambling sequence applied to every codeword.
     Scramble,
     /// Test and calibration streams (never used for marking).
+    #[doc(hidden)]
     Test,
     /// Authentication of the registry's audit chain head.
     Registry,
@@ -85,6 +88,7 @@ impl MasterKey {
     }
 
     /// A deterministic key from a seed (tests and calibration only).
+    #[doc(hidden)]
     pub fn from_seed(seed: u64) -> Self {
         let mut h = Sha256::new();
         h.update(b"tracemark/v1/test-key");
@@ -193,6 +197,21 @@ impl MasterKey {
     }
 
     /// Writes a new key file with mode 0600. Refuses to replace an existing file.
+    ///
+    /// # Errors
+    /// [`Error::OutputExists`] (nothing is overwritten), [`Error::OutputDirMissing`],
+    /// [`Error::Io`] when writing fails (no partial key is left).
+    ///
+    /// ```
+    /// use tracemark_core::MasterKey;
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("unit.key");
+    /// let key = MasterKey::generate();
+    /// key.save_new(&path)?;
+    /// assert_eq!(MasterKey::load(&path)?, key);
+    /// assert!(MasterKey::generate().save_new(&path).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn save_new(&self, path: &Path) -> Result<()> {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);

@@ -39,7 +39,10 @@ impl Default for MaskParams {
 
 impl MaskParams {
     /// Checks ranges.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidConfig`] (setting `mask`) when a parameter is out of range.
+    pub fn validate(&self) -> crate::Result<()> {
         let ok = self.contrast_ref > 0.0
             && (0.0..=2.0).contains(&self.contrast_exp)
             && self.floor > 0.0
@@ -49,7 +52,10 @@ impl MaskParams {
         if ok {
             Ok(())
         } else {
-            Err(format!("mask parameters out of range: {self:?}"))
+            Err(crate::Error::InvalidConfig {
+                setting: "mask",
+                reason: format!("parameters out of range: {self:?}"),
+            })
         }
     }
 

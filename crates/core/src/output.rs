@@ -21,7 +21,10 @@ pub fn check_output(inputs: &[&Path], output: &Path, overwrite: bool) -> Result<
         return Err(Error::OutputDirMissing(parent));
     }
     let Some(file_name) = output.file_name() else {
-        return Err(Error::InvalidConfig(format!("output {} names no file", output.display())));
+        return Err(Error::InvalidConfig {
+            setting: "output",
+            reason: format!("{} names no file", output.display()),
+        });
     };
     let canon_out = output.canonicalize().or_else(|_| parent.canonicalize().map(|p| p.join(file_name)));
     for input in inputs {

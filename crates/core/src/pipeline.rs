@@ -13,10 +13,17 @@ use crate::frame::Frame;
 pub trait FrameTransform: Send + Sync + 'static {
     /// Reusable working memory for one frame in flight.
     type Scratch: Send + 'static;
+    /// What [`FrameTransform::apply`] reports when it fails (`std::convert::Infallible`
+    /// for a transform that cannot).
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Makes one scratch area (called once per pipeline slot, not per frame).
     fn new_scratch(&self) -> Self::Scratch;
     /// Transforms `frame` in place. `index` counts frames from 0 in decode order.
-    fn apply(&self, frame: &mut Frame, index: u64, scratch: &mut Self::Scratch) -> Result<(), String>;
+    ///
+    /// # Errors
+    /// The transform's own error; a transcode stops on it with
+    /// [`crate::Error::Transform`] and leaves no output.
+    fn apply(&self, frame: &mut Frame, index: u64, scratch: &mut Self::Scratch) -> Result<(), Self::Error>;
 }
 
 /// The transform that leaves frames untouched (plain transcode).
@@ -25,8 +32,9 @@ pub struct Identity;
 
 impl FrameTransform for Identity {
     type Scratch = ();
+    type Error = std::convert::Infallible;
     fn new_scratch(&self) {}
-    fn apply(&self, _: &mut Frame, _: u64, _: &mut ()) -> Result<(), String> {
+    fn apply(&self, _: &mut Frame, _: u64, _: &mut ()) -> Result<(), Self::Error> {
         Ok(())
     }
 }

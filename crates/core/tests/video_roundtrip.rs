@@ -165,10 +165,11 @@ fn cancellation_and_transform_errors_leave_nothing() {
     struct FailsAt(u64);
     impl FrameTransform for FailsAt {
         type Scratch = ();
+        type Error = std::io::Error;
         fn new_scratch(&self) {}
-        fn apply(&self, _: &mut Frame, i: u64, _: &mut ()) -> Result<(), String> {
+        fn apply(&self, _: &mut Frame, i: u64, _: &mut ()) -> Result<(), std::io::Error> {
             if i == self.0 {
-                Err("boom".into())
+                Err(std::io::Error::other("boom"))
             } else {
                 Ok(())
             }
@@ -176,6 +177,11 @@ fn cancellation_and_transform_errors_leave_nothing() {
     }
     let r = transcode(&testdata("vtest-4s.avi"), &out, &cfg, Arc::new(FailsAt(7)), &mut no_progress);
     assert!(matches!(r, Err(Error::Transform { frame: 7, .. })), "{r:?}");
+    // The transform's own error is the source, typed, and not repeated in the message.
+    let e = r.unwrap_err();
+    let source = std::error::Error::source(&e).expect("a source");
+    assert_eq!(source.downcast_ref::<std::io::Error>().map(|e| e.to_string()).as_deref(), Some("boom"));
+    assert!(!e.to_string().contains("boom"), "{e}");
     assert!(dir_is_empty(dir.path()));
 }
 
@@ -190,11 +196,12 @@ fn frames_in_flight_are_bounded_and_order_is_kept() {
     }
     impl FrameTransform for Counting {
         type Scratch = Vec<u8>;
+        type Error = std::convert::Infallible;
         fn new_scratch(&self) -> Vec<u8> {
             self.scratches.fetch_add(1, Ordering::SeqCst);
             vec![0; 16]
         }
-        fn apply(&self, frame: &mut Frame, i: u64, _: &mut Vec<u8>) -> Result<(), String> {
+        fn apply(&self, frame: &mut Frame, i: u64, _: &mut Vec<u8>) -> Result<(), Self::Error> {
             let c = self.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_concurrent.fetch_max(c, Ordering::SeqCst);
             // Stamp the frame index into the picture so the output order can be checked.

@@ -169,6 +169,7 @@ impl Gray {
     }
 
     /// Scalar reference for [`Gray::median3`]: sorts each neighbourhood.
+    #[doc(hidden)]
     pub fn median3_reference(&self) -> Gray {
         let mut out = Gray::new(self.w, self.h);
         let (w, h) = (self.w as isize, self.h as isize);

@@ -49,8 +49,13 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
     /// A configuration value is out of range.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    #[error("invalid {setting}: {reason}")]
+    InvalidConfig {
+        /// The setting (`threshold`, `seconds`, …).
+        setting: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 /// Result alias for the extract crate.

@@ -153,8 +153,8 @@ pub enum Error {
         /// How long we waited.
         seconds: u64,
     },
-    /// Reading the file failed.
-    #[error("{path}: {source}")]
+    /// Reading the file failed (the cause is the error's source, not repeated here).
+    #[error("I/O error on {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -574,6 +574,21 @@ impl Registry {
     /// empty. Refuses, without changing it, a file that is not a registry or was made with
     /// another key. While waiting for another writer's lock, `cancel` (when set to true,
     /// e.g. by a Ctrl-C handler) aborts with [`Error::Interrupted`].
+    ///
+    /// # Errors
+    /// [`Error::DirMissing`], [`Error::NotARegistry`] (also for directories, FIFOs and
+    /// devices), [`Error::WrongKey`], [`Error::Schema`], [`Error::Interrupted`],
+    /// [`Error::Locked`], [`Error::Io`], [`Error::Sqlite`].
+    ///
+    /// ```
+    /// use tracemark_registry::Registry;
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("exports.db");
+    /// let reg = Registry::open_or_create(&path, "fingerprint", &[7u8; 32], None)?;
+    /// assert!(reg.exports()?.is_empty());
+    /// assert!(Registry::open_or_create(&path, "another key", &[8u8; 32], None).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_or_create(
         path: &Path,
         key_fingerprint: &str,
@@ -674,6 +689,10 @@ impl Registry {
     /// Opens an existing registry read-only; never creates, converts or changes anything
     /// (`immutable=1` when there is no write-ahead log, so read-only files and mounts
     /// work). Refuses files that are not tracemark registries.
+    ///
+    /// # Errors
+    /// [`Error::Missing`], [`Error::NotARegistry`], [`Error::Schema`], [`Error::Io`],
+    /// [`Error::Sqlite`].
     pub fn open_read_only(path: &Path) -> Result<Self> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,

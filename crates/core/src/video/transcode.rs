@@ -84,13 +84,16 @@ impl TranscodeConfig {
     pub fn validate(&self) -> Result<()> {
         self.encode.validate()?;
         if self.threads > 1024 {
-            return Err(Error::InvalidConfig(format!("{} threads is not sensible", self.threads)));
+            return Err(Error::InvalidConfig {
+                setting: "threads",
+                reason: format!("{} threads is not sensible", self.threads),
+            });
         }
         if self.frames_in_flight > 4096 {
-            return Err(Error::InvalidConfig(format!(
-                "{} frames in flight would use unbounded memory",
-                self.frames_in_flight
-            )));
+            return Err(Error::InvalidConfig {
+                setting: "frames_in_flight",
+                reason: format!("{} frames in flight would use unbounded memory", self.frames_in_flight),
+            });
         }
         Ok(())
     }
@@ -139,7 +142,7 @@ struct Slot<S> {
 }
 
 enum Msg<S> {
-    Done(u64, Slot<S>, std::result::Result<(), String>),
+    Done(u64, Slot<S>, std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>),
     Packet(ff::Packet),
     End(Result<u64>),
 }
@@ -147,6 +150,26 @@ enum Msg<S> {
 /// Transcodes `input` to `output` through `transform`: decode, transform frames in
 /// parallel (at most `frames_in_flight` at once), encode in order, then atomically move the
 /// finished file into place. On any error or cancellation no output file is left behind.
+///
+/// # Errors
+/// Input errors ([`Error::InputNotFound`], [`Error::NotARegularFile`], [`Error::NotAVideo`],
+/// [`Error::Decode`], [`Error::Truncated`] unless allowed, …), output errors
+/// ([`Error::OutputExists`], [`Error::OutputIsInput`], [`Error::OutputDirMissing`],
+/// [`Error::Encode`], [`Error::Io`]), [`Error::Transform`], and [`Error::Cancelled`] when
+/// `progress` breaks.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tracemark_core::pipeline::no_progress;
+/// use tracemark_core::video::{transcode, TranscodeConfig};
+/// use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey};
+/// let key = MasterKey::load("unit.key".as_ref())?;
+/// let embedder = Arc::new(Embedder::new(&key, MarkId::random(), EmbedConfig::new())?);
+/// let config = TranscodeConfig::new().with_crf(18).with_preset("medium");
+/// let report = transcode("cam3.avi".as_ref(), "copy-A.mp4".as_ref(), &config, embedder, &mut no_progress)?;
+/// println!("{} frames marked", report.frames);
+/// # Ok::<(), tracemark_core::Error>(())
+/// ```
 pub fn transcode<T: FrameTransform>(
     input: &Path,
     output: &Path,
@@ -164,6 +187,9 @@ pub type CommitHook<'a> = dyn FnMut(&Path, &TranscodeReport) -> Result<()> + 'a;
 
 /// [`transcode`] with a hook that runs on the finished temporary file before it is moved
 /// into place.
+///
+/// # Errors
+/// As [`transcode`], and whatever the hook returns (the output is then discarded).
 pub fn transcode_with_commit<T: FrameTransform>(
     input: &Path,
     output: &Path,
@@ -188,7 +214,10 @@ pub fn transcode_with_commit<T: FrameTransform>(
         .num_threads(threads)
         .thread_name(|i| format!("tracemark-frame-{i}"))
         .build()
-        .map_err(|e| Error::InvalidConfig(format!("cannot start {threads} threads: {e}")))?;
+        .map_err(|e| Error::InvalidConfig {
+            setting: "threads",
+            reason: format!("cannot start {threads}: {e}"),
+        })?;
     let (slot_tx, slot_rx) = chan::bounded::<Slot<T::Scratch>>(in_flight);
     for _ in 0..in_flight {
         let slot = Slot { frame: Frame::new(info.width, info.height), scratch: transform.new_scratch() };
@@ -255,7 +284,7 @@ fn decode_loop<T: FrameTransform>(
             Ok(ReadEvent::Frame) => {
                 let (t, d, i) = (Arc::clone(&transform), done.clone(), index);
                 pool.spawn(move || {
-                    let r = t.apply(&mut slot.frame, i, &mut slot.scratch);
+                    let r = t.apply(&mut slot.frame, i, &mut slot.scratch).map_err(|e| e.into());
                     let _ = d.send(Msg::Done(i, slot, r));
                 });
                 index += 1;
@@ -296,7 +325,7 @@ fn encode_loop<S>(
             done.recv().map_err(|_| Error::Encode("the decoder thread stopped without a result".into()))?;
         match msg {
             Msg::Done(i, slot, r) => {
-                r.map_err(|reason| Error::Transform { frame: i, reason })?;
+                r.map_err(|source| Error::Transform { frame: i, source })?;
                 pending.insert(i, slot);
                 while let Some(slot) = pending.remove(&next) {
                     writer.write_frame(&slot.frame)?;

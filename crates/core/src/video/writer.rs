@@ -59,14 +59,20 @@ impl EncodeSettings {
     /// Checks ranges and names.
     pub fn validate(&self) -> Result<()> {
         if self.crf > 51 {
-            return Err(Error::InvalidConfig(format!("crf {} is out of range 0..=51", self.crf)));
+            return Err(Error::InvalidConfig {
+                setting: "crf",
+                reason: format!("crf {} is out of range 0..=51", self.crf),
+            });
         }
         if !X264_PRESETS.contains(&self.preset.as_str()) {
-            return Err(Error::InvalidConfig(format!(
-                "unknown x264 preset {:?}; use one of {}",
-                self.preset,
-                X264_PRESETS.join(", ")
-            )));
+            return Err(Error::InvalidConfig {
+                setting: "preset",
+                reason: format!(
+                    "unknown x264 preset {:?}; use one of {}",
+                    self.preset,
+                    X264_PRESETS.join(", ")
+                ),
+            });
         }
         Ok(())
     }

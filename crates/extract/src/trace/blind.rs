@@ -459,6 +459,25 @@ pub const BLIND_MIN_SIDE: usize = TILE_PX / 4;
 
 /// Blind trace: no source. Averages the whitened leaked frames, searches the scale, mirror
 /// and cyclic shift of the pilot, and reads the mark there.
+///
+/// # Errors
+/// [`Error::Video`] when the clip cannot be read, [`Error::NoFrames`],
+/// [`Error::TooSmall`] for a picture with a side under [`BLIND_MIN_SIDE`] pixels,
+/// [`Error::InvalidConfig`], [`Error::Cancelled`] when `progress` breaks.
+///
+/// ```no_run
+/// use tracemark_core::pipeline::no_progress;
+/// use tracemark_core::{MarkId, MasterKey};
+/// use tracemark_extract::trace::{trace_blind, TraceConfig};
+/// use tracemark_extract::{Candidate, Verdict};
+/// let key = MasterKey::load("unit.key".as_ref())?;
+/// let exports = [Candidate { mark_id: MarkId(0x9f3a), recipient: "channel-A".into() }];
+/// let r = trace_blind(&key, "aired.mp4".as_ref(), &exports, &TraceConfig::new(), &mut no_progress)?;
+/// if r.decision.verdict == Verdict::Identified {
+///     println!("leaked by {}", r.decision.suspects[0].recipient);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn trace_blind(
     key: &MasterKey,
     leaked: &Path,

@@ -56,10 +56,16 @@ pub fn check_export(
     threshold: f64,
 ) -> Result<ExportCheck> {
     if !(threshold > 0.0 && threshold < 1.0) {
-        return Err(Error::InvalidConfig(format!("threshold {threshold} must be in (0, 1)")));
+        return Err(Error::InvalidConfig {
+            setting: "threshold",
+            reason: format!("{threshold} must be in (0, 1)"),
+        });
     }
     if seconds.is_nan() || seconds <= 0.0 {
-        return Err(Error::InvalidConfig(format!("{seconds} s of video cannot be read")));
+        return Err(Error::InvalidConfig {
+            setting: "seconds",
+            reason: format!("{seconds} s of video cannot be read"),
+        });
     }
     let detector = Detector::new(key);
     let (mut src, mut out) = (open(source)?, open(marked)?);

@@ -69,7 +69,10 @@ impl TraceConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<()> {
         if !(self.threshold > 0.0 && self.threshold < 1.0) {
-            return Err(Error::InvalidConfig(format!("threshold {} must be in (0, 1)", self.threshold)));
+            return Err(Error::InvalidConfig {
+                setting: "threshold",
+                reason: format!("{} must be in (0, 1)", self.threshold),
+            });
         }
         Ok(())
     }

@@ -38,6 +38,24 @@ use time_align::*;
 
 /// Informed trace: registers the leaked clip against `source` in time and space, subtracts
 /// the source, and reads the mark from what is left.
+///
+/// # Errors
+/// [`Error::Video`] when a clip cannot be read, [`Error::NoFrames`],
+/// [`Error::Registration`] when the leaked clip does not overlap the source,
+/// [`Error::InvalidConfig`], [`Error::Cancelled`] when `progress` breaks.
+///
+/// ```no_run
+/// use tracemark_core::pipeline::no_progress;
+/// use tracemark_core::{MarkId, MasterKey};
+/// use tracemark_extract::trace::{trace_informed, TraceConfig};
+/// use tracemark_extract::Candidate;
+/// let key = MasterKey::load("unit.key".as_ref())?;
+/// let exports = [Candidate { mark_id: MarkId(0x9f3a), recipient: "channel-A".into() }];
+/// let config = TraceConfig::new().with_threshold(1e-6);
+/// let r = trace_informed(&key, "aired.mp4".as_ref(), "cam3.avi".as_ref(), &exports, &config, &mut no_progress)?;
+/// println!("{} ({} frames)", r.decision.verdict.as_str(), r.frames_used);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn trace_informed(
     key: &MasterKey,
     leaked: &Path,
