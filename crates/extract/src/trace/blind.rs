@@ -1,15 +1,17 @@
 //! Blind trace: no source. The mark's pilot is found by its own periodic structure.
 
 use std::path::Path;
+use std::sync::mpsc;
 
 use rayon::prelude::*;
+use rustfft::num_complex::Complex32;
 use tracemark_core::layout::{PILOT, TILE_BLOCKS, TILE_PX};
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::{Frame, MasterKey};
 
 use super::{open, tick, Registration, TraceConfig, TraceResult};
 use crate::detect::{DetectScratch, Detector, SlotSums};
-use crate::fft2d::{cross_correlate, Fft2d};
+use crate::fft2d::Fft2d;
 use crate::image::{Downscaler, Gray};
 use crate::register;
 use crate::verdict::{decide, Candidate};
@@ -39,7 +41,10 @@ struct FrameScratch {
     med: Gray,
     lanes: Vec<Vec<f32>>,
     resid: Gray,
-    integ: Vec<f64>,
+    /// Squared residual, and its 9-row and 9x9 window sums along one row.
+    squares: Vec<f32>,
+    down_sum: Vec<f32>,
+    window_sum: Vec<f32>,
     /// The frame on the grid, and its whitened residual (the outputs).
     picture: Gray,
     white: Gray,
@@ -53,28 +58,42 @@ fn whiten_into(img: &Gray, s: &mut FrameScratch, out: &mut Gray) {
     for (o, (a, b)) in s.resid.data.iter_mut().zip(img.data.iter().zip(&s.med.data)) {
         *o = a - b;
     }
+    // Local RMS over 9x9 windows (clamped at the edges): squares summed down 9 rows, then
+    // across 9 columns, whole rows at a time (the sums vectorise; no running sum drifts).
     let r = &s.resid;
-    // Local RMS over 9x9 windows via an integral image of squares.
-    let integ = &mut s.integ;
-    integ.clear();
-    integ.resize((w + 1) * (h + 1), 0.0);
-    for y in 0..h {
-        let mut row = 0f64;
-        for x in 0..w {
-            row += f64::from(r.data[y * w + x]).powi(2);
-            integ[(y + 1) * (w + 1) + x + 1] = integ[y * (w + 1) + x + 1] + row;
-        }
-    }
+    s.squares.clear();
+    s.squares.extend(r.data.iter().map(|v| v * v));
+    s.down_sum.resize(w, 0.0);
+    s.window_sum.resize(w, 0.0);
     out.reshape(w, h);
     for y in 0..h {
-        for x in 0..w {
-            let (x0, x1, y0, y1) = (x.saturating_sub(4), (x + 5).min(w), y.saturating_sub(4), (y + 5).min(h));
-            let s = integ[y1 * (w + 1) + x1] - integ[y0 * (w + 1) + x1] - integ[y1 * (w + 1) + x0]
-                + integ[y0 * (w + 1) + x0];
-            let n = ((x1 - x0) * (y1 - y0)) as f64;
-            // Differences of an integral image can dip below zero by rounding.
-            let rms = (s / n).max(0.0).sqrt() as f32;
-            out.data[y * w + x] = r.data[y * w + x] / (rms + 1.0);
+        let (y0, y1) = (y.saturating_sub(4), (y + 5).min(h));
+        let col = &mut s.down_sum;
+        col.copy_from_slice(&s.squares[y0 * w..][..w]);
+        for yy in y0 + 1..y1 {
+            for (c, q) in col.iter_mut().zip(&s.squares[yy * w..][..w]) {
+                *c += q;
+            }
+        }
+        let win = &mut s.window_sum;
+        for x in (0..w.min(4)).chain(w.saturating_sub(4).max(4)..w) {
+            win[x] = col[x.saturating_sub(4)..(x + 5).min(w)].iter().sum();
+        }
+        if w > 8 {
+            let inner = &mut win[4..w - 4];
+            inner.copy_from_slice(&col[..w - 8]);
+            for k in 1..9 {
+                for (o, c) in inner.iter_mut().zip(&col[k..]) {
+                    *o += c;
+                }
+            }
+        }
+        let rows = (y1 - y0) as f32;
+        let (resid, o) = (&r.data[y * w..][..w], &mut out.data[y * w..][..w]);
+        for (x, ((o, &v), &sum)) in o.iter_mut().zip(resid).zip(win.iter()).enumerate() {
+            let n = rows * ((x + 5).min(w) - x.saturating_sub(4)) as f32;
+            // Rounding can leave a sum of squares a hair below zero.
+            *o = v / ((sum / n).max(0.0).sqrt() + 1.0);
         }
     }
 }
@@ -128,36 +147,202 @@ impl Linear {
     }
 }
 
-/// Resamples `img` onto the mark's grid: output pixel (x, y) (plus `offset`) is the input at
-/// `map` (x, y); the output is as large as the input at `map`'s scale.
+/// Where the mark's grid lands in a picture under a [`Linear`] map: output pixel (x, y)
+/// (plus `offset`) reads the picture at `map` (x, y), the grid centred on the picture so a
+/// rotation loses the corners evenly (the centre must not depend on `offset`: shifts are
+/// measured against it). One definition for the resampler and the fused fold, so the two
+/// read exactly the same positions.
+struct GridMap {
+    m: [[f64; 2]; 2],
+    /// Output size: as large as the input at the map's scale.
+    w: usize,
+    h: usize,
+    /// Output-grid centre minus the offset and the pixel-centre half, and the input centre.
+    c: (f64, f64),
+    ic: (f64, f64),
+}
+
+impl GridMap {
+    fn new(img: &Gray, map: Linear, offset: (f64, f64)) -> Self {
+        let m = map.0;
+        let scale = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt().max(1e-9);
+        let (w, h) = (
+            ((img.w as f64 / scale) - offset.0).floor().max(1.0) as usize,
+            ((img.h as f64 / scale) - offset.1).floor().max(1.0) as usize,
+        );
+        let (cx, cy) = (img.w as f64 / scale / 2.0, img.h as f64 / scale / 2.0);
+        Self {
+            m,
+            w,
+            h,
+            c: (offset.0 + 0.5 - cx, offset.1 + 0.5 - cy),
+            ic: (img.w as f64 / 2.0 - 0.5, img.h as f64 / 2.0 - 0.5),
+        }
+    }
+
+    /// Input position of the start of output row `y`, before rounding to f32.
+    #[inline]
+    fn row(&self, y: usize) -> (f64, f64) {
+        let m = self.m;
+        let (px, py) = (self.c.0, y as f64 + self.c.1);
+        (m[0][0] * px + m[0][1] * py + self.ic.0, m[1][0] * px + m[1][1] * py + self.ic.1)
+    }
+
+    /// Input position of output pixel `x` of the row that starts at `row`.
+    #[inline]
+    fn along(&self, row: (f64, f64), x: usize) -> (f32, f32) {
+        // Pictures are far narrower than 2^32 pixels; u32 converts in one instruction.
+        let x = f64::from(x as u32);
+        ((row.0 + self.m[0][0] * x) as f32, (row.1 + self.m[1][0] * x) as f32)
+    }
+}
+
+/// Resamples `img` onto the mark's grid (see [`GridMap`]); outside the picture is 0.
 fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
-    let m = map.0;
-    let scale = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt().max(1e-9);
-    let (w, h) = (
-        ((img.w as f64 / scale) - offset.0).floor().max(1.0) as usize,
-        ((img.h as f64 / scale) - offset.1).floor().max(1.0) as usize,
-    );
-    // Centre the grid on the picture so a rotation loses the corners evenly (the centre
-    // must not depend on `offset`: shifts are measured against it).
-    let (cx, cy) = (img.w as f64 / scale / 2.0, img.h as f64 / scale / 2.0);
-    let (icx, icy) = (img.w as f64 / 2.0, img.h as f64 / 2.0);
-    let mut out = Gray::new(w, h);
-    for y in 0..h {
-        for x in 0..w {
-            let (px, py) = (x as f64 + offset.0 + 0.5 - cx, y as f64 + offset.1 + 0.5 - cy);
-            let u = (m[0][0] * px + m[0][1] * py + icx - 0.5) as f32;
-            let v = (m[1][0] * px + m[1][1] * py + icy - 0.5) as f32;
-            out.data[y * w + x] = img.sample(u, v).unwrap_or(0.0);
+    let g = GridMap::new(img, map, offset);
+    let mut out = Gray::new(g.w, g.h);
+    for y in 0..g.h {
+        let row = g.row(y);
+        for x in 0..g.w {
+            let (u, v) = g.along(row, x);
+            out.data[y * g.w + x] = img.sample(u, v).unwrap_or(0.0);
         }
     }
     out
+}
+
+/// [`fold`] of [`resample`]`(img, map, (0, 0))` into `tile`, without the resampled picture:
+/// the same positions, the same bilinear taps and the same order of additions, so the
+/// result is bit-identical (the blind search runs this for every hypothesis). Returns the
+/// resampled size.
+fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
+    let g = GridMap::new(img, map, (0.0, 0.0));
+    tile.fill(0.0);
+    if img.w < 2 || img.h < 2 {
+        // Degenerate pictures take the general sampler's clamped edges.
+        for y in 0..g.h {
+            let (start, row) = (g.row(y), &mut tile[(y % TILE_PX) * TILE_PX..][..TILE_PX]);
+            for x in 0..g.w {
+                let (u, v) = g.along(start, x);
+                row[x % TILE_PX] += img.sample(u, v).unwrap_or(0.0);
+            }
+        }
+        return (g.w, g.h);
+    }
+    let (w, h) = (img.w, img.h);
+    let (xmax, ymax) = ((w - 1) as f32, (h - 1) as f32);
+    let (du, dv) = (g.m[0][0], g.m[1][0]);
+    let edge = |u: f32, v: f32| -> f32 {
+        // Outside the picture adds 0 ([`Gray::sample`]'s `None`); adding it keeps the
+        // reference's rounding.
+        if u >= 0.0 && v >= 0.0 && u <= xmax && v <= ymax {
+            let (xi, yi) = ((u as usize).min(w - 2), (v as usize).min(h - 2));
+            bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32)
+        } else {
+            0.0
+        }
+    };
+    for y in 0..g.h {
+        let (start, row) = (g.row(y), &mut tile[(y % TILE_PX) * TILE_PX..][..TILE_PX]);
+        // Output pixels at least `MARGIN` inside the picture need no bounds check and no
+        // clamp (there floor(u) <= w - 2 already); the rest take the checked path.
+        let (lo, hi) = inside(start, (du, dv), ((w - 1) as f64, (h - 1) as f64));
+        let (a, b) = (lo.ceil().max(0.0), hi.floor().min(g.w as f64 - 1.0));
+        let (a, b) = if a <= b { (a as usize, b as usize + 1) } else { (0, 0) };
+        // In x order, so each tile pixel adds its terms in the reference's order.
+        for x in 0..a.min(g.w) {
+            let (u, v) = g.along(start, x);
+            row[x % TILE_PX] += edge(u, v);
+        }
+        // Lanes of LANES pixels that start on a multiple of LANES never wrap around the
+        // tile row; the lane arithmetic vectorises, the loads stay scalar.
+        let lanes_from = a.next_multiple_of(LANES).min(b);
+        let lanes_to = lanes_from + (b - lanes_from) / LANES * LANES;
+        for x in a..lanes_from {
+            let (u, v) = g.along(start, x);
+            let (xi, yi) = (u as u32 as usize, v as u32 as usize);
+            row[x % TILE_PX] += bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32);
+        }
+        for x0 in (lanes_from..lanes_to).step_by(LANES) {
+            let (mut u, mut v) = ([0f32; LANES], [0f32; LANES]);
+            for j in 0..LANES {
+                (u[j], v[j]) = g.along(start, x0 + j);
+            }
+            let (mut fx, mut fy, mut at) = ([0f32; LANES], [0f32; LANES], [0usize; LANES]);
+            for j in 0..LANES {
+                let (xi, yi) = (u[j] as u32, v[j] as u32);
+                (fx[j], fy[j]) = (u[j] - xi as f32, v[j] - yi as f32);
+                at[j] = yi as usize * w + xi as usize;
+            }
+            let (mut p, mut q, mut r, mut t) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            for j in 0..LANES {
+                let i = at[j];
+                (p[j], q[j], r[j], t[j]) =
+                    (img.data[i], img.data[i + 1], img.data[i + w], img.data[i + w + 1]);
+            }
+            let out = &mut row[x0 % TILE_PX..][..LANES];
+            for j in 0..LANES {
+                let top = p[j] + (q[j] - p[j]) * fx[j];
+                let bot = r[j] + (t[j] - r[j]) * fx[j];
+                out[j] += top + (bot - top) * fy[j];
+            }
+        }
+        for x in lanes_to..b {
+            let (u, v) = g.along(start, x);
+            let (xi, yi) = (u as u32 as usize, v as u32 as usize);
+            row[x % TILE_PX] += bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32);
+        }
+        for x in b.max(a)..g.w {
+            let (u, v) = g.along(start, x);
+            row[x % TILE_PX] += edge(u, v);
+        }
+    }
+    (g.w, g.h)
+}
+
+/// Bilinear sample between pixel (xi, yi) and its right and lower neighbours, as
+/// [`Gray::sample`] computes it.
+#[inline]
+fn bilinear_at(img: &Gray, xi: usize, yi: usize, fx: f32, fy: f32) -> f32 {
+    let i = yi * img.w + xi;
+    let (a, b) = (img.data[i], img.data[i + 1]);
+    let (c, d) = (img.data[i + img.w], img.data[i + img.w + 1]);
+    let top = a + (b - a) * fx;
+    let bot = c + (d - c) * fx;
+    top + (bot - top) * fy
+}
+
+/// Pixels the fused fold computes at once.
+const LANES: usize = 8;
+
+/// How far inside the picture (in pixels) a position must be for the unchecked bilinear
+/// path: far above f32 rounding at any picture size this reads.
+const MARGIN: f64 = 1e-2;
+
+/// The range of x for which `p0 + d x` lies at least [`MARGIN`] inside [0, max] on both
+/// axes (empty when low > high).
+fn inside(p0: (f64, f64), d: (f64, f64), max: (f64, f64)) -> (f64, f64) {
+    let axis = |p0: f64, d: f64, max: f64| -> (f64, f64) {
+        let (lo, hi) = (MARGIN, max - MARGIN);
+        if d.abs() < 1e-12 {
+            if (lo..=hi).contains(&p0) {
+                (f64::NEG_INFINITY, f64::INFINITY)
+            } else {
+                (1.0, 0.0)
+            }
+        } else {
+            let (t0, t1) = ((lo - p0) / d, (hi - p0) / d);
+            (t0.min(t1), t0.max(t1))
+        }
+    };
+    let (a, b) = (axis(p0.0, d.0, max.0), axis(p0.1, d.1, max.1));
+    (a.0.max(b.0), a.1.min(b.1))
 }
 
 /// Shapes (rotation, stretch) the mark's periodic lattice suggests, found without the key:
 /// the autocorrelation of the accumulated residual peaks at the tile's lattice vectors.
 /// Returns at most a few shapes that are not the identity (the plain search covers that).
 fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
-    use rustfft::num_complex::Complex32;
     let (w, h) = (acc.w, acc.h);
     if w < TILE_PX / 2 || h < TILE_PX / 2 {
         return Vec::new();
@@ -267,6 +452,8 @@ const LATTICE_MIN_Z: f64 = 4.5;
 /// At most this many lattice shapes are searched (each counted in the hypotheses).
 const MAX_LATTICE_SHAPES: usize = 4;
 
+/// The picture summed modulo the tile: every copy of the periodic mark on top of each other.
+#[cfg(test)]
 fn fold(img: &Gray) -> Vec<f32> {
     let mut f = vec![0f32; TILE_PX * TILE_PX];
     for y in 0..img.h {
@@ -346,7 +533,9 @@ impl Mirror {
     }
 
     /// The folded tile of the mirrored picture, up to a cyclic shift: folding commutes
-    /// with a flip once the flip is taken modulo the tile.
+    /// with a flip once the flip is taken modulo the tile. (The search does this on the
+    /// spectrum, see [`PilotSearch::correlate_mirrored`].)
+    #[cfg(test)]
     fn reflect_folded(self, folded: &[f32], out: &mut [f32]) {
         for v in 0..TILE_PX {
             let sv = if self.vertical { (TILE_PX - v) % TILE_PX } else { v };
@@ -358,43 +547,76 @@ impl Mirror {
     }
 }
 
-/// Searches the pilot's correlation peak over geometries: one FFT plan and its buffers,
-/// reused for every hypothesis a thread tries.
-struct PilotSearch {
-    fft: Fft2d,
+/// The pilot's reference tile and its conjugated spectrum: made once per key and shared by
+/// every thread's [`PilotSearch`].
+struct Pilot {
+    #[cfg(test)]
     tile: Vec<f32>,
-    ba: Vec<rustfft::num_complex::Complex32>,
-    bb: Vec<rustfft::num_complex::Complex32>,
-    surface: Vec<f32>,
-    reflected: Vec<f32>,
+    conj_spectrum: Vec<Complex32>,
 }
 
-impl PilotSearch {
+impl Pilot {
     fn new(key: &MasterKey) -> Self {
+        let tile = pilot_tile(key);
+        let mut conj_spectrum: Vec<Complex32> = tile.iter().map(|&v| Complex32::new(v, 0.0)).collect();
+        Fft2d::new(TILE_PX, TILE_PX).forward(&mut conj_spectrum);
+        conj_spectrum.iter_mut().for_each(|c| *c = c.conj());
         Self {
-            fft: Fft2d::new(TILE_PX, TILE_PX),
-            tile: pilot_tile(key),
-            ba: Vec::new(),
-            bb: Vec::new(),
-            surface: vec![0f32; TILE_PX * TILE_PX],
-            reflected: vec![0f32; TILE_PX * TILE_PX],
+            #[cfg(test)]
+            tile,
+            conj_spectrum,
         }
+    }
+}
+
+/// Searches the pilot's correlation peak over geometries: one FFT plan and its buffers,
+/// reused for every hypothesis a thread tries.
+struct PilotSearch<'p> {
+    pilot: &'p Pilot,
+    fft: Fft2d,
+    folded: Vec<f32>,
+    /// Spectrum of the folded tile.
+    spectrum: Vec<Complex32>,
+    product: Vec<Complex32>,
+    surface: Vec<f32>,
+}
+
+impl<'p> PilotSearch<'p> {
+    fn new(pilot: &'p Pilot) -> Self {
+        let n = TILE_PX * TILE_PX;
+        Self {
+            pilot,
+            fft: Fft2d::new(TILE_PX, TILE_PX),
+            folded: vec![0f32; n],
+            spectrum: vec![Complex32::default(); n],
+            product: vec![Complex32::default(); n],
+            surface: vec![0f32; n],
+        }
+    }
+
+    /// Folds `acc` resampled by `map` and takes its spectrum; `false` when the image is
+    /// too small for half a tile.
+    fn fold_spectrum(&mut self, acc: &Gray, map: Linear) -> bool {
+        let (w, h) = fold_resampled(acc, map, &mut self.folded);
+        if w < TILE_PX / 2 || h < TILE_PX / 2 {
+            return false;
+        }
+        for (c, &v) in self.spectrum.iter_mut().zip(&self.folded) {
+            *c = Complex32::new(v, 0.0);
+        }
+        self.fft.forward(&mut self.spectrum);
+        true
     }
 
     /// Best pilot peak of `acc` resampled by `map` over the mirrors: its z, and the
     /// mirror. `None` when the image is too small for a tile.
     fn best_mirror(&mut self, acc: &Gray, map: Linear) -> Option<(f64, Mirror)> {
-        let img = resample(acc, map, (0.0, 0.0));
-        if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
+        if !self.fold_spectrum(acc, map) {
             return None;
         }
-        let folded = fold(&img);
         let mut best = (f64::MIN, Mirror::ALL[0]);
         for m in Mirror::ALL {
-            let mut reflected = std::mem::take(&mut self.reflected);
-            m.reflect_folded(&folded, &mut reflected);
-            let (z, _) = self.correlate(&reflected);
-            self.reflected = reflected;
+            let (z, _) = self.correlate_mirrored(m);
             if z > best.0 {
                 best = (z, m);
             }
@@ -405,34 +627,38 @@ impl PilotSearch {
     /// Peak of the pilot correlation of `acc` resampled by `map`: its z over the whole
     /// surface and the integer shift; `None` when the image is too small for a tile.
     fn peak(&mut self, acc: &Gray, map: Linear) -> Option<(f64, (usize, usize))> {
-        let img = resample(acc, map, (0.0, 0.0));
-        if img.w < TILE_PX / 2 || img.h < TILE_PX / 2 {
+        if !self.fold_spectrum(acc, map) {
             return None;
         }
-        let folded = fold(&img);
-        Some(self.correlate(&folded))
+        Some(self.correlate_mirrored(Mirror::ALL[0]))
     }
 
-    /// z and position of the pilot's cyclic correlation peak in a folded tile.
-    fn correlate(&mut self, folded: &[f32]) -> (f64, (usize, usize)) {
-        cross_correlate(
-            &mut self.fft,
-            folded,
-            &self.tile,
-            false,
-            &mut self.ba,
-            &mut self.bb,
-            &mut self.surface,
-        );
-        let n = self.surface.len() as f64;
-        let mean = self.surface.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = self.surface.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-        let (i, v) = self
-            .surface
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-        ((f64::from(v) - mean) / var.sqrt().max(1e-12), (i % TILE_PX, i / TILE_PX))
+    /// z and position of the pilot's cyclic correlation peak in the folded tile flipped by
+    /// `mirror`. A flip modulo the tile, u -> -u, is k -> -k on the spectrum: one forward
+    /// transform serves all four mirrors.
+    fn correlate_mirrored(&mut self, mirror: Mirror) -> (f64, (usize, usize)) {
+        let n = TILE_PX;
+        for ky in 0..n {
+            let sy = if mirror.vertical { (n - ky) % n } else { ky };
+            let (out, pilot) = (&mut self.product[ky * n..][..n], &self.pilot.conj_spectrum[ky * n..][..n]);
+            let src = &self.spectrum[sy * n..][..n];
+            if mirror.horizontal {
+                out[0] = src[0] * pilot[0];
+                for kx in 1..n {
+                    out[kx] = src[n - kx] * pilot[kx];
+                }
+            } else {
+                for ((o, &a), &b) in out.iter_mut().zip(src).zip(pilot) {
+                    *o = a * b;
+                }
+            }
+        }
+        self.fft.inverse(&mut self.product);
+        let scale = 1.0 / (n * n) as f32;
+        for (o, v) in self.surface.iter_mut().zip(&self.product) {
+            *o = v.re * scale;
+        }
+        surface_peak(&self.surface)
     }
 
     /// Sub-pixel refinement of a peak (parabola through the neighbours); call right after
@@ -452,6 +678,16 @@ impl PilotSearch {
             dy as f64 + para(at(dx, dy + TILE_PX - 1), at(dx, dy), at(dx, dy + 1)),
         )
     }
+}
+
+/// z of a correlation surface's highest value over the whole surface, and where it is.
+fn surface_peak(surface: &[f32]) -> (f64, (usize, usize)) {
+    let n = surface.len() as f64;
+    let mean = surface.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = surface.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let (i, v) =
+        surface.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+    ((f64::from(v) - mean) / var.sqrt().max(1e-12), (i % TILE_PX, i / TILE_PX))
 }
 
 /// Smallest picture side a blind trace can read: half a tile at the largest scale searched.
@@ -522,49 +758,87 @@ pub fn accumulate_blind(
         _ => 1.0,
     };
     let mut views = analyses(info.width, info.height, sar);
-    // Frames are decoded here and whitened in parallel, a batch at a time.
+    // One thread decodes while the others whiten the previous batch in parallel; frames
+    // go round between them, so the loop allocates nothing once they are made.
     let batch_len = 2 * rayon::current_num_threads().max(1);
-    let mut batch: Vec<Frame> = (0..batch_len).map(|_| Frame::new(info.width, info.height)).collect();
     // One set of buffers per batch slot and grid, reused for every frame.
     let mut scratch: Vec<Vec<FrameScratch>> =
         (0..batch_len).map(|_| views.iter().map(|_| FrameScratch::default()).collect()).collect();
+    let sizes: Vec<(usize, usize)> = views.iter().map(|v| (v.acc.w, v.acc.h)).collect();
+    let limit = (config.max_frames > 0).then_some(config.max_frames as u64);
     let mut frames = 0u64;
-    let mut at_end = false;
-    while !at_end {
-        let mut n = 0;
-        while n < batch_len {
-            if (config.max_frames > 0 && frames + n as u64 >= config.max_frames as u64)
-                || !r.read_frame(&mut batch[n]).map_err(Error::Video)?
-            {
-                at_end = true;
-                break;
-            }
-            n += 1;
+    std::thread::scope(|scope| -> Result<()> {
+        let (decoded_tx, decoded) = mpsc::sync_channel::<Frame>(batch_len);
+        let (free, free_rx) = mpsc::channel::<Frame>();
+        for _ in 0..2 * batch_len {
+            free.send(Frame::new(info.width, info.height)).expect("the receiver is here");
         }
-        let sizes: Vec<(usize, usize)> = views.iter().map(|v| (v.acc.w, v.acc.h)).collect();
-        batch[..n].par_iter().zip(scratch[..n].par_iter_mut()).for_each(|(f, per_view)| {
-            for (&(w, h), s) in sizes.iter().zip(per_view.iter_mut()) {
-                resize_into(&f.y, w, h, s);
-                let mut white = std::mem::take(&mut s.white);
-                let picture = std::mem::take(&mut s.picture);
-                whiten_into(&picture, s, &mut white);
-                (s.white, s.picture) = (white, picture);
-            }
-        });
-        // Summed in frame order, so the result does not depend on the thread count.
-        for per_view in &scratch[..n] {
-            for (v, s) in views.iter_mut().zip(per_view) {
-                for (o, x) in v.acc.data.iter_mut().zip(&s.white.data) {
-                    *o += x;
+        let decoder = std::thread::Builder::new()
+            .name("tracemark-decode".into())
+            .spawn_scoped(scope, move || -> Result<()> {
+                let mut read = 0u64;
+                // Stops at the end, at the frame limit, or when the consumer hangs up.
+                while let Ok(mut f) = free_rx.recv() {
+                    if limit.is_some_and(|l| read >= l) || !r.read_frame(&mut f).map_err(Error::Video)? {
+                        break;
+                    }
+                    read += 1;
+                    if decoded_tx.send(f).is_err() {
+                        break;
+                    }
                 }
-                for (o, x) in v.host.data.iter_mut().zip(&s.picture.data) {
-                    *o += x;
+                Ok(())
+            })
+            .expect("spawning the decoder thread");
+        let mut batch: Vec<Frame> = Vec::with_capacity(batch_len);
+        let consumed = (|| -> Result<()> {
+            loop {
+                while batch.len() < batch_len {
+                    match decoded.recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let n = batch.len();
+                batch.par_iter().zip(scratch[..n].par_iter_mut()).for_each(|(f, per_view)| {
+                    for (&(w, h), s) in sizes.iter().zip(per_view.iter_mut()) {
+                        resize_into(&f.y, w, h, s);
+                        let mut white = std::mem::take(&mut s.white);
+                        let picture = std::mem::take(&mut s.picture);
+                        whiten_into(&picture, s, &mut white);
+                        (s.white, s.picture) = (white, picture);
+                    }
+                });
+                // Summed in frame order, so the result does not depend on the thread count.
+                for per_view in &scratch[..n] {
+                    for (v, s) in views.iter_mut().zip(per_view) {
+                        for (o, x) in v.acc.data.iter_mut().zip(&s.white.data) {
+                            *o += x;
+                        }
+                        for (o, x) in v.host.data.iter_mut().zip(&s.picture.data) {
+                            *o += x;
+                        }
+                    }
+                }
+                frames += n as u64;
+                for f in batch.drain(..) {
+                    // The decoder may have finished already; then the frame is not needed.
+                    let _ = free.send(f);
+                }
+                tick(progress, frames, total)?;
+                if n < batch_len {
+                    return Ok(());
                 }
             }
-        }
-        frames += n as u64;
-        tick(progress, frames, total)?;
-    }
+        })();
+        // Hanging up stops the decoder wherever it waits; its error, if any, comes first.
+        drop((decoded, free));
+        let decoded = decoder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        decoded.and(consumed)
+    })?;
     if frames == 0 {
         return Err(Error::NoFrames);
     }
@@ -591,10 +865,11 @@ pub fn trace_accumulated(
         .iter()
         .map(|v| std::iter::once(Linear::IDENTITY).chain(lattice_shapes(&v.acc)).collect())
         .collect();
+    let pilot = Pilot::new(key);
     let search = |hyps: Vec<Hyp>| -> (f64, Hyp, Mirror) {
         hyps.into_par_iter()
             .map_init(
-                || PilotSearch::new(key),
+                || PilotSearch::new(&pilot),
                 |sync, (vi, si, scale)| {
                     sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale))
                         .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
@@ -631,7 +906,7 @@ pub fn trace_accumulated(
         &flipped
     };
     let map = shapes[vi][si].mirrored(mirror).scaled(scale);
-    let mut sync = PilotSearch::new(key);
+    let mut sync = PilotSearch::new(&pilot);
     let acc = &view.acc;
     // Every scale of the search is too large for a picture this small to hold half a tile.
     let (_, peak) = sync.peak(acc, map).ok_or(Error::TooSmall {
@@ -730,6 +1005,85 @@ mod tests {
         tracemark_core::Plane::from_vec(data, w, h, w).expect("sizes match")
     }
 
+    /// A textured test picture (smooth ramps plus noise).
+    fn gray(w: usize, h: usize, seed: u32) -> Gray {
+        Gray::from_plane(&plane(w, h, seed), w, h)
+    }
+
+    fn rotation(deg: f64, stretch: f64) -> Linear {
+        let (s, c) = deg.to_radians().sin_cos();
+        let (a, b) = (stretch.sqrt(), 1.0 / stretch.sqrt());
+        Linear([[c * a, -s * b], [s * a, c * b]])
+    }
+
+    #[test]
+    fn fused_fold_is_the_fold_of_the_resampled_picture() {
+        let maps = [
+            Linear::IDENTITY,
+            Linear::IDENTITY.scaled(0.5),
+            Linear::IDENTITY.scaled(1.37),
+            rotation(4.0, 1.0).scaled(0.93),
+            rotation(-11.0, 1.3).scaled(1.08),
+            rotation(2.0, 0.8).mirrored(Mirror::ALL[1]).scaled(0.71),
+        ];
+        for (w, h, seed) in [(300, 170, 7), (129, 257, 8), (1, 40, 9), (40, 1, 10)] {
+            let img = gray(w, h, seed);
+            for map in maps {
+                let mut tile = vec![1f32; TILE_PX * TILE_PX];
+                let size = fold_resampled(&img, map, &mut tile);
+                let resampled = resample(&img, map, (0.0, 0.0));
+                assert_eq!(size, (resampled.w, resampled.h), "{w}x{h} {map:?}");
+                assert_eq!(tile, fold(&resampled), "{w}x{h} {map:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mirrors_on_the_spectrum_match_mirrors_of_the_folded_tile() {
+        let key = MasterKey::from_bytes([5; 32]);
+        let pilot = Pilot::new(&key);
+        let mut search = PilotSearch::new(&pilot);
+        // A picture that holds the pilot tile (mirrored, shifted) under texture.
+        let (w, h) = (3 * TILE_PX + 17, 2 * TILE_PX + 5);
+        let mut img = gray(w, h, 11);
+        for y in 0..h {
+            for x in 0..w {
+                let (tx, ty) = ((w - x + 37) % TILE_PX, (y + 90) % TILE_PX);
+                img.data[y * w + x] = 0.05 * img.data[y * w + x] + 4.0 * pilot.tile[ty * TILE_PX + tx];
+            }
+        }
+        let map = Linear::IDENTITY;
+        assert!(search.fold_spectrum(&img, map));
+        let folded = fold(&resample(&img, map, (0.0, 0.0)));
+        let mut best = (f64::MIN, Mirror::ALL[0]);
+        for m in Mirror::ALL {
+            let mut reflected = vec![0f32; TILE_PX * TILE_PX];
+            m.reflect_folded(&folded, &mut reflected);
+            let (mut ba, mut bb, mut surface) = (Vec::new(), Vec::new(), vec![0f32; TILE_PX * TILE_PX]);
+            let mut fft = Fft2d::new(TILE_PX, TILE_PX);
+            crate::fft2d::cross_correlate(
+                &mut fft,
+                &reflected,
+                &pilot.tile,
+                false,
+                &mut ba,
+                &mut bb,
+                &mut surface,
+            );
+            let want = surface_peak(&surface);
+            let got = search.correlate_mirrored(m);
+            assert_eq!(got.1, want.1, "{m:?}");
+            assert!((got.0 - want.0).abs() < 1e-3 * want.0.abs().max(1.0), "{m:?}: {} vs {}", got.0, want.0);
+            if want.0 > best.0 {
+                best = (want.0, m);
+            }
+        }
+        // The planted mirror stands out, and the search names it.
+        assert!(best.0 > 10.0, "planted pilot z {}", best.0);
+        assert_eq!(search.best_mirror(&img, map).map(|b| b.1), Some(best.1));
+        assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
+    }
+
     #[test]
     fn reused_buffers_give_what_fresh_ones_give() {
         let mut s = FrameScratch::default();
@@ -740,6 +1094,9 @@ mod tests {
             (40, 30, 40, 30, 3),
             (40, 30, 64, 48, 4),
             (96, 64, 48, 32, 5),
+            // Narrower than two half-windows, and just wider.
+            (12, 10, 6, 5, 6),
+            (18, 10, 9, 5, 7),
         ] {
             let p = plane(pw, ph, seed);
             resize_into(&p, w, h, &mut s);
