@@ -28,9 +28,11 @@ timed() {
     awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a, 0}' >>"$out"
   fi
 }
-: >"$work/ffmpeg"; : >"$work/blind"; : >"$work/informed"
+: >"$work/ffmpeg"; : >"$work/ffmpeg2"; : >"$work/blind"; : >"$work/informed"
 for _ in $(seq "$rounds"); do
   timed "$work/ffmpeg" ffmpeg -nostdin -v error -i "$work/leak.mp4" -f null -
+  # Informed mode must decode both files: this is its floor.
+  timed "$work/ffmpeg2" ffmpeg -nostdin -v error -i "$work/leak.mp4" -i "$clip" -map 0:v -map 1:v -f null -
   timed "$work/blind" $tm --quiet trace --key "$work/key" --registry "$work/reg.db" --json "$work/leak.mp4"
   timed "$work/informed" $tm --quiet trace --key "$work/key" --registry "$work/reg.db" --json \
     --original "$clip" "$work/leak.mp4"
@@ -39,9 +41,10 @@ echo "Leak: marked $(basename "$clip"), ${secs} s; median of $rounds runs."
 echo
 echo "| what | wall s | × real time | peak RSS MB |"
 echo "|---|---|---|---|"
-for what in ffmpeg blind informed; do
+for what in ffmpeg ffmpeg2 blind informed; do
   w=$(cut -d' ' -f1 <"$work/$what" | median); m=$(cut -d' ' -f2 <"$work/$what" | median)
   label=$what; [ "$what" = ffmpeg ] && label="ffmpeg decode (reference)"
+  [ "$what" = ffmpeg2 ] && label="ffmpeg decode of leak + source at once (informed's floor)"
   [ "$what" = blind ] && label="tracemark trace (blind)"
   [ "$what" = informed ] && label="tracemark trace --original (informed)"
   printf "| %s | %.2f | %.1f | %.0f |\n" "$label" "$w" "$(awk -v s="$secs" -v w="$w" 'BEGIN {print s / w}')" \
