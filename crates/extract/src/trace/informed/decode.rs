@@ -218,13 +218,62 @@ pub(super) enum Frames<'a> {
     Decode(Box<Redecode>),
 }
 
-/// A second, forward-only decode; the last frame is kept for repeats.
+/// A second, forward-only decode, run ahead on its own thread (so decoding overlaps the
+/// reading of earlier frames); the last frame is kept for repeats.
 pub(super) struct Redecode {
-    pub(super) reader: VideoReader,
-    pub(super) frame: Frame,
-    pub(super) next: usize,
-    pub(super) down: Downscaler,
-    pub(super) last: Option<(usize, Arc<Gray>)>,
+    /// Frames in order at the reading size, quantised like the store.
+    frames: mpsc::Receiver<Result<Arc<Gray>>>,
+    /// Index of the frame the channel gives next.
+    next: usize,
+    last: Option<(usize, Arc<Gray>)>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Frames decoded ahead of the reading at most.
+const REDECODE_AHEAD: usize = 8;
+
+impl Redecode {
+    fn start(mut reader: VideoReader, (w, h): (usize, usize), size: (usize, usize)) -> Self {
+        let (tx, frames) = mpsc::sync_channel(REDECODE_AHEAD);
+        let worker = std::thread::Builder::new()
+            .name("tracemark-redecode".into())
+            .spawn(move || {
+                let mut frame = Frame::new(w, h);
+                let mut down = Downscaler::new(w, h, size.0, size.1);
+                loop {
+                    let g = match reader.read_frame(&mut frame) {
+                        Ok(true) => {
+                            let mut g = Gray::new(size.0, size.1);
+                            down.run(&frame.y, &mut g.data);
+                            // The same fixed point as the store: the budget changes speed,
+                            // not results.
+                            g.data.iter_mut().for_each(|v| *v = from_fixed(to_fixed(*v)));
+                            Ok(Arc::new(g))
+                        }
+                        Ok(false) => return,
+                        Err(e) => Err(Error::Video(e)),
+                    };
+                    let failed = g.is_err();
+                    // The reader hung up (done, or cancelled): stop decoding.
+                    if tx.send(g).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a decoder thread");
+        Self { frames, next: 0, last: None, worker: Some(worker) }
+    }
+}
+
+impl Drop for Redecode {
+    fn drop(&mut self) {
+        // Hang up first, so a worker waiting to hand over a frame stops, then wait for it.
+        let (_, closed) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.frames, closed));
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
 }
 
 impl<'a> Frames<'a> {
@@ -233,13 +282,7 @@ impl<'a> Frames<'a> {
             Some(frames) if clip.store_size == size => Ok(Frames::Stored(frames)),
             _ => {
                 let (w, h) = (clip.info.width, clip.info.height);
-                Ok(Frames::Decode(Box::new(Redecode {
-                    reader: open(path)?,
-                    frame: Frame::new(w, h),
-                    next: 0,
-                    down: Downscaler::new(w, h, size.0, size.1),
-                    last: None,
-                })))
+                Ok(Frames::Decode(Box::new(Redecode::start(open(path)?, (w, h), size))))
             }
         }
     }
@@ -263,19 +306,14 @@ impl<'a> Frames<'a> {
             return Ok(None);
         }
         while d.next <= index {
-            if !d.reader.read_frame(&mut d.frame).map_err(Error::Video)? {
-                return Ok(None);
+            match d.frames.recv() {
+                Ok(frame) => d.last = Some((d.next, frame?)),
+                // The decode reached the end of the file.
+                Err(_) => return Ok(None),
             }
             d.next += 1;
         }
-        let (w, h) = d.down.size();
-        let mut g = Gray::new(w, h);
-        d.down.run(&d.frame.y, &mut g.data);
-        // The same fixed point as the store: the budget changes speed, not results.
-        g.data.iter_mut().for_each(|v| *v = from_fixed(to_fixed(*v)));
-        let g = Arc::new(g);
-        d.last = Some((index, Arc::clone(&g)));
-        Ok(Some(Pic::Decoded(g)))
+        Ok(d.last.as_ref().map(|(_, g)| Pic::Decoded(Arc::clone(g))))
     }
 }
 

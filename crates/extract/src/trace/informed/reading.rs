@@ -230,14 +230,25 @@ pub(super) fn warp_and_fit(src: &Gray, leak: &Gray, pw: &PairWarp, warped: &mut 
     // that neighbouring pixels of one level do not wait on each other's sums.
     let mut sum = [[0f64; 256]; 4];
     let mut cnt = [[0u32; 256]; 4];
+    // Levels first, a row at a time (this pass vectorises), then the scattered sums.
+    let mut levels = [0u8; 4096];
     for j in yr.clone() {
         let s_row = &src.data[j * src.w..][xr.clone()];
         let w_row = &warped.data[j * src.w..][xr.clone()];
         let u_row = &usable[j * src.w..][xr.clone()];
-        for (n, ((&s, &v), _)) in s_row.iter().zip(w_row).zip(u_row).enumerate().filter(|(_, (_, &u))| u) {
-            let b = (s.clamp(0.0, 255.0) + 0.5) as usize;
-            sum[n & 3][b] += f64::from(v);
-            cnt[n & 3][b] += 1;
+        for start in (0..s_row.len()).step_by(levels.len()) {
+            let end = (start + levels.len()).min(s_row.len());
+            let lv = &mut levels[..end - start];
+            for (l, &s) in lv.iter_mut().zip(&s_row[start..end]) {
+                *l = (s.clamp(0.0, 255.0) + 0.5) as u8;
+            }
+            for (n, ((&b, &v), &u)) in lv.iter().zip(&w_row[start..end]).zip(&u_row[start..end]).enumerate() {
+                if u {
+                    let (lane, b) = ((start + n) & 3, usize::from(b));
+                    sum[lane][b] += f64::from(v);
+                    cnt[lane][b] += 1;
+                }
+            }
         }
     }
     let mut lut = [f64::NAN; 256];
