@@ -249,19 +249,26 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
         let (lo, hi) = inside(start, (du, dv), ((w - 1) as f64, (h - 1) as f64));
         let (a, b) = (lo.ceil().max(0.0), hi.floor().min(g.w as f64 - 1.0));
         let (a, b) = if a <= b { (a as usize, b as usize + 1) } else { (0, 0) };
+        let at_edge = |x: usize| {
+            let (u, v) = g.along(start, x);
+            edge(u, v)
+        };
+        let inner = |x: usize| {
+            let (u, v) = g.along(start, x);
+            let (xi, yi) = (u as u32 as usize, v as u32 as usize);
+            bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32)
+        };
         // In x order, so each tile pixel adds its terms in the reference's order.
         for x in 0..a.min(g.w) {
-            let (u, v) = g.along(start, x);
-            row[x % TILE_PX] += edge(u, v);
+            row[x % TILE_PX] += at_edge(x);
         }
         // Lanes of LANES pixels that start on a multiple of LANES never wrap around the
-        // tile row; the lane arithmetic vectorises, the loads stay scalar.
+        // tile row; the lane arithmetic (register::bilinear's, lane by lane) vectorises,
+        // the loads stay scalar.
         let lanes_from = a.next_multiple_of(LANES).min(b);
         let lanes_to = lanes_from + (b - lanes_from) / LANES * LANES;
         for x in a..lanes_from {
-            let (u, v) = g.along(start, x);
-            let (xi, yi) = (u as u32 as usize, v as u32 as usize);
-            row[x % TILE_PX] += bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32);
+            row[x % TILE_PX] += inner(x);
         }
         for x0 in (lanes_from..lanes_to).step_by(LANES) {
             let (mut u, mut v) = ([0f32; LANES], [0f32; LANES]);
@@ -288,13 +295,10 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
             }
         }
         for x in lanes_to..b {
-            let (u, v) = g.along(start, x);
-            let (xi, yi) = (u as u32 as usize, v as u32 as usize);
-            row[x % TILE_PX] += bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32);
+            row[x % TILE_PX] += inner(x);
         }
         for x in b.max(a)..g.w {
-            let (u, v) = g.along(start, x);
-            row[x % TILE_PX] += edge(u, v);
+            row[x % TILE_PX] += at_edge(x);
         }
     }
     (g.w, g.h)
@@ -304,12 +308,8 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
 /// [`Gray::sample`] computes it.
 #[inline]
 fn bilinear_at(img: &Gray, xi: usize, yi: usize, fx: f32, fy: f32) -> f32 {
-    let i = yi * img.w + xi;
-    let (a, b) = (img.data[i], img.data[i + 1]);
-    let (c, d) = (img.data[i + img.w], img.data[i + img.w + 1]);
-    let top = a + (b - a) * fx;
-    let bot = c + (d - c) * fx;
-    top + (bot - top) * fy
+    let (r0, r1) = (&img.data[yi * img.w..], &img.data[(yi + 1) * img.w..]);
+    register::bilinear(r0, r1, xi, xi + 1, fx, fy)
 }
 
 /// Pixels the fused fold computes at once.
