@@ -12,6 +12,7 @@ use tracemark::extract::detect::{DetectScratch, SlotSums};
 use tracemark::extract::image::{Downscaler, Gray};
 use tracemark::extract::verdict::{decide, Candidate};
 use tracemark::extract::Detector;
+use tracemark_core::layout::Scheme;
 
 fn detector(c: &mut Criterion) {
     let key = MasterKey::from_seed(3);
@@ -51,7 +52,11 @@ fn detector(c: &mut Criterion) {
     let mut sums = SlotSums::default();
     det.accumulate(&resid, &b.data, 768, 576, (0, 0), &mut sums, &mut DetectScratch::default());
     let registry: Vec<Candidate> = (0..1000u64)
-        .map(|i| Candidate { mark_id: MarkId(i * 7919 + 1), recipient: format!("r{i}") })
+        .map(|i| Candidate {
+            mark_id: MarkId(i * 7919 + 1),
+            recipient: format!("r{i}"),
+            scheme: Scheme::Fixed,
+        })
         .collect();
     g.bench_function("decide_1000_exports", |bch| bch.iter(|| decide(&det, &sums, &registry, 1.0, 1e-6)));
     g.finish();

@@ -7,6 +7,7 @@
 # Prints a Markdown table.
 #
 #   benches/invisibility.sh [SECONDS] CLIP...      (default: 6 s of every clip in ../shared/clips)
+# EMBED_ARGS (say `--scheme v1`) is passed to every `tracemark embed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-6}"; shift || true
@@ -26,7 +27,7 @@ ssim_y() { ffmpeg -nostdin -v info -i "$1" -i "$2" -lavfi "[0:v][1:v]ssim" -f nu
 embed() { # embed IN OUT CRF PRESET
   rm -f "$work/reg.db"
   "$tm" embed --quiet --key "$work/key" --registry "$work/reg.db" --recipient bench --officer bench-officer \
-    --approved-by bench-approver --crf "$3" --preset "$4" "$1" "$2" >/dev/null
+    --approved-by bench-approver --crf "$3" --preset "$4" ${EMBED_ARGS:-} "$1" "$2" >/dev/null
 }
 plain() { # plain IN OUT CRF PRESET
   ffmpeg -nostdin -y -v error -i "$1" -map 0:v:0 -vf "$even" -c:v libx264 -crf "$3" -preset "$4" -pix_fmt yuv420p "$2"

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use tracemark::core::layout::Scheme;
 use tracemark::core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey, Plane};
 use tracemark::extract::detect::{DetectScratch, SlotSums};
 use tracemark::extract::verdict::{decide, Candidate};
@@ -88,8 +89,13 @@ fn main() -> Result<()> {
         let back = to_frame(&image::open(&out)?.to_rgb8()).0;
         accumulate(&detector, &back, &original, &mut sums);
     }
-    let d =
-        decide(&detector, &sums, &[Candidate { mark_id: id, recipient: "this export".into() }], 1.0, 1e-6);
+    let d = decide(
+        &detector,
+        &sums,
+        &[Candidate { mark_id: id, recipient: "this export".into(), scheme: Scheme::default() }],
+        1.0,
+        1e-6,
+    );
     println!(
         "detector: {} (score {:.1}, false-positive probability {:.1e})",
         d.verdict.as_str(),

@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tracemark_core::key::Purpose;
+use tracemark_core::layout::Scheme;
 use tracemark_core::output::{check_output, write_new_file};
 use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
@@ -221,7 +222,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let reg = Registry::open_read_only(&registry)?;
             reg.check_key(&key.fingerprint())?;
             let trust = verified_exports(&reg, &key, trust_unverified_registry)?;
-            let candidates = candidates(&trust.exports);
+            let (candidates, unreadable) = candidates(&trust.exports);
+            if !unreadable.is_empty() {
+                eprintln!(
+                    "tracemark: warning: {} export(s) use a mark layout this build cannot read and are not tested (first: {}); trace with a newer tracemark",
+                    unreadable.len(),
+                    unreadable[0]
+                );
+            }
             let config = TraceConfig::new()
                 .with_threshold(threshold)
                 .with_memory_budget(memory_mb.saturating_mul(1 << 20));
@@ -444,16 +452,37 @@ fn verified_exports(reg: &Registry, key: &MasterKey, trust_unverified: bool) -> 
     })
 }
 
-/// Trace candidates: one per distinct, strictly parsed mark id.
-fn candidates(exports: &[Export]) -> Vec<Candidate> {
+/// The mark layout an export was made with: `embed_params.scheme`, `tracemark/v1` for rows
+/// from before it was recorded, `None` for a layout this build does not know.
+fn scheme_of(e: &Export) -> Option<Scheme> {
+    let params: serde_json::Value = serde_json::from_str(&e.record.embed_params).unwrap_or_default();
+    match params.get("scheme").and_then(|s| s.as_str()) {
+        Some(name) => Scheme::parse(name),
+        None => Some(Scheme::Fixed),
+    }
+}
+
+/// Trace candidates: one per distinct, strictly parsed mark id whose layout this build
+/// reads; the ids of rows it cannot read come second.
+fn candidates(exports: &[Export]) -> (Vec<Candidate>, Vec<String>) {
     let mut seen = std::collections::HashSet::new();
-    exports
+    let mut unreadable = Vec::new();
+    let found = exports
         .iter()
         .filter_map(|e| {
             let id = registry::parse_mark_id(&e.record.mark_id).ok()?;
-            seen.insert(id).then(|| Candidate { mark_id: MarkId(id), recipient: e.record.recipient.clone() })
+            let Some(scheme) = scheme_of(e) else {
+                unreadable.push(e.record.mark_id.clone());
+                return None;
+            };
+            seen.insert(id).then(|| Candidate {
+                mark_id: MarkId(id),
+                recipient: e.record.recipient.clone(),
+                scheme,
+            })
         })
-        .collect()
+        .collect();
+    (found, unreadable)
 }
 
 /// An export as JSON: the record plus its status and how its approval is backed.
@@ -543,6 +572,10 @@ struct EmbedArgs {
     /// Mark strength as the luma PSNR of the mark alone (higher = fainter).
     #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
     target_psnr: f64,
+    /// Mark layout: `v1` keeps the mark fixed on the screen, `v2` moves it with the
+    /// picture's global motion (far cheaper for the encoder on pans; the same on still shots).
+    #[arg(long, default_value = "v2", value_parser = ["v1", "v2"])]
+    scheme: String,
     /// Print the export record as JSON.
     #[arg(long)]
     json: bool,
@@ -704,7 +737,8 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
             break id;
         }
     };
-    let embed_config = EmbedConfig::new().with_target_psnr_db(a.target_psnr);
+    let scheme = if a.scheme == "v2" { Scheme::FollowsMotion } else { Scheme::Fixed };
+    let embed_config = EmbedConfig::new().with_target_psnr_db(a.target_psnr).with_scheme(scheme);
     embed_config.validate().context("--target-psnr")?;
     let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config)?);
     let source_sha256 = sha256_file(&a.input)?;
@@ -747,7 +781,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
                 embed_params: {
                     let mut p = json!({
                         "crf": a.crf, "preset": a.preset, "target_psnr_db": embed_config.target_psnr_db,
-                        "scheme": "tracemark/v1", "tool_version": env!("CARGO_PKG_VERSION"),
+                        "scheme": embed_config.scheme.as_str(), "tool_version": env!("CARGO_PKG_VERSION"),
                         "video_stream": rep.input.stream_index,
                     });
                     if rep.truncated {
@@ -774,7 +808,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
             record = Some(rec);
             // The row is pending: read the mark back before anything is delivered. A copy
             // whose own mark cannot be found is refused (the row is then marked failed).
-            selfcheck::run(&key, &a.input, tmp, mark_id, &selfcheck::Settings::of(&a, rep))
+            selfcheck::run(&key, &a.input, tmp, (mark_id, scheme), &selfcheck::Settings::of(&a, rep))
                 .map_err(|e| tracemark_core::Error::Commit(format!("{e:#}")))?;
             Ok(())
         };

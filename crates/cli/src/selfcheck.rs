@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use tracemark_core::layout::Scheme;
 use tracemark_core::video::TranscodeReport;
 use tracemark_core::{MarkId, MasterKey};
 use tracemark_extract::trace::check_export;
@@ -56,9 +57,15 @@ impl Settings {
 }
 
 /// Reads the mark of `marked` (the export of `source` with `mark_id`) back.
-pub fn run(key: &MasterKey, source: &Path, marked: &Path, mark_id: MarkId, s: &Settings) -> Result<()> {
+pub fn run(
+    key: &MasterKey,
+    source: &Path,
+    marked: &Path,
+    (mark_id, scheme): (MarkId, Scheme),
+    s: &Settings,
+) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let check = check_export(key, source, marked, mark_id, SECONDS, THRESHOLD).map_err(|e| {
+    let check = check_export(key, source, marked, mark_id, scheme, SECONDS, THRESHOLD).map_err(|e| {
         anyhow::anyhow!(
             "self-check: the marked copy could not be read back ({}); nothing was delivered",
             crate::error_chain(&e)

@@ -12,10 +12,10 @@ use crate::dct::{self, BAND};
 use crate::frame::Frame;
 use crate::grid::{self, AreaTaps, Grid, LinearTaps};
 use crate::key::MasterKey;
-use crate::layout::{TileLayout, PILOT, TILE_BLOCKS};
+use crate::layout::{Scheme, TileLayout, PILOT, TILE_BLOCKS, TILE_PX};
 use crate::mask::{self, MaskParams};
 use crate::payload::{Codebook, MarkId, CODE_BITS};
-use crate::pipeline::FrameTransform;
+use crate::pipeline::{FrameAt, FrameTransform};
 use crate::{Error, Result};
 
 /// Settings of the embedder. Build with [`EmbedConfig::new`] and `with_*`; checked by
@@ -27,11 +27,13 @@ pub struct EmbedConfig {
     pub target_psnr_db: f64,
     /// Perceptual mask parameters.
     pub mask: MaskParams,
+    /// Whether the mark stays fixed or moves with the picture.
+    pub scheme: Scheme,
 }
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        Self { target_psnr_db: 46.0, mask: MaskParams::default() }
+        Self { target_psnr_db: 46.0, mask: MaskParams::default(), scheme: Scheme::default() }
     }
 }
 
@@ -43,6 +45,11 @@ impl EmbedConfig {
     /// Sets the PSNR target.
     pub fn with_target_psnr_db(mut self, db: f64) -> Self {
         self.target_psnr_db = db;
+        self
+    }
+    /// Sets the layout scheme.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
+        self.scheme = scheme;
         self
     }
     /// Checks ranges.
@@ -87,6 +94,9 @@ pub struct Embedder {
     codeword: [i8; CODE_BITS],
     /// Unit-energy pattern of every block of the tile, row-major 8x8.
     pattern: Vec<[f32; 64]>,
+    /// The same pattern as one `TILE_PX` x `TILE_PX` image (row-major), for a mark that
+    /// does not sit on whole blocks of the working grid.
+    tile: Vec<f32>,
 }
 
 /// Working memory of one frame in flight; sized on first use and reused.
@@ -102,6 +112,9 @@ pub struct EmbedScratch {
     resid: Vec<f32>,
     /// The residual's rows interpolated to picture width.
     wide: Vec<f32>,
+    /// Interpolation from the working grid with a fraction of a pixel of motion.
+    moved_x: LinearTaps,
+    moved_y: LinearTaps,
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
 }
@@ -119,8 +132,8 @@ impl EmbedScratch {
             self.ux = LinearTaps::new(g.work_w, w);
             self.uy = LinearTaps::new(g.work_h, h);
             self.tmp = vec![0.0; h * g.work_w];
-            self.wide = vec![0.0; g.work_h * w];
         }
+        self.wide = vec![0.0; g.work_h * w];
         self.work = vec![0.0; g.work_w * g.work_h];
         self.resid = vec![0.0; g.work_w * g.work_h];
         self.mask_raw = vec![0.0; nblocks];
@@ -163,7 +176,14 @@ impl Embedder {
                 f32::from(codeword[slot.role as usize])
             }
         });
-        Ok(Self { mark_id, config, layout, codeword, pattern })
+        let mut tile = vec![0f32; TILE_PX * TILE_PX];
+        for (b, p) in pattern.iter().enumerate() {
+            let (bx, by) = (b % TILE_BLOCKS, b / TILE_BLOCKS);
+            for (y, row) in p.chunks_exact(8).enumerate() {
+                tile[(by * 8 + y) * TILE_PX + bx * 8..][..8].copy_from_slice(row);
+            }
+        }
+        Ok(Self { mark_id, config, layout, codeword, pattern, tile })
     }
 
     /// The mark id this embedder writes.
@@ -195,8 +215,16 @@ impl Embedder {
         psnr_strength.min(16.0 * target) as f32
     }
 
-    /// Marks `frame` in place (luma only).
+    /// Marks `frame` in place (luma only), as the first frame of a clip (no motion yet).
     pub fn embed(&self, frame: &mut Frame, s: &mut EmbedScratch) -> EmbedStats {
+        self.embed_at(frame, (0.0, 0.0), s)
+    }
+
+    /// Marks `frame` in place (luma only) whose content has moved by `motion` picture
+    /// pixels since the first frame ([`crate::motion::MotionTracker::track`]). Under
+    /// [`Scheme::FollowsMotion`] the tile moves as far; under [`Scheme::Fixed`] `motion` is
+    /// ignored.
+    pub fn embed_at(&self, frame: &mut Frame, motion: (f64, f64), s: &mut EmbedScratch) -> EmbedStats {
         let (w, h) = (frame.width(), frame.height());
         let g = s.prepare(w, h);
         let (bx, by) = (g.blocks_x(), g.blocks_y());
@@ -214,7 +242,13 @@ impl Embedder {
         }
         mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
         let strength = self.strength(&s.mask, g.work_w * g.work_h);
-        if g.is_native() {
+        let offset = match self.config.scheme {
+            Scheme::Fixed => (0.0, 0.0),
+            Scheme::FollowsMotion => (motion.0 / g.scale, motion.1 / g.scale),
+        };
+        if offset != (0.0, 0.0) {
+            self.add_moved(frame, &g, strength, offset, s);
+        } else if g.is_native() {
             for j in 0..by {
                 for i in 0..bx {
                     let a = strength * s.mask[j * bx + i];
@@ -267,11 +301,65 @@ impl Embedder {
         EmbedStats { strength, mark_rms }
     }
 
+    /// Adds the mark with its tile moved by `offset` working-grid pixels: the residual is
+    /// built on the working grid with the whole pixels of the move (the tile is periodic),
+    /// then interpolated onto the picture with the fraction.
+    fn add_moved(
+        &self,
+        frame: &mut Frame,
+        g: &Grid,
+        strength: f32,
+        offset: (f64, f64),
+        s: &mut EmbedScratch,
+    ) {
+        let (bx, by, ww) = (g.blocks_x(), g.blocks_y(), g.work_w);
+        let (ix, iy) = (offset.0.floor(), offset.1.floor());
+        let (fx, fy) = (offset.0 - ix, offset.1 - iy);
+        // Tile pixel of working pixel x is (x - ix) mod TILE_PX.
+        let (sx, sy) = ((-ix).rem_euclid(TILE_PX as f64) as usize, (-iy).rem_euclid(TILE_PX as f64) as usize);
+        s.resid.fill(0.0);
+        for y in 0..by * 8 {
+            let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
+            let mrow = &s.mask[(y / 8) * bx..][..bx];
+            let out = &mut s.resid[y * ww..][..bx * 8];
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = strength * mrow[x / 8] * trow[(x + sx) % TILE_PX];
+            }
+        }
+        let (fw, wh) = (g.frame_w, g.work_h);
+        s.moved_x.refill(ww, fw, fx);
+        s.moved_y.refill(wh, g.frame_h, fy);
+        for (wr, rr) in s.wide.chunks_exact_mut(fw).zip(s.resid.chunks_exact(ww)) {
+            for (o, &(j0, f)) in wr.iter_mut().zip(&s.moved_x.taps) {
+                let j0 = j0 as usize;
+                let (a, b) = (rr[j0], rr[(j0 + 1).min(ww - 1)]);
+                *o = a + (b - a) * f;
+            }
+        }
+        for (y, &(i0, f)) in s.moved_y.taps.iter().enumerate() {
+            let i0 = i0 as usize;
+            let w0 = &s.wide[i0 * fw..(i0 + 1) * fw];
+            let w1 = &s.wide[(i0 + 1).min(wh - 1) * fw..][..fw];
+            for ((px, &a), &b) in frame.y.row_mut(y).iter_mut().zip(w0).zip(w1) {
+                *px = to_pixel(f32::from(*px) + a + (b - a) * f);
+            }
+        }
+    }
+
     #[doc(hidden)]
     /// Scalar reference implementation of [`Embedder::embed`]: f64 throughout, the mark
     /// built coefficient by coefficient with the textbook inverse DCT, resampling computed
     /// from its definition. Slow; for tests of the fast kernel.
     pub fn embed_reference(&self, frame: &mut Frame) -> EmbedStats {
+        self.embed_reference_at(frame, (0.0, 0.0))
+    }
+
+    #[doc(hidden)]
+    /// Scalar reference implementation of [`Embedder::embed_at`]: as
+    /// [`Embedder::embed_reference`], with the moved tile read pixel by pixel from its
+    /// definition (whole pixels of the move by cyclic indexing, the fraction by bilinear
+    /// interpolation at each picture pixel).
+    pub fn embed_reference_at(&self, frame: &mut Frame, motion: (f64, f64)) -> EmbedStats {
         let (w, h) = (frame.width(), frame.height());
         let g = Grid::for_frame(w, h);
         let (bx, by, ww, wh) = (g.blocks_x(), g.blocks_y(), g.work_w, g.work_h);
@@ -309,9 +397,40 @@ impl Embedder {
         mask::smooth(&raw, bx, by, &mut m);
         let strength = f64::from(self.strength(&m, ww * wh));
         let weights = dct::band_weights();
+        let offset = match self.config.scheme {
+            Scheme::Fixed => (0.0, 0.0),
+            Scheme::FollowsMotion => (motion.0 / g.scale, motion.1 / g.scale),
+        };
+        let (ix, iy) = (offset.0.floor(), offset.1.floor());
+        let frac = (offset.0 - ix, offset.1 - iy);
+        // Tile pixels are read at (p - whole pixels of the move), modulo the tile.
+        let at_tile = |p: usize, whole: f64| (p as f64 - whole).rem_euclid(TILE_PX as f64) as usize;
         let mut resid = vec![0f64; ww * wh];
         for j in 0..by {
             for i in 0..bx {
+                if offset != (0.0, 0.0) {
+                    // The unit-mask mark of the tile, block by block from its coefficients.
+                    for y in j * 8..j * 8 + 8 {
+                        for x in i * 8..i * 8 + 8 {
+                            let (tx, ty) = (at_tile(x, ix), at_tile(y, iy));
+                            let tb = (ty / 8) * TILE_BLOCKS + tx / 8;
+                            let mut coefs = [0f64; 64];
+                            for (k, &(fv, fu)) in BAND.iter().enumerate() {
+                                let slot = self.layout.slots[tb * BAND.len() + k];
+                                let sign = if slot.role == PILOT {
+                                    1.0
+                                } else {
+                                    f64::from(self.codeword[slot.role as usize])
+                                };
+                                coefs[fv * 8 + fu] = f64::from(weights[k]) * f64::from(slot.chip) * sign;
+                            }
+                            let block = dct::inverse_reference(&coefs);
+                            resid[y * ww + x] =
+                                strength * f64::from(m[j * bx + i]) * block[(ty % 8) * 8 + tx % 8];
+                        }
+                    }
+                    continue;
+                }
                 let tb = (j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS;
                 let mut coefs = [0f64; 64];
                 for (k, &(fv, fu)) in BAND.iter().enumerate() {
@@ -332,12 +451,12 @@ impl Embedder {
         }
         for y in 0..h {
             for x in 0..w {
-                let r = if g.is_native() {
+                let r = if g.is_native() && frac == (0.0, 0.0) {
                     resid[y * ww + x]
                 } else {
-                    // Bilinear, pixel centres aligned, clamped at the edges.
-                    let u = ((x as f64 + 0.5) / sx - 0.5).clamp(0.0, (ww - 1) as f64);
-                    let v = ((y as f64 + 0.5) / sy - 0.5).clamp(0.0, (wh - 1) as f64);
+                    // Bilinear, pixel centres aligned, moved by the fraction, clamped at the edges.
+                    let u = ((x as f64 + 0.5) / sx - 0.5 - frac.0).clamp(0.0, (ww - 1) as f64);
+                    let v = ((y as f64 + 0.5) / sy - 0.5 - frac.1).clamp(0.0, (wh - 1) as f64);
                     let (u0, v0) = ((u.floor() as usize).min(ww - 2), (v.floor() as usize).min(wh - 2));
                     let (fu, fv) = (u - u0 as f64, v - v0 as f64);
                     let at = |a: usize, b: usize| resid[b * ww + a];
@@ -362,13 +481,16 @@ impl FrameTransform for Embedder {
     fn new_scratch(&self) -> EmbedScratch {
         EmbedScratch::default()
     }
+    fn tracks_motion(&self) -> bool {
+        self.config.scheme == Scheme::FollowsMotion
+    }
     fn apply(
         &self,
         frame: &mut Frame,
-        _index: u64,
+        at: FrameAt,
         scratch: &mut EmbedScratch,
     ) -> std::result::Result<(), Self::Error> {
-        self.embed(frame, scratch);
+        self.embed_at(frame, at.motion, scratch);
         Ok(())
     }
 }

@@ -106,15 +106,22 @@ pub struct LinearTaps {
 impl LinearTaps {
     /// Taps for `src` -> `dst` samples.
     pub fn new(src: usize, dst: usize) -> Self {
+        let mut t = Self::default();
+        t.refill(src, dst, 0.0);
+        t
+    }
+
+    /// Refills (reusing the memory) with the taps for `src` -> `dst` samples of a signal
+    /// moved by `shift` input samples: output `o` reads input position
+    /// `(o + 0.5) * src / dst - 0.5 - shift`, clamped to the ends.
+    pub fn refill(&mut self, src: usize, dst: usize, shift: f64) {
         let ratio = src as f64 / dst as f64;
-        let taps = (0..dst)
-            .map(|o| {
-                let u = ((o as f64 + 0.5) * ratio - 0.5).clamp(0.0, (src - 1) as f64);
-                let i = (u.floor() as usize).min(src.saturating_sub(2));
-                (i as u32, (u - i as f64) as f32)
-            })
-            .collect();
-        Self { taps }
+        self.taps.clear();
+        self.taps.extend((0..dst).map(|o| {
+            let u = ((o as f64 + 0.5) * ratio - 0.5 - shift).clamp(0.0, (src - 1) as f64);
+            let i = (u.floor() as usize).min(src.saturating_sub(2));
+            (i as u32, (u - i as f64) as f32)
+        }));
     }
 }
 
@@ -143,7 +150,7 @@ pub fn downscale_area(
 /// Box average over `kx` x `ky` blocks (each at most 64). Rows are summed in u16 lanes (at
 /// most 64 x 255 per lane), a chunk of outputs at a time, then each block's columns in u32:
 /// exact sums, which vectorise far better than float adds.
-fn downscale_integer(src: &crate::Plane, kx: usize, ky: usize, out: &mut [f32], dst_w: usize) {
+pub(crate) fn downscale_integer(src: &crate::Plane, kx: usize, ky: usize, out: &mut [f32], dst_w: usize) {
     const CHUNK: usize = 64;
     let scale = 1.0 / (kx * ky) as f32;
     let mut acc = [0u16; CHUNK * 64];

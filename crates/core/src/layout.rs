@@ -21,6 +21,38 @@ pub const SLOTS: usize = TILE_BLOCKS * TILE_BLOCKS * BAND.len();
 /// Slots given to the pilot (a quarter): the rest carry the codeword.
 pub const PILOT_SLOTS: usize = SLOTS / 4;
 
+/// How the tile sits on the picture over time: the mark's layout version, recorded with
+/// every export (`embed_params.scheme`) so a detector reads each export the way it was
+/// written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// `tracemark/v1`: the tile is fixed on the working grid in every frame.
+    Fixed,
+    /// `tracemark/v2`: the tile moves with the picture's global motion (see
+    /// [`crate::motion`]), so the encoder's motion compensation carries it; on a still
+    /// shot it is the same mark as `Fixed`. What new exports use.
+    #[default]
+    FollowsMotion,
+}
+
+impl Scheme {
+    /// Every scheme, oldest first.
+    pub const ALL: [Scheme; 2] = [Scheme::Fixed, Scheme::FollowsMotion];
+
+    /// The name recorded in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Fixed => "tracemark/v1",
+            Scheme::FollowsMotion => "tracemark/v2",
+        }
+    }
+
+    /// The scheme of a recorded name, `None` for one this build does not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 /// Role of a slot.
 pub const PILOT: u16 = u16::MAX;
 
@@ -85,6 +117,15 @@ impl TileLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheme_names_round_trip() {
+        for s in Scheme::ALL {
+            assert_eq!(Scheme::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Scheme::parse("tracemark/v9"), None);
+        assert_eq!(Scheme::default(), Scheme::FollowsMotion);
+    }
 
     #[test]
     fn every_bit_gets_a_fair_share() {

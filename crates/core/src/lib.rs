@@ -9,12 +9,14 @@
 pub mod dct;
 pub mod embed;
 pub mod error;
+pub mod fft2d;
 pub mod frame;
 pub mod grid;
 pub mod input;
 pub mod key;
 pub mod layout;
 pub mod mask;
+pub mod motion;
 pub mod output;
 pub mod payload;
 pub mod pipeline;

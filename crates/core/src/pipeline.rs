@@ -18,12 +18,29 @@ pub trait FrameTransform: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
     /// Makes one scratch area (called once per pipeline slot, not per frame).
     fn new_scratch(&self) -> Self::Scratch;
-    /// Transforms `frame` in place. `index` counts frames from 0 in decode order.
+    /// Whether [`FrameTransform::apply`] needs [`FrameAt::motion`]. The pipeline then
+    /// tracks the picture's global motion on the decoding thread, frame after frame, with
+    /// a [`crate::motion::MotionTracker`]; otherwise `motion` is zero.
+    fn tracks_motion(&self) -> bool {
+        false
+    }
+    /// Transforms `frame` in place.
     ///
     /// # Errors
     /// The transform's own error; a transcode stops on it with
     /// [`crate::Error::Transform`] and leaves no output.
-    fn apply(&self, frame: &mut Frame, index: u64, scratch: &mut Self::Scratch) -> Result<(), Self::Error>;
+    fn apply(&self, frame: &mut Frame, at: FrameAt, scratch: &mut Self::Scratch) -> Result<(), Self::Error>;
+}
+
+/// Where a frame sits in its clip.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FrameAt {
+    /// Frames before this one, in decode order.
+    pub index: u64,
+    /// Displacement of the picture content since the first frame, in picture pixels
+    /// (see [`crate::motion::MotionTracker::track`]); zero unless the transform
+    /// [tracks motion](FrameTransform::tracks_motion).
+    pub motion: (f64, f64),
 }
 
 /// The transform that leaves frames untouched (plain transcode).
@@ -34,7 +51,7 @@ impl FrameTransform for Identity {
     type Scratch = ();
     type Error = std::convert::Infallible;
     fn new_scratch(&self) {}
-    fn apply(&self, _: &mut Frame, _: u64, _: &mut ()) -> Result<(), Self::Error> {
+    fn apply(&self, _: &mut Frame, _: FrameAt, _: &mut ()) -> Result<(), Self::Error> {
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use tracemark_core::frame::{psnr, ssim};
+use tracemark_core::layout::Scheme;
 use tracemark_core::video::VideoReader;
 use tracemark_core::{EmbedConfig, Embedder, Frame, MarkId, MasterKey, Plane};
 
@@ -22,8 +23,10 @@ fn frames(clip: &str, n: usize) -> Vec<Frame> {
     out
 }
 
+/// The fixed (`tracemark/v1`) mark: on a single frame the same as the moving one at rest.
 fn embedder() -> Embedder {
-    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), EmbedConfig::new()).unwrap()
+    let config = EmbedConfig::new().with_scheme(Scheme::Fixed);
+    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), config).unwrap()
 }
 
 const CLIPS: [&str; 4] = ["vtest-4s.avi", "city-2s.mpg", "cockatoo-3s.mp4", "pan1080-1s.mp4"];
@@ -149,5 +152,114 @@ fn odd_and_tiny_frames_do_not_panic() {
         let orig = f.clone();
         e.embed(&mut f, &mut scratch);
         assert!(psnr(&orig.y, &f.y) >= 45.0, "{w}x{h}");
+    }
+}
+
+fn moving_embedder() -> Embedder {
+    let config = EmbedConfig::new().with_scheme(Scheme::FollowsMotion);
+    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), config).unwrap()
+}
+
+#[test]
+fn moved_mark_agrees_with_scalar_reference() {
+    let e = moving_embedder();
+    let mut scratch = e.new_scratch();
+    for clip in CLIPS {
+        let f = frames(clip, 1).remove(0);
+        for motion in [(13.25, -7.5), (-200.6, 31.1), (64.0, 0.0)] {
+            let (mut fast, mut slow) = (f.clone(), f.clone());
+            let a = e.embed_at(&mut fast, motion, &mut scratch);
+            let b = e.embed_reference_at(&mut slow, motion);
+            assert!(
+                (a.strength - b.strength).abs() <= 1e-3 * b.strength,
+                "{clip} {motion:?}: {a:?} vs {b:?}"
+            );
+            let (mut differ, mut worst) = (0usize, 0i32);
+            for (ra, rb) in fast.y.rows().zip(slow.y.rows()) {
+                for (&x, &y) in ra.iter().zip(rb) {
+                    let d = (i32::from(x) - i32::from(y)).abs();
+                    worst = worst.max(d);
+                    differ += usize::from(d != 0);
+                }
+            }
+            let total = f.width() * f.height();
+            assert!(worst <= 1, "{clip} {motion:?}: a pixel differs by {worst}");
+            assert!(differ * 1000 <= total, "{clip} {motion:?}: {differ} of {total} pixels differ");
+            assert_ne!(fast.y, f.y, "{clip}: nothing was marked");
+        }
+    }
+}
+
+#[test]
+fn a_still_shot_gets_the_fixed_mark() {
+    let (fixed, moving) = (embedder(), moving_embedder());
+    for clip in CLIPS {
+        let f = frames(clip, 1).remove(0);
+        let (mut a, mut b) = (f.clone(), f.clone());
+        fixed.embed(&mut a, &mut fixed.new_scratch());
+        moving.embed_at(&mut b, (0.0, 0.0), &mut moving.new_scratch());
+        assert_eq!(a, b, "{clip}");
+    }
+}
+
+/// A `w` x `h` window of `f`'s luma at (`x0`, `y0`), as a frame.
+fn window(f: &Frame, x0: usize, y0: usize, w: usize, h: usize) -> Frame {
+    let mut out = Frame::new(w, h);
+    for (y, row) in out.y.rows_mut().enumerate() {
+        row.copy_from_slice(&f.y.row(y0 + y)[x0..x0 + w]);
+    }
+    out
+}
+
+/// What the embedder added to `f`, in levels.
+fn mark_of(e: &Embedder, f: &Frame, motion: (f64, f64)) -> Vec<f64> {
+    let mut m = f.clone();
+    e.embed_at(&mut m, motion, &mut e.new_scratch());
+    m.y.rows()
+        .zip(f.y.rows())
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| f64::from(x) - f64::from(y)))
+        .collect()
+}
+
+#[test]
+fn the_mark_moves_with_the_picture() {
+    // Two windows of one CCTV frame: in the second, the content of the first has moved by
+    // d. The moving mark of the second frame is the first frame's mark moved by d.
+    let f = frames("vtest-4s.avi", 1).remove(0);
+    let (w, h, x0, y0) = (640, 480, 64, 48);
+    let first = window(&f, x0, y0, w, h);
+    let e = moving_embedder();
+    let mark0 = mark_of(&e, &first, (0.0, 0.0));
+    for d in [(16usize, 8usize), (13, 5), (-24i64 as usize, 40)] {
+        let (dx, dy) = (d.0 as i64, d.1 as i64);
+        let moved = window(&f, (x0 as i64 - dx) as usize, (y0 as i64 - dy) as usize, w, h);
+        let mark1 = mark_of(&e, &moved, (dx as f64, dy as f64));
+        // Correlate mark1(p) with mark0(p - d) away from the borders.
+        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+        for y in 48..h - 48 {
+            for x in 48..w - 48 {
+                let (a, b) =
+                    (mark1[y * w + x], mark0[(y as i64 - dy) as usize * w + (x as i64 - dx) as usize]);
+                ab += a * b;
+                aa += a * a;
+                bb += b * b;
+            }
+        }
+        let r = ab / (aa * bb).sqrt();
+        assert!(r > 0.9, "moved by {dx},{dy}: correlation {r:.3} with the first frame's mark moved along");
+        // The fixed mark stays on the screen: it is the first frame's mark unmoved.
+        let fixed0 = mark_of(&embedder(), &first, (0.0, 0.0));
+        let fixed1 = mark_of(&embedder(), &moved, (dx as f64, dy as f64));
+        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+        for y in 48..h - 48 {
+            for (a, b) in fixed1[y * w + 48..y * w + w - 48].iter().zip(&fixed0[y * w + 48..y * w + w - 48]) {
+                ab += a * b;
+                aa += a * a;
+                bb += b * b;
+            }
+        }
+        let r = ab / (aa * bb).sqrt();
+        // (Below 1 because the mask follows the content; chance is about 0.)
+        assert!(r > 0.5, "moved by {dx},{dy}: the fixed mark moved ({r:.3})");
     }
 }

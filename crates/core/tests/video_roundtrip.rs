@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tracemark_core::frame::psnr;
 use tracemark_core::pipeline::no_progress;
+use tracemark_core::pipeline::FrameAt;
 use tracemark_core::video::{transcode, TranscodeConfig, VideoReader};
 use tracemark_core::{Error, Frame, FrameTransform, Identity};
 
@@ -167,8 +168,8 @@ fn cancellation_and_transform_errors_leave_nothing() {
         type Scratch = ();
         type Error = std::io::Error;
         fn new_scratch(&self) {}
-        fn apply(&self, _: &mut Frame, i: u64, _: &mut ()) -> Result<(), std::io::Error> {
-            if i == self.0 {
+        fn apply(&self, _: &mut Frame, at: FrameAt, _: &mut ()) -> Result<(), std::io::Error> {
+            if at.index == self.0 {
                 Err(std::io::Error::other("boom"))
             } else {
                 Ok(())
@@ -201,7 +202,8 @@ fn frames_in_flight_are_bounded_and_order_is_kept() {
             self.scratches.fetch_add(1, Ordering::SeqCst);
             vec![0; 16]
         }
-        fn apply(&self, frame: &mut Frame, i: u64, _: &mut Vec<u8>) -> Result<(), Self::Error> {
+        fn apply(&self, frame: &mut Frame, at: FrameAt, _: &mut Vec<u8>) -> Result<(), Self::Error> {
+            let i = at.index;
             let c = self.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_concurrent.fetch_max(c, Ordering::SeqCst);
             // Stamp the frame index into the picture so the output order can be checked.

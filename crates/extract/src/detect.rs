@@ -43,6 +43,33 @@ impl SlotSums {
 pub struct DetectScratch {
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
+    /// Residual and host moved onto the tile's block grid ([`Detector::accumulate_moved`]).
+    moved_resid: Vec<f32>,
+    moved_host: Vec<f32>,
+}
+
+/// Samples `src` (`w` wide) at `(x + dx, y + dy)` for every pixel of a `w_out` x `h_out`
+/// image (bilinear; `0 <= dx, dy < 8` and the picture at least 8 pixels larger than the
+/// output on each axis, so no tap leaves it).
+fn shift_into(
+    src: &[f32],
+    w: usize,
+    (dx, dy): (f64, f64),
+    (w_out, h_out): (usize, usize),
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    let (x0, y0) = (dx.floor() as usize, dy.floor() as usize);
+    let (fx, fy) = ((dx - x0 as f64) as f32, (dy - y0 as f64) as f32);
+    for y in 0..h_out {
+        let r0 = &src[(y + y0) * w + x0..][..w_out + 1];
+        let r1 = &src[(y + y0 + 1) * w + x0..][..w_out + 1];
+        out.extend((0..w_out).map(|x| {
+            let top = r0[x] + (r0[x + 1] - r0[x]) * fx;
+            let bottom = r1[x] + (r1[x + 1] - r1[x]) * fx;
+            top + (bottom - top) * fy
+        }));
+    }
 }
 
 /// The key's detector: knows the tile layout, the chips and the codebook.
@@ -70,6 +97,49 @@ impl Detector {
     /// The codebook (for scoring registry candidates).
     pub fn codebook(&self) -> &Codebook {
         &self.codebook
+    }
+
+    /// Accumulates one residual image (`w` x `h`, row-major) of a mark whose tile was moved
+    /// by `offset` pixels of this image's grid ([`tracemark_core::layout::Scheme::FollowsMotion`]):
+    /// tile pixel `t` is at `t + offset`. The residual is resampled so that its pixel
+    /// (0, 0) is a block corner of the tile, then read as [`Detector::accumulate`] reads a
+    /// still mark. A zero offset reads exactly as `accumulate` at phase (0, 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_moved(
+        &self,
+        resid: &[f32],
+        host: &[f32],
+        w: usize,
+        h: usize,
+        offset: (f64, f64),
+        sums: &mut SlotSums,
+        scratch: &mut DetectScratch,
+    ) {
+        if offset == (0.0, 0.0) {
+            return self.accumulate(resid, host, w, h, (0, 0), sums, scratch);
+        }
+        if w <= 9 || h <= 9 {
+            return;
+        }
+        let tile = TILE_BLOCKS * 8;
+        // Block corners of the moved tile sit at offset + 8n: start at the first one.
+        let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
+        let phase = |o: f64, s: f64| ((s - o).round() as i64).rem_euclid(tile as i64) as usize;
+        let size = (w - 9, h - 9);
+        let (mut r, mut m) =
+            (std::mem::take(&mut scratch.moved_resid), std::mem::take(&mut scratch.moved_host));
+        shift_into(resid, w, start, size, &mut r);
+        shift_into(host, w, start, size, &mut m);
+        self.accumulate(
+            &r,
+            &m,
+            size.0,
+            size.1,
+            (phase(offset.0, start.0), phase(offset.1, start.1)),
+            sums,
+            scratch,
+        );
+        (scratch.moved_resid, scratch.moved_host) = (r, m);
     }
 
     /// Accumulates one residual image (`w` x `h`, row-major) whose pixel (0, 0) sits at
@@ -234,6 +304,42 @@ pub fn z_for_tail(p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracemark_core::layout::Scheme;
+    use tracemark_core::{EmbedConfig, Embedder, Frame};
+
+    /// The residual of a moving mark on a textured picture, as floats.
+    fn moved_mark(key: &MasterKey, id: MarkId, motion: (f64, f64)) -> (Vec<f32>, Vec<f32>, usize, usize) {
+        let (w, h) = (352, 288);
+        let mut f = Frame::new(w, h);
+        for (y, row) in f.y.rows_mut().enumerate() {
+            for (x, p) in row.iter_mut().enumerate() {
+                *p = (60 + (x * 37 + y * 91 + (x * y) % 23) % 120) as u8;
+            }
+        }
+        let host: Vec<f32> = f.y.rows().flat_map(|r| r.iter().map(|&v| f32::from(v))).collect();
+        let e = Embedder::new(key, id, EmbedConfig::new().with_scheme(Scheme::FollowsMotion)).unwrap();
+        e.embed_at(&mut f, motion, &mut e.new_scratch());
+        let marked: Vec<f32> = f.y.rows().flat_map(|r| r.iter().map(|&v| f32::from(v))).collect();
+        (marked.iter().zip(&host).map(|(m, h)| m - h).collect(), host, w, h)
+    }
+
+    #[test]
+    fn a_moved_mark_is_read_where_it_moved_to() {
+        let (key, id) = (MasterKey::from_seed(3), MarkId(0xfeed_0000_0000_0003));
+        let det = Detector::new(&key);
+        for motion in [(37.25, -11.5), (-3.0, 130.75), (0.0, 0.0)] {
+            let (resid, host, w, h) = moved_mark(&key, id, motion);
+            let read = |offset| {
+                let mut sums = SlotSums::default();
+                det.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut DetectScratch::default());
+                det.end_frame(&mut sums);
+                det.pilot_z(&sums)
+            };
+            let (right, unmoved) = (read(motion), read((motion.0 + 4.0, motion.1 - 3.0)));
+            assert!(right > 20.0, "{motion:?}: pilot z {right} where the mark went");
+            assert!(unmoved < 6.0, "{motion:?}: pilot z {unmoved} off by a few pixels");
+        }
+    }
 
     #[test]
     fn erfc_matches_reference_values() {

@@ -7,7 +7,7 @@
 //! - [`trace`] (feature `video`): whole files, informed or blind.
 
 pub mod detect;
-pub mod fft2d;
+pub use tracemark_core::fft2d;
 pub mod homography;
 pub mod image;
 pub mod register;

@@ -1,5 +1,6 @@
 //! From detection statistics to a verdict with family-wise false-positive probabilities.
 
+use tracemark_core::layout::Scheme;
 use tracemark_core::MarkId;
 
 use crate::detect::{tail_bound, Detector, SlotSums};
@@ -11,6 +12,8 @@ pub struct Candidate {
     pub mark_id: MarkId,
     /// Who received it.
     pub recipient: String,
+    /// How its mark was laid out (recorded with the export).
+    pub scheme: Scheme,
 }
 
 /// One candidate's result.
@@ -78,13 +81,85 @@ pub fn decide(
     sync_hypotheses: f64,
     threshold: f64,
 ) -> Decision {
+    decide_in_family(detector, sums, candidates, candidates.len(), sync_hypotheses, threshold)
+}
+
+/// The family a reading's probabilities are taken over: every candidate score and every
+/// pilot search a trace made or planned (a search skipped because an earlier one was
+/// decisive still counts).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Family {
+    /// Candidate scores.
+    pub candidates: usize,
+    /// Geometries (and readings) the pilot was maximised over.
+    pub sync_hypotheses: f64,
+}
+
+/// Scores candidates read in several ways (one reading per mark layout, say): each
+/// reading's `sums` with its own candidates, probabilities over `family`; a candidate in
+/// several readings is listed once, with its best score. The reading with
+/// the strongest pilot gives the pilot and blind-decoding figures.
+pub fn decide_readings(
+    detector: &Detector,
+    readings: &[(&SlotSums, &[Candidate])],
+    family: Family,
+    threshold: f64,
+) -> Decision {
+    let (n, hypotheses) = (family.candidates, family.sync_hypotheses);
+    let mut each = readings
+        .iter()
+        .map(|(sums, cands)| decide_in_family(detector, sums, cands, n, hypotheses, threshold));
+    let Some(mut best) = each.next() else {
+        return decide(detector, &SlotSums::default(), &[], hypotheses, threshold);
+    };
+    for d in each {
+        let (mut cands, mut suspects) = (d.candidates, d.suspects);
+        if d.pilot_z > best.pilot_z {
+            std::mem::swap(&mut best.candidates, &mut cands);
+            std::mem::swap(&mut best.suspects, &mut suspects);
+            best = Decision { candidates: best.candidates, suspects: best.suspects, ..d };
+        }
+        best.candidates.append(&mut cands);
+        best.suspects.append(&mut suspects);
+    }
+    // A candidate read twice (from two readings) is listed once, by its better score.
+    for list in [&mut best.candidates, &mut best.suspects] {
+        list.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|c| seen.insert(c.mark_id));
+    }
+    best.verdict = verdict_of(&best, threshold);
+    best
+}
+
+fn verdict_of(d: &Decision, threshold: f64) -> Verdict {
+    if !d.suspects.is_empty() {
+        Verdict::Identified
+    } else if d.pilot_p <= threshold
+        || d.decoded.2 <= threshold
+        || d.candidates.first().is_some_and(|s| s.false_positive_probability <= 1e-2)
+    {
+        Verdict::Inconclusive
+    } else {
+        Verdict::NoMark
+    }
+}
+
+fn decide_in_family(
+    detector: &Detector,
+    sums: &SlotSums,
+    candidates: &[Candidate],
+    family: usize,
+    sync_hypotheses: f64,
+    threshold: f64,
+) -> Decision {
     // Damaged input (a NaN or infinity anywhere) must never count as evidence.
     if sums.x.iter().any(|v| !v.is_finite()) {
         let clean = SlotSums { x: vec![0.0; sums.x.len()], frames: sums.frames };
-        return decide(detector, &clean, candidates, sync_hypotheses, threshold);
+        return decide_in_family(detector, &clean, candidates, family, sync_hypotheses, threshold);
     }
     let soft = detector.soft_bits(sums);
-    let n = candidates.len().max(1) as f64;
+    let n = family.max(1) as f64;
     let mut scored: Vec<Scored> = candidates
         .iter()
         .map(|c| {
@@ -104,25 +179,17 @@ pub fn decide(
     let pilot_p = (sync_hypotheses.max(1.0) * tail_bound(pilot_z)).min(1.0);
     let (id, z) = detector.decode(&soft);
     let decoded_p = (2f64.powi(64) * tail_bound(z)).min(1.0);
-    let verdict = if !suspects.is_empty() {
-        Verdict::Identified
-    } else if pilot_p <= threshold
-        || decoded_p <= threshold
-        || scored.first().is_some_and(|s| s.false_positive_probability <= 1e-2)
-    {
-        Verdict::Inconclusive
-    } else {
-        Verdict::NoMark
-    };
-    Decision {
-        verdict,
+    let mut d = Decision {
+        verdict: Verdict::NoMark,
         candidates: scored,
         suspects,
         pilot_z,
         pilot_p,
         decoded: (id, z, decoded_p),
         soft_norm: soft.iter().map(|v| v * v).sum::<f64>().sqrt(),
-    }
+    };
+    d.verdict = verdict_of(&d, threshold);
+    d
 }
 
 #[cfg(test)]
@@ -138,10 +205,54 @@ mod tests {
         for (i, v) in sums.x.iter_mut().enumerate() {
             *v = if i % 2 == 0 { f64::NAN } else { 1e300 * 1e10 };
         }
-        let c = [Candidate { mark_id: MarkId(1), recipient: "x".into() }];
+        let c = [Candidate { mark_id: MarkId(1), recipient: "x".into(), scheme: Scheme::Fixed }];
         let d = decide(&det, &sums, &c, 1.0, 1e-6);
         assert_eq!(d.verdict, Verdict::NoMark);
         assert!(d.suspects.is_empty());
         assert!(d.candidates.iter().all(|c| c.score.is_finite() && c.false_positive_probability == 1.0));
+    }
+
+    /// Slot sums of one marked, textured frame (a strong reading of `id`).
+    fn marked_sums(key: &MasterKey, id: MarkId) -> SlotSums {
+        use tracemark_core::{EmbedConfig, Embedder, Frame};
+        let (w, h) = (256, 256);
+        let mut f = Frame::new(w, h);
+        for (y, row) in f.y.rows_mut().enumerate() {
+            for (x, p) in row.iter_mut().enumerate() {
+                *p = (60 + (x * 37 + y * 91 + (x * y) % 23) % 120) as u8;
+            }
+        }
+        let host: Vec<f32> = f.y.rows().flat_map(|r| r.iter().map(|&v| f32::from(v))).collect();
+        let e = Embedder::new(key, id, EmbedConfig::new()).unwrap();
+        e.embed(&mut f, &mut e.new_scratch());
+        let resid: Vec<f32> =
+            f.y.rows().flat_map(|r| r.iter().map(|&v| f32::from(v))).zip(&host).map(|(m, h)| m - h).collect();
+        let det = Detector::new(key);
+        let mut sums = SlotSums::default();
+        det.accumulate(&resid, &host, w, h, (0, 0), &mut sums, &mut crate::detect::DetectScratch::default());
+        det.end_frame(&mut sums);
+        sums
+    }
+
+    #[test]
+    fn a_candidate_in_two_readings_is_listed_once_and_counted_twice() {
+        let key = MasterKey::from_seed(9);
+        let det = Detector::new(&key);
+        let guilty = MarkId(0x5eed_0fc0_ffee_0001);
+        let cand =
+            |id, name: &str| Candidate { mark_id: id, recipient: name.into(), scheme: Scheme::FollowsMotion };
+        let both = [cand(guilty, "guilty"), cand(MarkId(0x1111_2222_3333_4444), "innocent")];
+        let (strong, empty) = (marked_sums(&key, guilty), SlotSums { frames: 1, ..SlotSums::default() });
+        let alone = decide(&det, &strong, &both, 10.0, 1e-6);
+        let family = Family { candidates: 4, sync_hypotheses: 20.0 };
+        let d = decide_readings(&det, &[(&empty, &both), (&strong, &both)], family, 1e-6);
+        assert_eq!(d.verdict, Verdict::Identified);
+        assert_eq!(d.suspects.len(), 1, "{:?}", d.suspects);
+        assert_eq!(d.candidates.len(), 2, "{:?}", d.candidates);
+        assert_eq!(d.suspects[0].mark_id, guilty);
+        // Twice the candidates and twice the searches: twice the probabilities.
+        let ratio = d.suspects[0].false_positive_probability / alone.suspects[0].false_positive_probability;
+        assert!((ratio - 2.0).abs() < 1e-9, "{ratio}");
+        assert!((d.pilot_p / alone.pilot_p - 2.0).abs() < 1e-9, "{} vs {}", d.pilot_p, alone.pilot_p);
     }
 }

@@ -1,6 +1,6 @@
 //! The whole blind search (every scale, mirror and shift it tries) against video that holds
 //! no mark of the trial keys: unmarked clips, mirrored and rotated unmarked copies, and a
-//! copy marked with an unrelated key. Nobody may be named, the pilot's family-wise
+//! copy marked with an unrelated key (fixed on a still shot, moving on a pan). Nobody may be named, the pilot's family-wise
 //! probability must not claim a mark, and the candidates' scores must stay within their
 //! stated tails. `TRACEMARK_BLIND_NULL_KEYS` (default 6 per source) sets the trials;
 //! `scripts/null-calibration.sh` runs thousands.
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tracemark_core::layout::Scheme;
 
 use rayon::prelude::*;
 
@@ -52,13 +53,17 @@ fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
     // Marked, but with a key no trial uses: the wrong-key case, mirrored for good measure.
     let other = MasterKey::from_seed(424_242);
     let marked = dir.join("other-key.mp4");
-    let embedder = Embedder::new(&other, MarkId(7), EmbedConfig::new()).unwrap();
+    let embedder = Arc::new(Embedder::new(&other, MarkId(7), EmbedConfig::new()).unwrap());
     let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
-    transcode(&testdata("vtest-4s.avi"), &marked, &cfg, Arc::new(embedder), &mut no_progress).unwrap();
+    transcode(&testdata("vtest-4s.avi"), &marked, &cfg, Arc::clone(&embedder), &mut no_progress).unwrap();
     let mirrored = dir.join("other-key-hflip.mp4");
     ffmpeg(&marked, "hflip", &mirrored);
     files.push(marked);
     files.push(mirrored);
+    // And a pan marked with that key: its mark moves with the picture.
+    let pan = dir.join("other-key-pan.mp4");
+    transcode(&testdata("pan1080-1s.mp4"), &pan, &cfg, embedder, &mut no_progress).unwrap();
+    files.push(pan);
     files
         .iter()
         .map(|f| {
@@ -82,8 +87,14 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     for (si, _) in sources.iter().enumerate() {
         for k in 0..keys_per_source {
             let key = MasterKey::from_seed(rng.next_u64());
+            // A registry of old and new exports: on a moving picture both layouts are
+            // searched, and both count in the family.
             let candidates: Vec<Candidate> = (0..candidates_per_trial)
-                .map(|i| Candidate { mark_id: MarkId(rng.next_u64()), recipient: format!("r{i}") })
+                .map(|i| Candidate {
+                    mark_id: MarkId(rng.next_u64()),
+                    recipient: format!("r{i}"),
+                    scheme: if i % 2 == 0 { Scheme::Fixed } else { Scheme::FollowsMotion },
+                })
                 .collect();
             plan.push((si, k, key, candidates));
         }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tracemark_core::layout::Scheme;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -92,7 +93,11 @@ fn no_false_accusation_in_10000_null_trials_and_tails_are_calibrated() {
         let key = MasterKey::from_seed(10_000 + t as u64);
         let det = Detector::new(&key);
         let candidates: Vec<Candidate> = (0..candidates_per_trial)
-            .map(|i| Candidate { mark_id: MarkId(rng.next_u64()), recipient: format!("r{i}") })
+            .map(|i| Candidate {
+                mark_id: MarkId(rng.next_u64()),
+                recipient: format!("r{i}"),
+                scheme: Scheme::default(),
+            })
             .collect();
         let sums = &sources[t % sources.len()];
         let d = decide(&det, sums, &candidates, 1.0, 1e-6);
@@ -123,9 +128,13 @@ fn innocent_exports_of_the_same_key_stay_calibrated() {
         let sums = sums_of(&diff(&wm, &wa), &wa, (0, 0));
         for _ in 0..500 {
             let mut cands: Vec<Candidate> = (0..4)
-                .map(|i| Candidate { mark_id: MarkId(rng.next_u64()), recipient: format!("innocent{i}") })
+                .map(|i| Candidate {
+                    mark_id: MarkId(rng.next_u64()),
+                    recipient: format!("innocent{i}"),
+                    scheme: Scheme::default(),
+                })
                 .collect();
-            cands.push(Candidate { mark_id: guilty, recipient: "guilty".into() });
+            cands.push(Candidate { mark_id: guilty, recipient: "guilty".into(), scheme: Scheme::default() });
             let d = decide(&det, &sums, &cands, 1.0, 1e-6);
             assert_eq!(d.verdict, Verdict::Identified);
             assert_eq!(d.suspects.len(), 1, "an innocent export was named: {:?}", d.suspects);

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use tracemark_core::layout::Scheme;
 
 use tracemark_core::pipeline::no_progress;
 use tracemark_core::video::{transcode, TranscodeConfig};
@@ -23,7 +24,11 @@ fn candidates() -> Vec<Candidate> {
     [MARK, MarkId(0x1111_2222_3333_4444), MarkId(0x0bad_cafe_0000_0007)]
         .into_iter()
         .enumerate()
-        .map(|(i, mark_id)| Candidate { mark_id, recipient: format!("recipient-{i}") })
+        .map(|(i, mark_id)| Candidate {
+            mark_id,
+            recipient: format!("recipient-{i}"),
+            scheme: Scheme::default(),
+        })
         .collect()
 }
 

@@ -12,8 +12,9 @@ use ffmpeg_next as ff;
 use super::reader::{ReadEvent, VideoInfo, VideoReader};
 use super::writer::{EncodeSettings, VideoWriter};
 use crate::frame::Frame;
+use crate::motion::MotionTracker;
 use crate::output::{check_output, TempOutput};
-use crate::pipeline::{FrameTransform, Progress, ProgressFn};
+use crate::pipeline::{FrameAt, FrameTransform, Progress, ProgressFn};
 use crate::{Error, Result};
 
 /// Settings of a transcode job. Build with [`TranscodeConfig::new`] and the `with_*`
@@ -269,6 +270,8 @@ fn decode_loop<T: FrameTransform>(
 ) {
     let mut index = 0u64;
     let mut current: Option<Slot<T::Scratch>> = None;
+    let mut tracker =
+        transform.tracks_motion().then(|| MotionTracker::new(reader.info().width, reader.info().height));
     loop {
         if cancel.load(Ordering::Relaxed) {
             return;
@@ -282,9 +285,13 @@ fn decode_loop<T: FrameTransform>(
         };
         match reader.next(&mut slot.frame) {
             Ok(ReadEvent::Frame) => {
+                // Motion is a running sum: it is tracked here, in decode order, before the
+                // frames go their parallel ways.
+                let motion = tracker.as_mut().map_or((0.0, 0.0), |t| t.track(&slot.frame.y));
                 let (t, d, i) = (Arc::clone(&transform), done.clone(), index);
                 pool.spawn(move || {
-                    let r = t.apply(&mut slot.frame, i, &mut slot.scratch).map_err(|e| e.into());
+                    let at = FrameAt { index: i, motion };
+                    let r = t.apply(&mut slot.frame, at, &mut slot.scratch).map_err(|e| e.into());
                     let _ = d.send(Msg::Done(i, slot, r));
                 });
                 index += 1;

@@ -5,7 +5,9 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
+use tracemark_core::layout::Scheme;
 use tracemark_core::layout::{PILOT, TILE_BLOCKS, TILE_PX};
+use tracemark_core::motion::MotionTracker;
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::{Frame, MasterKey};
 
@@ -14,7 +16,10 @@ use crate::detect::{DetectScratch, Detector, SlotSums};
 use crate::fft2d::Fft2d;
 use crate::image::{Downscaler, Gray};
 use crate::register;
-use crate::verdict::{decide, Candidate};
+use crate::verdict::{decide_readings, Candidate, Family};
+
+/// A reading whose suspect is this many times below the threshold settles a blind trace.
+const DECISIVE: f64 = 1e-6;
 use crate::{Error, Result};
 
 /// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
@@ -48,6 +53,40 @@ struct FrameScratch {
     /// The frame on the grid, and its whitened residual (the outputs).
     picture: Gray,
     white: Gray,
+    /// Both moved back by the picture's motion since the first frame, when it moved.
+    moved_picture: Gray,
+    moved_white: Gray,
+    moved: bool,
+}
+
+/// `out(q) = src(q + d)`, bilinear, zero where a tap falls outside `src`.
+fn shift_into(src: &Gray, (dx, dy): (f64, f64), out: &mut Gray) {
+    let (w, h) = (src.w, src.h);
+    out.reshape(w, h);
+    let (ix, iy) = (dx.floor(), dy.floor());
+    let (fx, fy) = ((dx - ix) as f32, (dy - iy) as f32);
+    let (ix, iy) = (ix as i64, iy as i64);
+    // Output columns whose taps x + ix and x + ix + 1 are both inside.
+    let x0 = (-ix).clamp(0, w as i64) as usize;
+    let x1 = (w as i64 - 1 - ix).clamp(x0 as i64, w as i64) as usize;
+    for y in 0..h {
+        let row = &mut out.data[y * w..][..w];
+        let sy = y as i64 + iy;
+        if sy < 0 || sy + 1 >= h as i64 || x0 >= x1 {
+            row.fill(0.0);
+            continue;
+        }
+        let (sy, sx) = (sy as usize, (x0 as i64 + ix) as usize);
+        let r0 = &src.data[sy * w + sx..][..x1 - x0 + 1];
+        let r1 = &src.data[(sy + 1) * w + sx..][..x1 - x0 + 1];
+        row[..x0].fill(0.0);
+        row[x1..].fill(0.0);
+        for (n, o) in row[x0..x1].iter_mut().enumerate() {
+            let top = r0[n] + (r0[n + 1] - r0[n]) * fx;
+            let bottom = r1[n] + (r1[n + 1] - r1[n]) * fx;
+            *o = top + (bottom - top) * fy;
+        }
+    }
 }
 
 /// Whitened, locally normalised residual of one analysis image, into `out`.
@@ -703,11 +742,12 @@ pub const BLIND_MIN_SIDE: usize = TILE_PX / 4;
 ///
 /// ```no_run
 /// use tracemark_core::pipeline::no_progress;
+/// use tracemark_core::layout::Scheme;
 /// use tracemark_core::{MarkId, MasterKey};
 /// use tracemark_extract::trace::{trace_blind, TraceConfig};
 /// use tracemark_extract::{Candidate, Verdict};
 /// let key = MasterKey::load("unit.key".as_ref())?;
-/// let exports = [Candidate { mark_id: MarkId(0x9f3a), recipient: "channel-A".into() }];
+/// let exports = [Candidate { mark_id: MarkId(0x9f3a), recipient: "channel-A".into(), scheme: Scheme::default() }];
 /// let r = trace_blind(&key, "aired.mp4".as_ref(), &exports, &TraceConfig::new(), &mut no_progress)?;
 /// if r.decision.verdict == Verdict::Identified {
 ///     println!("leaked by {}", r.decision.suspects[0].recipient);
@@ -730,6 +770,10 @@ pub fn trace_blind(
 /// accumulation can be searched for several unit keys.
 pub struct BlindAccumulation {
     views: Vec<Analysis>,
+    /// The same sums with every frame moved back by the picture's motion since the first
+    /// frame (where a mark that follows the motion stands still); `None` when the picture
+    /// never moved, so both are the same.
+    moved: Option<Vec<Analysis>>,
     frames: u64,
     /// Picture size of the leaked clip.
     size: (usize, usize),
@@ -758,6 +802,9 @@ pub fn accumulate_blind(
         _ => 1.0,
     };
     let mut views = analyses(info.width, info.height, sar);
+    let mut moved = analyses(info.width, info.height, sar);
+    let frame_size = (info.width, info.height);
+    let mut any_motion = false;
     // One thread decodes while the others whiten the previous batch in parallel; frames
     // go round between them, so the loop allocates nothing once they are made.
     let batch_len = 2 * rayon::current_num_threads().max(1);
@@ -768,7 +815,7 @@ pub fn accumulate_blind(
     let limit = (config.max_frames > 0).then_some(config.max_frames as u64);
     let mut frames = 0u64;
     std::thread::scope(|scope| -> Result<()> {
-        let (decoded_tx, decoded) = mpsc::sync_channel::<Frame>(batch_len);
+        let (decoded_tx, decoded) = mpsc::sync_channel::<(Frame, (f64, f64))>(batch_len);
         let (free, free_rx) = mpsc::channel::<Frame>();
         for _ in 0..2 * batch_len {
             free.send(Frame::new(info.width, info.height)).expect("the receiver is here");
@@ -777,20 +824,23 @@ pub fn accumulate_blind(
             .name("tracemark-decode".into())
             .spawn_scoped(scope, move || -> Result<()> {
                 let mut read = 0u64;
+                // Motion is a running sum over frames in order: tracked here.
+                let mut tracker = MotionTracker::for_copy(frame_size.0, frame_size.1);
                 // Stops at the end, at the frame limit, or when the consumer hangs up.
                 while let Ok(mut f) = free_rx.recv() {
                     if limit.is_some_and(|l| read >= l) || !r.read_frame(&mut f).map_err(Error::Video)? {
                         break;
                     }
                     read += 1;
-                    if decoded_tx.send(f).is_err() {
+                    let motion = tracker.track(&f.y);
+                    if decoded_tx.send((f, motion)).is_err() {
                         break;
                     }
                 }
                 Ok(())
             })
             .expect("spawning the decoder thread");
-        let mut batch: Vec<Frame> = Vec::with_capacity(batch_len);
+        let mut batch: Vec<(Frame, (f64, f64))> = Vec::with_capacity(batch_len);
         let consumed = (|| -> Result<()> {
             loop {
                 while batch.len() < batch_len {
@@ -803,28 +853,42 @@ pub fn accumulate_blind(
                     return Ok(());
                 }
                 let n = batch.len();
-                batch.par_iter().zip(scratch[..n].par_iter_mut()).for_each(|(f, per_view)| {
+                batch.par_iter().zip(scratch[..n].par_iter_mut()).for_each(|((f, motion), per_view)| {
                     for (&(w, h), s) in sizes.iter().zip(per_view.iter_mut()) {
                         resize_into(&f.y, w, h, s);
                         let mut white = std::mem::take(&mut s.white);
                         let picture = std::mem::take(&mut s.picture);
                         whiten_into(&picture, s, &mut white);
                         (s.white, s.picture) = (white, picture);
+                        s.moved = *motion != (0.0, 0.0);
+                        if s.moved {
+                            // In grid pixels: the grid is the picture resampled to w x h.
+                            let d = (
+                                motion.0 * w as f64 / f.y.width() as f64,
+                                motion.1 * h as f64 / f.y.height() as f64,
+                            );
+                            shift_into(&s.white, d, &mut s.moved_white);
+                            shift_into(&s.picture, d, &mut s.moved_picture);
+                        }
                     }
                 });
                 // Summed in frame order, so the result does not depend on the thread count.
+                let add = |to: &mut Gray, from: &Gray| {
+                    to.data.iter_mut().zip(&from.data).for_each(|(o, x)| *o += x)
+                };
                 for per_view in &scratch[..n] {
-                    for (v, s) in views.iter_mut().zip(per_view) {
-                        for (o, x) in v.acc.data.iter_mut().zip(&s.white.data) {
-                            *o += x;
-                        }
-                        for (o, x) in v.host.data.iter_mut().zip(&s.picture.data) {
-                            *o += x;
-                        }
+                    for ((v, m), s) in views.iter_mut().zip(moved.iter_mut()).zip(per_view) {
+                        add(&mut v.acc, &s.white);
+                        add(&mut v.host, &s.picture);
+                        let (white, picture) =
+                            if s.moved { (&s.moved_white, &s.moved_picture) } else { (&s.white, &s.picture) };
+                        add(&mut m.acc, white);
+                        add(&mut m.host, picture);
+                        any_motion |= s.moved;
                     }
                 }
                 frames += n as u64;
-                for f in batch.drain(..) {
+                for (f, _) in batch.drain(..) {
                     // The decoder may have finished already; then the frame is not needed.
                     let _ = free.send(f);
                 }
@@ -842,7 +906,8 @@ pub fn accumulate_blind(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    Ok(BlindAccumulation { views, frames, size: (info.width, info.height) })
+    let moved = any_motion.then_some(moved);
+    Ok(BlindAccumulation { views, moved, frames, size: (info.width, info.height) })
 }
 
 /// Searches an accumulation for the pilot of `key` and reads the mark where it is (the
@@ -855,7 +920,71 @@ pub fn trace_accumulated(
 ) -> Result<TraceResult> {
     config.validate()?;
     let detector = Detector::new(key);
-    let (views, frames, acc_size) = (&acc.views, acc.frames, acc.size);
+    let pilot = Pilot::new(key);
+    // Candidates of marks fixed on the screen are read from the plain sums. Marks that
+    // move with the picture are read from the sums that follow the copy's motion, and,
+    // when the picture moved, from the plain sums too: the embedder follows a pan, not a
+    // hand-held shake, and the copy's motion is measured through whatever a channel laid
+    // over it. Each search is a reading with its own candidates.
+    let (fixed, moving): (Vec<Candidate>, Vec<Candidate>) =
+        candidates.iter().cloned().partition(|c| c.scheme == Scheme::Fixed);
+    // With no registry the mark is decoded blind, as new exports lay it out.
+    let wants_moving = !moving.is_empty() || candidates.is_empty();
+    let mut plan: Vec<(&[Analysis], Vec<Candidate>)> = Vec::new();
+    match &acc.moved {
+        Some(moved) if wants_moving => {
+            plan.push((moved, moving));
+            plan.push((&acc.views, candidates.to_vec()));
+        }
+        _ => plan.push((&acc.views, candidates.to_vec())),
+    }
+    let can_stop_early = fixed.is_empty();
+    let mut found: Vec<(f64, SlotSums, Registration)> = Vec::with_capacity(plan.len());
+    let mut family = Family { candidates: plan.iter().map(|p| p.1.len()).sum(), sync_hypotheses: 0.0 };
+    for (i, (views, cands)) in plan.iter().enumerate() {
+        let f = search_and_read(&detector, &pilot, views, acc.frames, acc.size)?;
+        family.sync_hypotheses = f.0.max(family.sync_hypotheses);
+        found.push(f);
+        // A first reading that already names someone far beyond the threshold (with every
+        // planned search in its family) makes the next one pointless; it still counts.
+        let planned = Family { sync_hypotheses: family.sync_hypotheses * plan.len() as f64, ..family };
+        let first = decide_readings(&detector, &[(&found[i].1, cands.as_slice())], planned, config.threshold);
+        let decisive = first
+            .suspects
+            .first()
+            .is_some_and(|s| s.false_positive_probability <= DECISIVE * config.threshold);
+        if can_stop_early && decisive {
+            break;
+        }
+    }
+    family.sync_hypotheses *= plan.len() as f64;
+    let readings: Vec<(&SlotSums, &[Candidate])> =
+        found.iter().zip(&plan).map(|(f, p)| (&f.1, p.1.as_slice())).collect();
+    let decision = decide_readings(&detector, &readings, family, config.threshold);
+    let strongest = (0..found.len())
+        .max_by(|&a, &b| detector.pilot_z(&found[a].1).total_cmp(&detector.pilot_z(&found[b].1)))
+        .expect("at least one search");
+    let (_, _, registration) = found.swap_remove(strongest);
+    Ok(TraceResult {
+        decision,
+        informed: false,
+        frames_used: acc.frames,
+        registration,
+        threshold: config.threshold,
+        per_second: Vec::new(),
+        example_frames: None,
+    })
+}
+
+/// Searches one set of accumulated views for the pilot and reads the mark where it is:
+/// the number of hypotheses searched, the slot sums, and the geometry found.
+fn search_and_read(
+    detector: &Detector,
+    pilot: &Pilot,
+    views: &[Analysis],
+    frames: u64,
+    acc_size: (usize, usize),
+) -> Result<(f64, SlotSums, Registration)> {
     // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
     // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Shapes
     // (rotation, stretch) come from the mark's lattice, found without the key. Every
@@ -865,11 +994,10 @@ pub fn trace_accumulated(
         .iter()
         .map(|v| std::iter::once(Linear::IDENTITY).chain(lattice_shapes(&v.acc)).collect())
         .collect();
-    let pilot = Pilot::new(key);
     let search = |hyps: Vec<Hyp>| -> (f64, Hyp, Mirror) {
         hyps.into_par_iter()
             .map_init(
-                || PilotSearch::new(&pilot),
+                || PilotSearch::new(pilot),
                 |sync, (vi, si, scale)| {
                     sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale))
                         .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
@@ -906,7 +1034,7 @@ pub fn trace_accumulated(
         &flipped
     };
     let map = shapes[vi][si].mirrored(mirror).scaled(scale);
-    let mut sync = PilotSearch::new(&pilot);
+    let mut sync = PilotSearch::new(pilot);
     let acc = &view.acc;
     // Every scale of the search is too large for a picture this small to hold half a tile.
     let (_, peak) = sync.peak(acc, map).ok_or(Error::TooSmall {
@@ -943,24 +1071,16 @@ pub fn trace_accumulated(
     sums.frames = frames;
     let hypotheses = (hypotheses * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64;
     let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
-    let decision = decide(&detector, &sums, candidates, hypotheses, config.threshold);
-    Ok(TraceResult {
-        decision,
-        informed: false,
-        frames_used: frames,
-        registration: Registration::Blind {
-            scale,
-            analysis_factor: view.factor.1,
-            shift,
-            hypotheses,
-            mirrored: (mirror.horizontal, mirror.vertical),
-            rotation_deg,
-            stretch,
-        },
-        threshold: config.threshold,
-        per_second: Vec::new(),
-        example_frames: None,
-    })
+    let registration = Registration::Blind {
+        scale,
+        analysis_factor: view.factor.1,
+        shift,
+        hypotheses,
+        mirrored: (mirror.horizontal, mirror.vertical),
+        rotation_deg,
+        stretch,
+    };
+    Ok((hypotheses, sums, registration))
 }
 
 #[cfg(test)]

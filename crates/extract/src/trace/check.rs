@@ -9,6 +9,8 @@
 use std::path::Path;
 
 use tracemark_core::grid::Grid;
+use tracemark_core::layout::Scheme;
+use tracemark_core::motion::MotionTracker;
 use tracemark_core::{Frame, MarkId, MasterKey};
 
 use super::open;
@@ -28,8 +30,8 @@ pub struct ExportCheck {
     pub identified: bool,
 }
 
-/// Reads `marked` (an export of `source` made with `key` for `mark_id`, frame for frame)
-/// for its first `seconds` and scores `mark_id` alone against `threshold` (the
+/// Reads `marked` (an export of `source` made with `key` for `mark_id` under `scheme`, frame
+/// for frame) for its first `seconds` and scores `mark_id` alone against `threshold` (the
 /// false-positive probability a trace needs to name it).
 ///
 /// # Errors
@@ -40,10 +42,12 @@ pub struct ExportCheck {
 ///
 /// ```no_run
 /// use tracemark_extract::trace::check_export;
+/// use tracemark_core::layout::Scheme;
 /// use tracemark_core::{MarkId, MasterKey};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let key = MasterKey::load("unit.key".as_ref())?;
-/// let check = check_export(&key, "cam3.avi".as_ref(), "copy-A.mp4".as_ref(), MarkId(7), 2.0, 1e-6)?;
+/// let (source, copy) = ("cam3.avi".as_ref(), "copy-A.mp4".as_ref());
+/// let check = check_export(&key, source, copy, MarkId(7), Scheme::FollowsMotion, 2.0, 1e-6)?;
 /// assert!(check.identified, "the export would not be traceable");
 /// # Ok(()) }
 /// ```
@@ -52,6 +56,7 @@ pub fn check_export(
     source: &Path,
     marked: &Path,
     mark_id: MarkId,
+    scheme: Scheme,
     seconds: f64,
     threshold: f64,
 ) -> Result<ExportCheck> {
@@ -97,11 +102,14 @@ pub fn check_export(
     let mut resid = vec![0f32; w * h];
     let mut sums = SlotSums::default();
     let mut scratch = DetectScratch::default();
+    // The embedder's own motion track, from the same source frames.
+    let mut tracker = (scheme == Scheme::FollowsMotion).then(|| MotionTracker::new(si.width, si.height));
     let mut frames = 0u64;
     while frames < max_frames {
         if !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {
             break;
         }
+        let motion = tracker.as_mut().map_or((0.0, 0.0), |t| t.track(&fs.y));
         match &mut down {
             Some((ds, dout)) => {
                 ds.run(&fs.y, &mut host);
@@ -120,14 +128,15 @@ pub fn check_export(
         for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
             *r = m - s;
         }
-        detector.accumulate(&resid, &host, w, h, (0, 0), &mut sums, &mut scratch);
+        let offset = (motion.0 / grid.scale, motion.1 / grid.scale);
+        detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
         detector.end_frame(&mut sums);
         frames += 1;
     }
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    let candidate = [Candidate { mark_id, recipient: String::new() }];
+    let candidate = [Candidate { mark_id, recipient: String::new(), scheme }];
     let decision = decide(&detector, &sums, &candidate, 1.0, threshold);
     let identified =
         decision.verdict == Verdict::Identified && decision.suspects.iter().any(|s| s.mark_id == mark_id);

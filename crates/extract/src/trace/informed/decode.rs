@@ -59,15 +59,19 @@ pub(super) struct Clip {
     /// Every frame at `store_size` in fixed point, unless the memory budget ran out.
     pub(super) store: Option<Vec<Box<[u16]>>>,
     pub(super) store_size: (usize, usize),
+    /// The picture's displacement since the first frame, per frame, in picture pixels
+    /// (the embedder's [`MotionTracker`] on the same frames), when asked for.
+    pub(super) motion: Vec<(f64, f64)>,
 }
 
 /// Decodes up to `limit` frames (0 = all) of `path` into thumbnails at `thumb_factor`
-/// picture pixels per thumbnail pixel and, budget permitting, frames at `store_size`.
+/// picture pixels per thumbnail pixel and, budget permitting, frames at `store_size`; with
+/// `track_motion`, the motion of every frame too.
 pub(super) fn decode_clip(
     path: &Path,
     thumb_factor: f64,
     store_size: (usize, usize),
-    limit: usize,
+    (limit, track_motion): (usize, bool),
     shared: &Shared,
 ) -> Result<Clip> {
     let mut reader = open(path)?;
@@ -88,7 +92,15 @@ pub(super) fn decode_clip(
     let frame_bytes = work.len() * std::mem::size_of::<u16>();
     let mut frame = Frame::new(w, h);
     let tb = info.time_base;
-    let mut clip = Clip { info, thumbs: Vec::new(), times: Vec::new(), store: Some(Vec::new()), store_size };
+    let mut tracker = track_motion.then(|| MotionTracker::new(w, h));
+    let mut clip = Clip {
+        info,
+        thumbs: Vec::new(),
+        times: Vec::new(),
+        store: Some(Vec::new()),
+        store_size,
+        motion: Vec::new(),
+    };
     let mut start = None;
     while limit == 0 || clip.thumbs.len() < limit {
         if shared.cancel.load(Ordering::Relaxed) {
@@ -104,6 +116,9 @@ pub(super) fn decode_clip(
             thumb_down.run(&frame.y, &mut thumb.data);
         }
         clip.thumbs.push(Thumb::from_gray(&thumb));
+        if let Some(t) = tracker.as_mut() {
+            clip.motion.push(t.track(&frame.y));
+        }
         let t = seconds(frame.pts, tb);
         clip.times.push(t - *start.get_or_insert(t));
         if let Some(store) = clip.store.as_mut() {
@@ -131,13 +146,14 @@ pub(super) fn decode_both(
     thumb_factor: f64,
     sizes: ((usize, usize), (usize, usize)),
     leak_limit: usize,
+    track_source_motion: bool,
     shared: &Shared,
     progress: &mut ProgressFn<'_>,
     total: Option<u64>,
 ) -> Result<(Clip, Clip)> {
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
-        let spawn = |path: &'static str, p: &Path, size, limit| {
+        let spawn = |path: &'static str, p: &Path, size, limit: (usize, bool)| {
             let (tx, p) = (tx.clone(), p.to_path_buf());
             std::thread::Builder::new()
                 .name(format!("tracemark-decode-{path}"))
@@ -152,8 +168,8 @@ pub(super) fn decode_both(
                 })
                 .expect("spawning a decoder thread")
         };
-        let leak = spawn("leaked", leaked, sizes.0, leak_limit);
-        let src = spawn("source", source, sizes.1, 0);
+        let leak = spawn("leaked", leaked, sizes.0, (leak_limit, false));
+        let src = spawn("source", source, sizes.1, (0, track_source_motion));
         let mut finished = 0;
         let mut stopped = None;
         while finished < 2 {

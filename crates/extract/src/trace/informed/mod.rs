@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use rayon::prelude::*;
 use tracemark_core::grid::Grid;
+use tracemark_core::layout::Scheme;
+use tracemark_core::motion::MotionTracker;
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::video::{VideoInfo, VideoReader};
 use tracemark_core::{Error as CoreError, Frame, MasterKey};
@@ -23,7 +25,7 @@ use crate::homography::Homography;
 use crate::image::{Downscaler, Gray};
 use crate::register::{self, Geometry, Warp, WarpTaps};
 use crate::register_projective;
-use crate::verdict::{decide, Candidate};
+use crate::verdict::{decide_readings, Candidate, Family};
 use crate::{Error, Result};
 
 mod decode;
@@ -46,11 +48,12 @@ use time_align::*;
 ///
 /// ```no_run
 /// use tracemark_core::pipeline::no_progress;
+/// use tracemark_core::layout::Scheme;
 /// use tracemark_core::{MarkId, MasterKey};
 /// use tracemark_extract::trace::{trace_informed, TraceConfig};
 /// use tracemark_extract::Candidate;
 /// let key = MasterKey::load("unit.key".as_ref())?;
-/// let exports = [Candidate { mark_id: MarkId(0x9f3a), recipient: "channel-A".into() }];
+/// let exports = [Candidate { mark_id: MarkId(0x9f3a), recipient: "channel-A".into(), scheme: Scheme::default() }];
 /// let config = TraceConfig::new().with_threshold(1e-6);
 /// let r = trace_informed(&key, "aired.mp4".as_ref(), "cam3.avi".as_ref(), &exports, &config, &mut no_progress)?;
 /// println!("{} ({} frames)", r.decision.verdict.as_str(), r.frames_used);
@@ -94,6 +97,7 @@ pub fn trace_informed(
         factor,
         (leak_size, (grid.work_w, grid.work_h)),
         config.max_frames,
+        candidates.iter().any(|c| c.scheme == Scheme::FollowsMotion),
         &shared,
         progress,
         total,
@@ -138,25 +142,57 @@ pub fn trace_informed(
     if pairings.is_empty() {
         return Err(Error::Registration("the leaked clip does not overlap the source at any scale".into()));
     }
-    let ctx = Informed { detector: &detector, src: &src, leak: &leak, factor, grid, source, leaked, mid };
+    // One reading per mark layout in the registry; on a source that never moves the
+    // layouts are the same mark, read once.
+    let still = src.motion.iter().all(|&m| m == (0.0, 0.0));
+    let mut groups: Vec<(Scheme, Vec<Candidate>)> = Vec::new();
+    for c in candidates {
+        let scheme = if still { Scheme::Fixed } else { c.scheme };
+        match groups.iter_mut().find(|g| g.0 == scheme) {
+            Some(g) => g.1.push(c.clone()),
+            None => groups.push((scheme, vec![c.clone()])),
+        }
+    }
+    if groups.is_empty() {
+        groups.push((if still { Scheme::Fixed } else { Scheme::FollowsMotion }, Vec::new()));
+    }
+    let schemes: Vec<Scheme> = groups.iter().map(|g| g.0).collect();
+    let ctx = Informed {
+        detector: &detector,
+        src: &src,
+        leak: &leak,
+        factor,
+        grid,
+        source,
+        leaked,
+        mid,
+        schemes: &schemes,
+    };
     let total = total.map(|t| t + (pairings.len() as u64 - 1) * leak.thumbs.len() as u64);
     let mut best: Option<Reading> = None;
     for g in &pairings {
         let reading = ctx.read(g, progress, &mut done, total)?;
-        if best.as_ref().is_none_or(|b| detector.pilot_z(&reading.sums) > detector.pilot_z(&b.sums)) {
+        if best.as_ref().is_none_or(|b| reading.pilot_z(&detector) > b.pilot_z(&detector)) {
             best = Some(reading);
         }
     }
-    let Reading { sums, per_second, example, geometry, refined_ncc, offset } =
-        best.expect("at least one pairing");
-    if sums.frames == 0 {
+    let best = best.expect("at least one pairing");
+    let strongest = best.strongest(&detector);
+    let Reading { sums, per_second, example, geometry, refined_ncc, offset } = best;
+    let frames = sums[0].frames;
+    if frames == 0 {
         return Err(Error::Registration("no leaked frame could be matched to the source".into()));
     }
-    let decision = decide(&detector, &sums, candidates, pairings.len() as f64, config.threshold);
+    let readings: Vec<(&SlotSums, &[Candidate])> =
+        sums.iter().zip(&groups).map(|(s, g)| (s, g.1.as_slice())).collect();
+    // Each candidate is scored once; the pilot was maximised over pairings and layouts.
+    let family =
+        Family { candidates: candidates.len(), sync_hypotheses: (pairings.len() * readings.len()) as f64 };
+    let decision = decide_readings(&detector, &readings, family, config.threshold);
     Ok(TraceResult {
         decision,
         informed: true,
-        frames_used: sums.frames,
+        frames_used: frames,
         registration: Registration::Informed {
             geometry: geometry.nearest_geometry(src_info.width as f64, src_info.height as f64),
             homography: geometry,
@@ -168,7 +204,7 @@ pub fn trace_informed(
         threshold: config.threshold,
         per_second: per_second
             .iter()
-            .map(|(t, s)| SecondStrength { t: *t, pilot_z: detector.pilot_z(s) })
+            .map(|(t, s)| SecondStrength { t: *t, pilot_z: detector.pilot_z(&s[strongest]) })
             .collect(),
         example_frames: example,
     })

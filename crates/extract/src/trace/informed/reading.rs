@@ -3,10 +3,11 @@
 
 use super::*;
 
-/// What one registration hypothesis read from the clip.
+/// What one registration hypothesis read from the clip: sums per mark layout read
+/// ([`Informed::schemes`]), in total and per second.
 pub(super) struct Reading {
-    pub(super) sums: SlotSums,
-    pub(super) per_second: Vec<(f64, SlotSums)>,
+    pub(super) sums: Vec<SlotSums>,
+    pub(super) per_second: Vec<(f64, Vec<SlotSums>)>,
     pub(super) example: Option<(Gray, Gray)>,
     pub(super) geometry: Homography,
     pub(super) refined_ncc: Option<f64>,
@@ -25,6 +26,22 @@ pub(super) struct Informed<'a> {
     pub(super) leaked: &'a Path,
     /// The leaked frame kept for the report.
     pub(super) mid: usize,
+    /// The mark layouts to read, each into its own sums.
+    pub(super) schemes: &'a [Scheme],
+}
+
+impl Reading {
+    /// Index of the layout whose pilot is strongest.
+    pub(super) fn strongest(&self, detector: &Detector) -> usize {
+        (0..self.sums.len())
+            .max_by(|&a, &b| detector.pilot_z(&self.sums[a]).total_cmp(&detector.pilot_z(&self.sums[b])))
+            .unwrap_or(0)
+    }
+
+    /// The strongest pilot over the layouts read.
+    pub(super) fn pilot_z(&self, detector: &Detector) -> f64 {
+        detector.pilot_z(&self.sums[self.strongest(detector)])
+    }
 }
 
 impl Informed<'_> {
@@ -85,21 +102,25 @@ impl Informed<'_> {
         } else {
             2 * rayon::current_num_threads()
         };
-        let mut sums = SlotSums::default();
-        let mut per_second: Vec<(f64, SlotSums)> = Vec::new();
+        let fresh = || vec![SlotSums::default(); self.schemes.len()];
+        let mut sums = fresh();
+        let mut per_second: Vec<(f64, Vec<SlotSums>)> = Vec::new();
         let mut example = None;
-        let mut batch: Vec<(usize, Pic<'_>, Pic<'_>)> = Vec::with_capacity(batch_len);
+        let mut batch: Vec<PairToRead<'_>> = Vec::with_capacity(batch_len);
         // Made once the geometry is refined, on the first matched pair.
         let mut warp: Option<PairWarp> = None;
-        let mut merge = |batch: &mut Vec<(usize, Pic<'_>, Pic<'_>)>, warp: &Option<PairWarp>| {
+        let mut merge = |batch: &mut Vec<PairToRead<'_>>, warp: &Option<PairWarp>| {
             let Some(warp) = warp else { return };
             for (k, fs, ex) in read_pairs(self.detector, warp, batch, self.mid) {
-                sums.merge(&fs);
                 let sec = self.leak.times[k].floor();
                 if per_second.last().is_none_or(|p| p.0 != sec) {
-                    per_second.push((sec, SlotSums::default()));
+                    per_second.push((sec, fresh()));
                 }
-                per_second.last_mut().expect("pushed above").1.merge(&fs);
+                let second = &mut per_second.last_mut().expect("pushed above").1;
+                for ((total, s), f) in sums.iter_mut().zip(second.iter_mut()).zip(&fs) {
+                    total.merge(f);
+                    s.merge(f);
+                }
                 if ex.is_some() {
                     example = ex;
                 }
@@ -124,7 +145,20 @@ impl Informed<'_> {
                 warp = Some(PairWarp::new(src_size, leak_size, &g, &src_g, &leak_g));
                 refined_ncc = Some(v);
             }
-            batch.push((k, src_pic, leak_pic));
+            // Where each layout's tile sits on the source's working grid in this frame.
+            let motion = match *m {
+                Some(m) => self.src.motion.get(m).copied().unwrap_or_default(),
+                None => (0.0, 0.0),
+            };
+            let offsets = self
+                .schemes
+                .iter()
+                .map(|s| match s {
+                    Scheme::Fixed => (0.0, 0.0),
+                    Scheme::FollowsMotion => (motion.0 / grid.scale, motion.1 / grid.scale),
+                })
+                .collect();
+            batch.push(PairToRead { k, src: src_pic, leak: leak_pic, offsets });
             if batch.len() == batch_len {
                 merge(&mut batch, &warp);
             }
@@ -147,15 +181,25 @@ pub(super) struct PairScratch {
     pub(super) detect: DetectScratch,
 }
 
-/// One leaked frame's sums, with the registered pair when it is the one kept for the report.
-pub(super) type PairSums = (usize, SlotSums, Option<(Gray, Gray)>);
+/// A registered pair waiting to be read: leaked frame `k`, the source frame it shows, and
+/// the tile's offset on the source's working grid for each layout read.
+pub(super) struct PairToRead<'a> {
+    pub(super) k: usize,
+    pub(super) src: Pic<'a>,
+    pub(super) leak: Pic<'a>,
+    pub(super) offsets: Vec<(f64, f64)>,
+}
+
+/// One leaked frame's sums (one per layout), with the registered pair when it is the one
+/// kept for the report.
+pub(super) type PairSums = (usize, Vec<SlotSums>, Option<(Gray, Gray)>);
 
 /// Reads a batch of (source, leaked) pairs in parallel under `warp`: each pair's slot sums, and for frame `keep` the registered pair
 /// itself (for the report).
 pub(super) fn read_pairs(
     detector: &Detector,
     warp: &PairWarp,
-    pairs: &[(usize, Pic<'_>, Pic<'_>)],
+    pairs: &[PairToRead<'_>],
     keep: usize,
 ) -> Vec<PairSums> {
     let ((w, h), leak_size) = (warp.src_size, warp.leak_size);
@@ -173,7 +217,7 @@ pub(super) fn read_pairs(
                 resid: vec![0f32; w * h],
                 detect: DetectScratch::default(),
             },
-            |s, (k, src, leak)| {
+            |s, PairToRead { k, src, leak, offsets }| {
                 src.load(&mut s.src);
                 leak.load(&mut s.leak);
                 let compared = match (view, &warp.warp) {
@@ -184,10 +228,24 @@ pub(super) fn read_pairs(
                     _ => &s.src,
                 };
                 warp_and_fit(compared, &s.leak, warp, &mut s.warped, &mut s.resid);
-                let mut fs = SlotSums::default();
                 // The mask is the embedder's: computed from the source itself.
-                detector.accumulate(&s.resid, &s.src.data, w, h, (0, 0), &mut fs, &mut s.detect);
-                detector.end_frame(&mut fs);
+                let fs = offsets
+                    .iter()
+                    .map(|&offset| {
+                        let mut fs = SlotSums::default();
+                        detector.accumulate_moved(
+                            &s.resid,
+                            &s.src.data,
+                            w,
+                            h,
+                            offset,
+                            &mut fs,
+                            &mut s.detect,
+                        );
+                        detector.end_frame(&mut fs);
+                        fs
+                    })
+                    .collect();
                 (*k, fs, (*k == keep).then(|| (s.warped.clone(), s.src.clone())))
             },
         )

@@ -1,0 +1,432 @@
+//! The picture's global motion from frame to frame, so that a mark can move with it.
+//!
+//! A pattern fixed on the screen while the picture pans is new to the encoder in every
+//! frame: motion compensation moves the picture and the pattern with it, so the encoder
+//! codes the pattern's difference again and again (a marked pan cost 2.6x the bits). A mark
+//! that moves with the picture is carried by motion compensation instead.
+//!
+//! [`MotionTracker`] measures the displacement of each frame against a *reference* frame by
+//! phase correlation of small thumbnails, refined below a pixel by a least-squares fit of
+//! the cross-spectrum's phase (unbiased for a pure translation, unlike a parabola through
+//! the peak). The reference is only replaced when the overlap gets small or the picture
+//! changes (a cut), so measurement errors add up once per re-anchoring, not once per frame.
+//! The embedder runs it on the source; the informed detector runs the same code on the
+//! same source frames (and gets the same numbers), the blind detector on the leaked clip.
+
+use rustfft::num_complex::Complex32;
+
+use crate::fft2d::Fft2d;
+use crate::frame::Plane;
+use crate::grid;
+
+/// Thumbnail height the box factor aims at (a 1080-line picture is averaged over 6x6).
+const THUMB_LINES: usize = 180;
+/// Smallest thumbnail side worth correlating; smaller pictures are taken as static.
+const MIN_THUMB: usize = 24;
+/// A displacement beyond this share of the thumbnail re-anchors the reference.
+const REANCHOR_SHARE: f64 = 0.2;
+/// Displacements under this many thumbnail pixels are measurement noise on a still
+/// picture: they count as none, so a static shot keeps its mark exactly still.
+const DEAD_ZONE: f64 = 0.02;
+/// How well the current picture must match the reference moved by the displacement found
+/// (normalised correlation of the thumbnails) for the motion to be followed.
+const MIN_RIGID_NCC: f64 = 0.95;
+/// The same for a copy's motion, measured by a detector through logos, tickers, bars and
+/// picture-in-picture frames that do not move with the picture: lenient, so the detector
+/// follows every pan the embedder followed (what it follows beyond that, the detector's
+/// reading of the unmoved sums covers).
+const MIN_RIGID_NCC_COPY: f64 = 0.5;
+/// Frames in a row that must match this well before the motion is followed: a hand-held
+/// shot matches for a frame or two at a time, a pan for as long as it lasts.
+const RUN_TO_FOLLOW: u32 = 8;
+/// How far above the correlation surface's RMS a peak must stand to count as a match.
+const PEAK_OVER_RMS: f64 = 12.0;
+
+/// Tracks the global translation of a picture sequence (see the module documentation).
+/// Made once per clip; the per-frame call allocates nothing.
+#[derive(Debug)]
+pub struct MotionTracker {
+    /// Box factor from picture to thumbnail.
+    k: usize,
+    tw: usize,
+    th: usize,
+    fft: Option<Fft2d>,
+    /// Separable Hann window.
+    win_x: Vec<f32>,
+    win_y: Vec<f32>,
+    thumb: Vec<f32>,
+    /// The reference frame's thumbnail (for the rigidity check).
+    reference_thumb: Vec<f32>,
+    current: Vec<Complex32>,
+    reference: Vec<Complex32>,
+    surface: Vec<Complex32>,
+    phasor_x: Vec<Complex32>,
+    phasor_y: Vec<Complex32>,
+    has_reference: bool,
+    /// Frames in a row whose motion was a clean translation.
+    run: u32,
+    /// How well a frame must match its reference moved back for its motion to count.
+    min_ncc: f64,
+    /// Displacement of the reference frame since the first frame (picture pixels).
+    anchor: (f64, f64),
+    /// The last displacement returned.
+    last: (f64, f64),
+}
+
+impl std::fmt::Debug for Fft2d {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fft2d({}x{})", self.width(), self.height())
+    }
+}
+
+fn hann(n: usize) -> Vec<f32> {
+    (0..n).map(|i| (0.5 - 0.5 * (std::f64::consts::TAU * (i as f64 + 0.5) / n as f64).cos()) as f32).collect()
+}
+
+/// Signed frequency (or shift) of cyclic index `i` of an `n`-long axis.
+fn signed(i: usize, n: usize) -> f64 {
+    if i > n / 2 {
+        i as f64 - n as f64
+    } else {
+        i as f64
+    }
+}
+
+impl MotionTracker {
+    /// A tracker for `width` x `height` pictures.
+    pub fn new(width: usize, height: usize) -> Self {
+        let k = (height / THUMB_LINES).max(1);
+        let (tw, th) = (width / k, height / k);
+        let usable = tw >= MIN_THUMB && th >= MIN_THUMB;
+        let n = if usable { tw * th } else { 0 };
+        Self {
+            k,
+            tw,
+            th,
+            fft: usable.then(|| Fft2d::new(tw, th)),
+            win_x: hann(tw),
+            win_y: hann(th),
+            thumb: vec![0.0; n],
+            reference_thumb: vec![0.0; n],
+            current: vec![Complex32::default(); n],
+            reference: vec![Complex32::default(); n],
+            surface: vec![Complex32::default(); n],
+            phasor_x: vec![Complex32::default(); tw],
+            phasor_y: vec![Complex32::default(); th],
+            has_reference: false,
+            run: 0,
+            min_ncc: MIN_RIGID_NCC,
+            anchor: (0.0, 0.0),
+            last: (0.0, 0.0),
+        }
+    }
+
+    /// A tracker for a copy (what a detector runs on a leaked clip): it counts motion the
+    /// embedder's tracker would count on the clean picture even when the copy has overlays
+    /// that stand still.
+    pub fn for_copy(width: usize, height: usize) -> Self {
+        Self { min_ncc: MIN_RIGID_NCC_COPY, ..Self::new(width, height) }
+    }
+
+    /// Displacement of the picture content of `luma` since the first frame tracked, in
+    /// picture pixels: content at `p` in the first frame is at `p + displacement` now.
+    /// Frames must come in display order.
+    pub fn track(&mut self, luma: &Plane) -> (f64, f64) {
+        let Some(fft) = self.fft.as_mut() else { return (0.0, 0.0) };
+        let (tw, th, n) = (self.tw, self.th, self.tw * self.th);
+        if luma.width() < tw * self.k || luma.height() < th * self.k {
+            return self.last;
+        }
+        grid::downscale_integer(luma, self.k, self.k, &mut self.thumb, tw);
+        let mean = self.thumb.iter().sum::<f32>() / n as f32;
+        for (row, (out, wy)) in
+            self.thumb.chunks_exact(tw).zip(self.current.chunks_exact_mut(tw).zip(&self.win_y))
+        {
+            for ((o, &v), wx) in out.iter_mut().zip(row).zip(&self.win_x) {
+                *o = Complex32::new((v - mean) * wx * wy, 0.0);
+            }
+        }
+        fft.forward(&mut self.current);
+        if !self.has_reference {
+            self.swap_reference();
+            self.has_reference = true;
+            return self.last;
+        }
+        let found = self.displacement().filter(|&d| self.rigid_match(d) >= self.min_ncc);
+        let shift = match found {
+            Some((dx, dy)) => {
+                let dead = |d: f64| if d.abs() < DEAD_ZONE { 0.0 } else { d };
+                let (dx, dy) = (dead(dx), dead(dy));
+                let k = self.k as f64;
+                self.run = self.run.saturating_add(1);
+                if self.run < RUN_TO_FOLLOW {
+                    // Not yet a pan: hold still, and count later frames' motion from here.
+                    self.anchor = (self.last.0 - dx * k, self.last.1 - dy * k);
+                }
+                let at = (self.anchor.0 + dx * k, self.anchor.1 + dy * k);
+                if dx.abs() > REANCHOR_SHARE * tw as f64 || dy.abs() > REANCHOR_SHARE * th as f64 {
+                    self.anchor = at;
+                    self.swap_reference();
+                }
+                at
+            }
+            None => {
+                // A cut, or no single translation: the mark stays where it was and the new
+                // picture becomes the reference.
+                self.run = 0;
+                self.anchor = self.last;
+                self.swap_reference();
+                self.last
+            }
+        };
+        self.last = shift;
+        shift
+    }
+
+    /// Makes the current frame the reference.
+    fn swap_reference(&mut self) {
+        std::mem::swap(&mut self.current, &mut self.reference);
+        std::mem::swap(&mut self.thumb, &mut self.reference_thumb);
+    }
+
+    /// Normalised correlation of the reference thumbnail with the current one moved back
+    /// by `d` (whole pixels) over their overlap: near 1 when the picture moved as one
+    /// piece, lower for a zoom, a shaken hand-held shot or an object crossing the frame,
+    /// where no single translation describes the motion (and following one buys nothing).
+    fn rigid_match(&self, d: (f64, f64)) -> f64 {
+        let (tw, th) = (self.tw as i64, self.th as i64);
+        // Current pixel p + d, bilinear between (ix, iy) and (ix + 1, iy + 1).
+        let (ix, iy) = (d.0.floor() as i64, d.1.floor() as i64);
+        let (fx, fy) = (d.0 - ix as f64, d.1 - iy as f64);
+        let (x0, x1) = (0.max(-ix), tw.min(tw - 1 - ix));
+        let (y0, y1) = (0.max(-iy), th.min(th - 1 - iy));
+        if x1 - x0 < tw / 2 || y1 - y0 < th / 2 {
+            return 0.0;
+        }
+        let (mut sa, mut sb, mut saa, mut sbb, mut sab) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for y in y0..y1 {
+            let a = &self.reference_thumb[(y * tw + x0) as usize..(y * tw + x1) as usize];
+            let start = ((y + iy) * tw + x0 + ix) as usize;
+            let (b0, b1) =
+                (&self.thumb[start..][..a.len() + 1], &self.thumb[start + self.tw..][..a.len() + 1]);
+            for (n, &a) in a.iter().enumerate() {
+                let top = f64::from(b0[n]) + (f64::from(b0[n + 1]) - f64::from(b0[n])) * fx;
+                let bottom = f64::from(b1[n]) + (f64::from(b1[n + 1]) - f64::from(b1[n])) * fx;
+                let (a, b) = (f64::from(a), top + (bottom - top) * fy);
+                sa += a;
+                sb += b;
+                saa += a * a;
+                sbb += b * b;
+                sab += a * b;
+            }
+        }
+        let n = ((x1 - x0) * (y1 - y0)) as f64;
+        let cov = sab - sa * sb / n;
+        let var = (saa - sa * sa / n) * (sbb - sb * sb / n);
+        if var <= 0.0 {
+            return 0.0;
+        }
+        cov / var.sqrt()
+    }
+
+    /// Displacement of `current` against `reference` in thumbnail pixels, or `None` when
+    /// the phase correlation has no clear peak.
+    fn displacement(&mut self) -> Option<(f64, f64)> {
+        let fft = self.fft.as_mut().expect("checked by the caller");
+        let (tw, th, n) = (self.tw, self.th, self.tw * self.th);
+        for ((s, c), r) in self.surface.iter_mut().zip(&self.current).zip(&self.reference) {
+            let p = c * r.conj();
+            let m = p.norm();
+            *s = if m > 1e-20 { p / m } else { Complex32::default() };
+        }
+        fft.inverse(&mut self.surface);
+        let (mut best, mut at) = (f32::MIN, 0);
+        for (i, v) in self.surface.iter().enumerate() {
+            if v.re > best {
+                (best, at) = (v.re, i);
+            }
+        }
+        // A clear peak stands far above the surface's spread (unrelated pictures give a
+        // surface of noise whose largest value is about 4.5 times its RMS).
+        let rms =
+            (self.surface.iter().map(|v| f64::from(v.re) * f64::from(v.re)).sum::<f64>() / n as f64).sqrt();
+        if f64::from(best) < PEAK_OVER_RMS * rms {
+            return None;
+        }
+        let mut d = (signed(at % tw, tw), signed(at / tw, th));
+        // Least-squares fit of the residual phase over the lower half of the spectrum,
+        // weighted by the cross-power: twice, the second from the first's estimate.
+        for _ in 0..2 {
+            let (ax_n, ay_n) = (d.0 / tw as f64, d.1 / th as f64);
+            for (i, p) in self.phasor_x.iter_mut().enumerate() {
+                let a = std::f64::consts::TAU * signed(i, tw) * ax_n;
+                *p = Complex32::new(a.cos() as f32, a.sin() as f32);
+            }
+            for (i, p) in self.phasor_y.iter_mut().enumerate() {
+                let a = std::f64::consts::TAU * signed(i, th) * ay_n;
+                *p = Complex32::new(a.cos() as f32, a.sin() as f32);
+            }
+            let (mut sxx, mut sxy, mut syy, mut bx, mut by) = (0f64, 0f64, 0f64, 0f64, 0f64);
+            for y in 0..th {
+                let fy = signed(y, th) / th as f64;
+                if fy.abs() > 0.25 {
+                    continue;
+                }
+                let (cr, rr) = (&self.current[y * tw..][..tw], &self.reference[y * tw..][..tw]);
+                for x in 0..tw {
+                    let fx = signed(x, tw) / tw as f64;
+                    if fx.abs() > 0.25 || (x == 0 && y == 0) {
+                        continue;
+                    }
+                    // Undo the displacement found so far: what is left is a small phase.
+                    let p = cr[x] * rr[x].conj() * self.phasor_x[x] * self.phasor_y[y];
+                    let w = f64::from(p.norm());
+                    let phi = f64::from(p.im.atan2(p.re));
+                    sxx += w * fx * fx;
+                    sxy += w * fx * fy;
+                    syy += w * fy * fy;
+                    bx += w * fx * phi;
+                    by += w * fy * phi;
+                }
+            }
+            let det = sxx * syy - sxy * sxy;
+            if det <= 0.0 {
+                break;
+            }
+            // phi = -2 pi (fx dx + fy dy): solve the 2x2 normal equations.
+            let scale = -1.0 / std::f64::consts::TAU;
+            let ddx = scale * (syy * bx - sxy * by) / det;
+            let ddy = scale * (sxx * by - sxy * bx) / det;
+            d = (d.0 + ddx.clamp(-1.0, 1.0), d.1 + ddy.clamp(-1.0, 1.0));
+        }
+        Some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A textured picture (sum of oblique waves and a blob) seen through a window at
+    /// (`ox`, `oy`), sampled by area so fractional offsets are honest.
+    fn view(w: usize, h: usize, ox: f64, oy: f64) -> Plane {
+        // Smooth value noise at two scales (a lattice of keyed levels, bilinear between
+        // them) and a gradient: broadband like a real scene, no periodicity.
+        let lattice = |i: i64, j: i64, salt: u64| {
+            let mut z = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                ^ salt;
+            z ^= z >> 29;
+            z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^= z >> 32;
+            (z % 1000) as f64 / 1000.0
+        };
+        let noise = |x: f64, y: f64, cell: f64, salt: u64| {
+            let (u, v) = (x / cell, y / cell);
+            let (i, j) = (u.floor(), v.floor());
+            let (fu, fv) = (u - i, v - j);
+            let (i, j) = (i as i64, j as i64);
+            let top = lattice(i, j, salt) * (1.0 - fu) + lattice(i + 1, j, salt) * fu;
+            let bottom = lattice(i, j + 1, salt) * (1.0 - fu) + lattice(i + 1, j + 1, salt) * fu;
+            top * (1.0 - fv) + bottom * fv
+        };
+        let scene =
+            |x: f64, y: f64| 40.0 + 0.05 * x + 90.0 * noise(x, y, 23.0, 1) + 60.0 * noise(x, y, 5.0, 2);
+        let mut p = Plane::new(w, h, 0);
+        for (y, row) in p.rows_mut().enumerate() {
+            for (x, v) in row.iter_mut().enumerate() {
+                // Content at scene point s shows at picture point s + offset.
+                let (sx, sy) = (x as f64 - ox, y as f64 - oy);
+                let mut acc = 0.0;
+                for (dx, dy) in [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)] {
+                    acc += scene(sx + dx, sy + dy);
+                }
+                *v = (acc / 4.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn follows_a_pan_to_a_fraction_of_a_pixel() {
+        let (w, h) = (640, 360);
+        let mut t = MotionTracker::new(w, h);
+        assert_eq!(t.track(&view(w, h, 0.0, 0.0)), (0.0, 0.0));
+        let truth = |f: u32| (2.37 * f64::from(f), -0.81 * f64::from(f));
+        // Until the pan has lasted RUN_TO_FOLLOW frames the mark holds still; from then
+        // on it moves as the picture does.
+        let start = RUN_TO_FOLLOW - 1;
+        let mut worst = 0f64;
+        for f in 1..44 {
+            let got = t.track(&view(w, h, truth(f).0, truth(f).1));
+            let want = if f <= start {
+                (0.0, 0.0)
+            } else {
+                (truth(f).0 - truth(start).0, truth(f).1 - truth(start).1)
+            };
+            worst = worst.max((got.0 - want.0).abs()).max((got.1 - want.1).abs());
+        }
+        // 40 frames and 95 pixels of pan followed (past two re-anchorings): the error stays small.
+        assert!(worst < 0.25, "worst error {worst} px");
+    }
+
+    #[test]
+    fn a_still_picture_stays_exactly_still() {
+        let (w, h) = (320, 240);
+        let mut t = MotionTracker::new(w, h);
+        let still = view(w, h, 3.0, 1.0);
+        for _ in 0..10 {
+            assert_eq!(t.track(&still), (0.0, 0.0));
+        }
+    }
+
+    #[test]
+    fn a_cut_keeps_the_last_displacement() {
+        let (w, h) = (320, 240);
+        let mut t = MotionTracker::new(w, h);
+        let mut before = (0.0, 0.0);
+        for f in 0..8 {
+            before = t.track(&view(w, h, 2.0 * f64::from(f), 0.0));
+        }
+        let mut noise = Plane::new(w, h, 0);
+        let mut s = 12345u32;
+        for row in noise.rows_mut() {
+            for v in row.iter_mut() {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *v = (s >> 24) as u8;
+            }
+        }
+        assert_eq!(t.track(&noise), before);
+        let followed = 2.0 * f64::from(8 - RUN_TO_FOLLOW);
+        assert!((before.0 - followed).abs() < 0.2, "{before:?}");
+        // After the cut the picture is new: no motion until it pans again.
+        assert_eq!(t.track(&noise), before);
+    }
+
+    #[test]
+    fn a_zoom_is_not_followed() {
+        let (w, h) = (320, 240);
+        let mut t = MotionTracker::new(w, h);
+        // Zooming in 3% a frame about the centre: no translation describes it.
+        for f in 0..12 {
+            let z = 1.03f64.powi(f);
+            let mut p = Plane::new(w, h, 0);
+            let big = view(2 * w, 2 * h, 0.0, 0.0);
+            for (y, row) in p.rows_mut().enumerate() {
+                for (x, v) in row.iter_mut().enumerate() {
+                    let sx = ((x as f64 - w as f64 / 2.0) / z + w as f64) as usize;
+                    let sy = ((y as f64 - h as f64 / 2.0) / z + h as f64) as usize;
+                    *v = big.row(sy)[sx];
+                }
+            }
+            let d = t.track(&p);
+            assert!(d.0.abs() < 0.5 && d.1.abs() < 0.5, "frame {f}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn tiny_pictures_are_taken_as_static() {
+        let mut t = MotionTracker::new(16, 16);
+        assert_eq!(t.track(&view(16, 16, 5.0, 5.0)), (0.0, 0.0));
+    }
+}

@@ -1,0 +1,39 @@
+//! Prints the global motion track the embedder follows (`tracemark/v2` marks move with it):
+//! one line per frame, the displacement of the picture since the first frame in pixels.
+//!
+//! ```text
+//! cargo run --release --example motion_track -- clip.mp4 [more.mp4 ...]
+//! ```
+//! With several clips the tracks are printed side by side (a copy's track against its
+//! source's, say). The first clip is tracked as the embedder tracks a source, the others
+//! as a detector tracks a copy.
+
+use anyhow::{Context, Result};
+use tracemark::core::motion::MotionTracker;
+use tracemark::core::video::VideoReader;
+use tracemark::core::Frame;
+
+fn track(path: &str, copy: bool) -> Result<Vec<(f64, f64)>> {
+    let mut r = VideoReader::open(path.as_ref()).with_context(|| format!("opening {path}"))?;
+    let (w, h) = (r.info().width, r.info().height);
+    let mut t = if copy { MotionTracker::for_copy(w, h) } else { MotionTracker::new(w, h) };
+    let mut f = Frame::new(w, h);
+    let mut out = Vec::new();
+    while r.read_frame(&mut f)? {
+        out.push(t.track(&f.y));
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let paths: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(!paths.is_empty(), "usage: motion_track CLIP [CLIP ...]");
+    let tracks = paths.iter().enumerate().map(|(i, p)| track(p, i > 0)).collect::<Result<Vec<_>>>()?;
+    let n = tracks.iter().map(Vec::len).max().unwrap_or(0);
+    for i in 0..n {
+        let cols: Vec<String> =
+            tracks.iter().map(|t| t.get(i).map_or("-".into(), |(x, y)| format!("{x:9.3} {y:9.3}"))).collect();
+        println!("{i:5} {}", cols.join("   "));
+    }
+    Ok(())
+}
