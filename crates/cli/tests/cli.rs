@@ -52,28 +52,30 @@ impl Setup {
         self.dir.path()
     }
     fn embed(&self, recipient: &str, input: &Path, out: &str) -> Output {
-        run(
-            &[
-                "embed",
-                "--key",
-                "unit.key",
-                "--registry",
-                "reg.db",
-                "--recipient",
-                recipient,
-                "--officer",
-                "PC Smith",
-                "--approved-by",
-                "Insp. Jones",
-                "--case",
-                "CR-1",
-                "--preset",
-                "ultrafast",
-                input.to_str().unwrap(),
-                out,
-            ],
-            self.p(),
-        )
+        self.embed_with(recipient, input, out, &[])
+    }
+    /// `embed` with `extra` options.
+    fn embed_with(&self, recipient: &str, input: &Path, out: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "embed",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--recipient",
+            recipient,
+            "--officer",
+            "PC Smith",
+            "--approved-by",
+            "Insp. Jones",
+            "--case",
+            "CR-1",
+            "--preset",
+            "ultrafast",
+        ];
+        args.extend(extra);
+        args.extend([input.to_str().unwrap(), out]);
+        run(&args, self.p())
     }
     fn trace(&self, leaked: &str, original: Option<&Path>) -> Value {
         let mut args = vec!["trace", "--key", "unit.key", "--registry", "reg.db", "--json", leaked];
@@ -666,27 +668,7 @@ fn a_pan_exported_with_the_moving_mark_is_small_and_traced() {
     let params: Value = serde_json::from_str(list[0]["embed_params"].as_str().unwrap()).unwrap();
     assert_eq!(params["scheme"], "tracemark/v2", "{params}");
     // The same export with the mark fixed on the screen (the older layout).
-    let src_s = src.to_str().unwrap();
-    let v1 = [
-        "embed",
-        "--key",
-        "unit.key",
-        "--registry",
-        "reg.db",
-        "--recipient",
-        "channel-C",
-        "--officer",
-        "PC Smith",
-        "--approved-by",
-        "Insp. Jones",
-        "--preset",
-        "ultrafast",
-        "--scheme",
-        "v1",
-        src_s,
-        "c.mp4",
-    ];
-    ok(&v1, s.p());
+    assert!(s.embed_with("channel-C", &src, "c.mp4", &["--scheme", "v1"]).status.success());
     let size = |f: &str| std::fs::metadata(s.p().join(f)).unwrap().len() as f64;
     // On this 30-frame cut the mark holds still for the pan's first 7 frames (it follows a
     // translation once it has lasted 8), so the saving is smaller than on a whole pan

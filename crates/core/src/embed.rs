@@ -85,6 +85,35 @@ fn to_pixel(v: f32) -> u8 {
     (v.clamp(0.0, 255.0) + 12_582_912.0).to_bits() as u8
 }
 
+/// Adds the working-grid residual `resid` (`size`) to the luma, interpolated by the taps
+/// (`ux` across, `uy` down). Separable bilinear: every working row is widened once
+/// (`wide`, work height x picture width), then each picture row is a blend of two wide rows
+/// (contiguous, vectorisable).
+fn add_interpolated(
+    frame: &mut Frame,
+    resid: &[f32],
+    (ww, wh): (usize, usize),
+    (ux, uy): (&LinearTaps, &LinearTaps),
+    wide: &mut [f32],
+) {
+    let fw = frame.width();
+    for (wr, rr) in wide.chunks_exact_mut(fw).zip(resid.chunks_exact(ww)) {
+        for (o, &(j0, fx)) in wr.iter_mut().zip(&ux.taps) {
+            let j0 = j0 as usize;
+            let (a, b) = (rr[j0], rr[(j0 + 1).min(ww - 1)]);
+            *o = a + (b - a) * fx;
+        }
+    }
+    for (y, &(i0, fy)) in uy.taps.iter().enumerate() {
+        let i0 = i0 as usize;
+        let w0 = &wide[i0 * fw..(i0 + 1) * fw];
+        let w1 = &wide[(i0 + 1).min(wh - 1) * fw..][..fw];
+        for ((px, &a), &b) in frame.y.row_mut(y).iter_mut().zip(w0).zip(w1) {
+            *px = to_pixel(f32::from(*px) + a + (b - a) * fy);
+        }
+    }
+}
+
 /// Adds the mark of one export. Cheap to share between threads (`Sync`).
 #[derive(Clone, Debug)]
 pub struct Embedder {
@@ -276,25 +305,7 @@ impl Embedder {
                     }
                 }
             }
-            // Separable bilinear: widen every working row once, then each picture row is a
-            // blend of two wide rows (contiguous, vectorisable) added to the luma.
-            let fw = g.frame_w;
-            for (wr, rr) in s.wide.chunks_exact_mut(fw).zip(s.resid.chunks_exact(ww)) {
-                for (o, &(j0, fx)) in wr.iter_mut().zip(&s.ux.taps) {
-                    let j0 = j0 as usize;
-                    let (a, b) = (rr[j0], rr[(j0 + 1).min(ww - 1)]);
-                    *o = a + (b - a) * fx;
-                }
-            }
-            for (y, &(i0, fy)) in s.uy.taps.iter().enumerate() {
-                let i0 = i0 as usize;
-                let w0 = &s.wide[i0 * fw..(i0 + 1) * fw];
-                let w1 = &s.wide[(i0 + 1).min(g.work_h - 1) * fw..][..fw];
-                let row = frame.y.row_mut(y);
-                for ((px, &a), &b) in row.iter_mut().zip(w0).zip(w1) {
-                    *px = to_pixel(f32::from(*px) + a + (b - a) * fy);
-                }
-            }
+            add_interpolated(frame, &s.resid, (ww, g.work_h), (&s.ux, &s.uy), &mut s.wide);
         }
         let sum_m2: f32 = s.mask.iter().map(|m| m * m).sum();
         let mark_rms = strength * (sum_m2 / (g.work_w * g.work_h) as f32).sqrt();
@@ -326,24 +337,9 @@ impl Embedder {
                 *o = strength * mrow[x / 8] * trow[(x + sx) % TILE_PX];
             }
         }
-        let (fw, wh) = (g.frame_w, g.work_h);
-        s.moved_x.refill(ww, fw, fx);
-        s.moved_y.refill(wh, g.frame_h, fy);
-        for (wr, rr) in s.wide.chunks_exact_mut(fw).zip(s.resid.chunks_exact(ww)) {
-            for (o, &(j0, f)) in wr.iter_mut().zip(&s.moved_x.taps) {
-                let j0 = j0 as usize;
-                let (a, b) = (rr[j0], rr[(j0 + 1).min(ww - 1)]);
-                *o = a + (b - a) * f;
-            }
-        }
-        for (y, &(i0, f)) in s.moved_y.taps.iter().enumerate() {
-            let i0 = i0 as usize;
-            let w0 = &s.wide[i0 * fw..(i0 + 1) * fw];
-            let w1 = &s.wide[(i0 + 1).min(wh - 1) * fw..][..fw];
-            for ((px, &a), &b) in frame.y.row_mut(y).iter_mut().zip(w0).zip(w1) {
-                *px = to_pixel(f32::from(*px) + a + (b - a) * f);
-            }
-        }
+        s.moved_x.refill(ww, g.frame_w, fx);
+        s.moved_y.refill(g.work_h, g.frame_h, fy);
+        add_interpolated(frame, &s.resid, (ww, g.work_h), (&s.moved_x, &s.moved_y), &mut s.wide);
     }
 
     #[doc(hidden)]

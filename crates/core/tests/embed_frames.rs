@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use tracemark_core::embed::EmbedStats;
 use tracemark_core::frame::{psnr, ssim};
 use tracemark_core::layout::Scheme;
 use tracemark_core::video::VideoReader;
@@ -31,6 +32,25 @@ fn embedder() -> Embedder {
 
 const CLIPS: [&str; 4] = ["vtest-4s.avi", "city-2s.mpg", "cockatoo-3s.mp4", "pan1080-1s.mp4"];
 
+/// The fast kernel's frame and statistics against the scalar reference's: the same up to
+/// rounding (a level at most, on at most one pixel in a thousand).
+fn assert_agree(what: &str, original: &Frame, fast: (&Frame, EmbedStats), slow: (&Frame, EmbedStats)) {
+    let ((fast, a), (slow, b)) = (fast, slow);
+    assert!((a.strength - b.strength).abs() <= 1e-3 * b.strength, "{what}: {a:?} vs {b:?}");
+    let (mut differ, mut worst) = (0usize, 0i32);
+    for (ra, rb) in fast.y.rows().zip(slow.y.rows()) {
+        for (&x, &y) in ra.iter().zip(rb) {
+            let d = (i32::from(x) - i32::from(y)).abs();
+            worst = worst.max(d);
+            differ += usize::from(d != 0);
+        }
+    }
+    let total = original.width() * original.height();
+    assert!(worst <= 1, "{what}: a pixel differs by {worst}");
+    assert!(differ * 1000 <= total, "{what}: {differ} of {total} pixels differ (rounding only expected)");
+    assert_ne!(fast.y, original.y, "{what}: nothing was marked");
+}
+
 #[test]
 fn fast_kernel_agrees_with_scalar_reference() {
     let e = embedder();
@@ -40,19 +60,7 @@ fn fast_kernel_agrees_with_scalar_reference() {
         let (mut fast, mut slow) = (f.clone(), f.clone());
         let a = e.embed(&mut fast, &mut scratch);
         let b = e.embed_reference(&mut slow);
-        assert!((a.strength - b.strength).abs() <= 1e-3 * b.strength, "{clip}: {a:?} vs {b:?}");
-        let (mut differ, mut worst) = (0usize, 0i32);
-        for (ra, rb) in fast.y.rows().zip(slow.y.rows()) {
-            for (&x, &y) in ra.iter().zip(rb) {
-                let d = (i32::from(x) - i32::from(y)).abs();
-                worst = worst.max(d);
-                differ += usize::from(d != 0);
-            }
-        }
-        let total = f.width() * f.height();
-        assert!(worst <= 1, "{clip}: a pixel differs by {worst}");
-        assert!(differ * 1000 <= total, "{clip}: {differ} of {total} pixels differ (rounding only expected)");
-        assert_ne!(fast.y, f.y, "{clip}: nothing was marked");
+        assert_agree(clip, &f, (&fast, a), (&slow, b));
     }
 }
 
@@ -170,22 +178,7 @@ fn moved_mark_agrees_with_scalar_reference() {
             let (mut fast, mut slow) = (f.clone(), f.clone());
             let a = e.embed_at(&mut fast, motion, &mut scratch);
             let b = e.embed_reference_at(&mut slow, motion);
-            assert!(
-                (a.strength - b.strength).abs() <= 1e-3 * b.strength,
-                "{clip} {motion:?}: {a:?} vs {b:?}"
-            );
-            let (mut differ, mut worst) = (0usize, 0i32);
-            for (ra, rb) in fast.y.rows().zip(slow.y.rows()) {
-                for (&x, &y) in ra.iter().zip(rb) {
-                    let d = (i32::from(x) - i32::from(y)).abs();
-                    worst = worst.max(d);
-                    differ += usize::from(d != 0);
-                }
-            }
-            let total = f.width() * f.height();
-            assert!(worst <= 1, "{clip} {motion:?}: a pixel differs by {worst}");
-            assert!(differ * 1000 <= total, "{clip} {motion:?}: {differ} of {total} pixels differ");
-            assert_ne!(fast.y, f.y, "{clip}: nothing was marked");
+            assert_agree(&format!("{clip} moved {motion:?}"), &f, (&fast, a), (&slow, b));
         }
     }
 }
