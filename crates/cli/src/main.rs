@@ -455,9 +455,9 @@ fn verified_exports(reg: &Registry, key: &MasterKey, trust_unverified: bool) -> 
 /// The mark layout an export was made with: `embed_params.scheme`, `tracemark/v1` for rows
 /// from before it was recorded, `None` for a layout this build does not know.
 fn scheme_of(e: &Export) -> Option<Scheme> {
-    let params: serde_json::Value = serde_json::from_str(&e.record.embed_params).unwrap_or_default();
-    match params.get("scheme").and_then(|s| s.as_str()) {
-        Some(name) => Scheme::parse(name),
+    let params: serde_json::Value = serde_json::from_str(&e.record.embed_params).ok()?;
+    match params.get("scheme") {
+        Some(name) => Scheme::parse(name.as_str()?),
         None => Some(Scheme::Fixed),
     }
 }

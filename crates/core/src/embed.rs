@@ -273,7 +273,7 @@ impl Embedder {
         let strength = self.strength(&s.mask, g.work_w * g.work_h);
         let offset = match self.config.scheme {
             Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion => (motion.0 / g.scale, motion.1 / g.scale),
+            Scheme::FollowsMotion => g.to_work(motion),
         };
         if offset != (0.0, 0.0) {
             self.add_moved(frame, &g, strength, offset, s);
@@ -395,7 +395,7 @@ impl Embedder {
         let weights = dct::band_weights();
         let offset = match self.config.scheme {
             Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion => (motion.0 / g.scale, motion.1 / g.scale),
+            Scheme::FollowsMotion => g.to_work(motion),
         };
         let (ix, iy) = (offset.0.floor(), offset.1.floor());
         let frac = (offset.0 - ix, offset.1 - iy);

@@ -41,6 +41,12 @@ impl Grid {
         Self { frame_w, frame_h, work_w, work_h, scale: frame_h as f64 / work_h as f64 }
     }
 
+    /// A displacement in picture pixels, in working-grid pixels (each axis by its own ratio:
+    /// the working width is rounded).
+    pub fn to_work(&self, (x, y): (f64, f64)) -> (f64, f64) {
+        (x * self.work_w as f64 / self.frame_w as f64, y * self.work_h as f64 / self.frame_h as f64)
+    }
+
     /// Whether the working grid is the picture itself.
     pub fn is_native(&self) -> bool {
         self.work_w == self.frame_w && self.work_h == self.frame_h

@@ -11,7 +11,9 @@
 //! the peak). The reference is only replaced when the overlap gets small or the picture
 //! changes (a cut), so measurement errors add up once per re-anchoring, not once per frame.
 //! The embedder runs it on the source; the informed detector runs the same code on the
-//! same source frames (and gets the same numbers), the blind detector on the leaked clip.
+//! same decoded source frames (the same numbers, as long as the source file is the one
+//! exported and the FFT rounds alike), the blind detector on the leaked clip. The constants
+//! below are part of layout `tracemark/v2`: changing them needs a new layout version.
 
 use rustfft::num_complex::Complex32;
 
@@ -190,7 +192,7 @@ impl MotionTracker {
     }
 
     /// Normalised correlation of the reference thumbnail with the current one moved back
-    /// by `d` (whole pixels) over their overlap: near 1 when the picture moved as one
+    /// by `d` (bilinear) over their overlap: near 1 when the picture moved as one
     /// piece, lower for a zoom, a shaken hand-held shot or an object crossing the frame,
     /// where no single translation describes the motion (and following one buys nothing).
     fn rigid_match(&self, d: (f64, f64)) -> f64 {

@@ -17,9 +17,6 @@ use crate::fft2d::Fft2d;
 use crate::image::{Downscaler, Gray};
 use crate::register;
 use crate::verdict::{decide_readings, Candidate, Family};
-
-/// A reading whose suspect is this many times below the threshold settles a blind trace.
-const DECISIVE: f64 = 1e-6;
 use crate::{Error, Result};
 
 /// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
@@ -488,6 +485,26 @@ fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
 
 /// A lattice peak must stand this far above the autocorrelation's spread to be tried.
 const LATTICE_MIN_Z: f64 = 4.5;
+/// A reading whose suspect is this many times below the threshold settles a blind trace.
+const DECISIVE: f64 = 1e-6;
+
+/// Coarse scale steps (1%) each side of 1, and fine steps (0.1%) each side of the best.
+const COARSE_HALF: i32 = 70;
+const FINE_HALF: i32 = 10;
+const COARSE_SCALES: usize = 2 * COARSE_HALF as usize + 1;
+const FINE_SCALES: usize = 2 * FINE_HALF as usize;
+
+/// The most (scale, shape, mirror, shift) hypotheses a search of `views` can try: what a
+/// planned search that was skipped counts for.
+fn most_hypotheses(views: &[Analysis]) -> f64 {
+    (views.len()
+        * (1 + MAX_LATTICE_SHAPES)
+        * (COARSE_SCALES + FINE_SCALES)
+        * Mirror::ALL.len()
+        * TILE_PX
+        * TILE_PX) as f64
+}
+
 /// At most this many lattice shapes are searched (each counted in the hypotheses).
 const MAX_LATTICE_SHAPES: usize = 4;
 
@@ -940,15 +957,23 @@ pub fn trace_accumulated(
     }
     let can_stop_early = fixed.is_empty();
     let mut found: Vec<(f64, SlotSums, Registration)> = Vec::with_capacity(plan.len());
-    let mut family = Family { candidates: plan.iter().map(|p| p.1.len()).sum(), sync_hypotheses: 0.0 };
+    let candidates_family = plan.iter().map(|p| p.1.len()).sum();
+    // The pilot's family: the searches made, and for a search skipped the most it could
+    // have tried.
+    let family_after = |found: &[(f64, SlotSums, Registration)]| Family {
+        candidates: candidates_family,
+        sync_hypotheses: plan
+            .iter()
+            .enumerate()
+            .map(|(i, p)| found.get(i).map_or_else(|| most_hypotheses(p.0), |f| f.0))
+            .sum(),
+    };
     for (i, (views, cands)) in plan.iter().enumerate() {
-        let f = search_and_read(&detector, &pilot, views, acc.frames, acc.size)?;
-        family.sync_hypotheses = f.0.max(family.sync_hypotheses);
-        found.push(f);
+        found.push(search_and_read(&detector, &pilot, views, acc.frames, acc.size)?);
         // A first reading that already names someone far beyond the threshold (with every
         // planned search in its family) makes the next one pointless; it still counts.
-        let planned = Family { sync_hypotheses: family.sync_hypotheses * plan.len() as f64, ..family };
-        let first = decide_readings(&detector, &[(&found[i].1, cands.as_slice())], planned, config.threshold);
+        let so_far = family_after(&found);
+        let first = decide_readings(&detector, &[(&found[i].1, cands.as_slice())], so_far, config.threshold);
         let decisive = first
             .suspects
             .first()
@@ -957,7 +982,7 @@ pub fn trace_accumulated(
             break;
         }
     }
-    family.sync_hypotheses *= plan.len() as f64;
+    let family = family_after(&found);
     let readings: Vec<(&SlotSums, &[Candidate])> =
         found.iter().zip(&plan).map(|(f, p)| (&f.1, p.1.as_slice())).collect();
     let decision = decide_readings(&detector, &readings, family, config.threshold);
@@ -1010,13 +1035,15 @@ fn search_and_read(
     };
     let coarse: Vec<Hyp> = (0..views.len())
         .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
-        .flat_map(|(vi, si)| (-70..=70).map(move |k| (vi, si, 1.01f64.powi(k))))
+        .flat_map(|(vi, si)| (-COARSE_HALF..=COARSE_HALF).map(move |k| (vi, si, 1.01f64.powi(k))))
         .collect();
     let mut hypotheses = coarse.len();
     let best = search(coarse);
     let (vi, si, s0) = best.1;
-    let fine: Vec<Hyp> =
-        (-10..=10).filter(|&k| k != 0).map(|k| (vi, si, s0 * (1.0 + 0.001 * f64::from(k)))).collect();
+    let fine: Vec<Hyp> = (-FINE_HALF..=FINE_HALF)
+        .filter(|&k| k != 0)
+        .map(|k| (vi, si, s0 * (1.0 + 0.001 * f64::from(k))))
+        .collect();
     hypotheses += fine.len();
     let best_fine = search(fine);
     let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };

@@ -128,7 +128,7 @@ pub fn check_export(
         for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
             *r = m - s;
         }
-        let offset = (motion.0 / grid.scale, motion.1 / grid.scale);
+        let offset = grid.to_work(motion);
         detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
         detector.end_frame(&mut sums);
         frames += 1;

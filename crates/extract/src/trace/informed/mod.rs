@@ -97,7 +97,8 @@ pub fn trace_informed(
         factor,
         (leak_size, (grid.work_w, grid.work_h)),
         config.max_frames,
-        candidates.iter().any(|c| c.scheme == Scheme::FollowsMotion),
+        // No registry: the mark is decoded blind, as new exports lay it out.
+        candidates.is_empty() || candidates.iter().any(|c| c.scheme == Scheme::FollowsMotion),
         &shared,
         progress,
         total,

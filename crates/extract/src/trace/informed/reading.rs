@@ -155,7 +155,7 @@ impl Informed<'_> {
                 .iter()
                 .map(|s| match s {
                     Scheme::Fixed => (0.0, 0.0),
-                    Scheme::FollowsMotion => (motion.0 / grid.scale, motion.1 / grid.scale),
+                    Scheme::FollowsMotion => grid.to_work(motion),
                 })
                 .collect();
             batch.push(PairToRead { k, src: src_pic, leak: leak_pic, offsets });
