@@ -12,7 +12,7 @@ use crate::dct::{self, BAND};
 use crate::frame::Frame;
 use crate::grid::{self, AreaTaps, Grid, LinearTaps};
 use crate::key::MasterKey;
-use crate::layout::{Scheme, TileLayout, PILOT, TILE_BLOCKS, TILE_PX};
+use crate::layout::{self, Scheme, TileLayout, PILOT, TILE_BLOCKS, TILE_PX};
 use crate::mask::{self, MaskParams};
 use crate::payload::{Codebook, MarkId, CODE_BITS};
 use crate::pipeline::{FrameAt, FrameTransform};
@@ -205,13 +205,7 @@ impl Embedder {
                 f32::from(codeword[slot.role as usize])
             }
         });
-        let mut tile = vec![0f32; TILE_PX * TILE_PX];
-        for (b, p) in pattern.iter().enumerate() {
-            let (bx, by) = (b % TILE_BLOCKS, b / TILE_BLOCKS);
-            for (y, row) in p.chunks_exact(8).enumerate() {
-                tile[(by * 8 + y) * TILE_PX + bx * 8..][..8].copy_from_slice(row);
-            }
-        }
+        let tile = layout::tile_image(&pattern);
         Ok(Self { mark_id, config, layout, codeword, pattern, tile })
     }
 
@@ -271,10 +265,7 @@ impl Embedder {
         }
         mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
         let strength = self.strength(&s.mask, g.work_w * g.work_h);
-        let offset = match self.config.scheme {
-            Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion => g.to_work(motion),
-        };
+        let offset = self.config.scheme.tile_offset(&g, motion);
         if offset != (0.0, 0.0) {
             self.add_moved(frame, &g, strength, offset, s);
         } else if g.is_native() {
@@ -393,10 +384,7 @@ impl Embedder {
         mask::smooth(&raw, bx, by, &mut m);
         let strength = f64::from(self.strength(&m, ww * wh));
         let weights = dct::band_weights();
-        let offset = match self.config.scheme {
-            Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion => g.to_work(motion),
-        };
+        let offset = self.config.scheme.tile_offset(&g, motion);
         let (ix, iy) = (offset.0.floor(), offset.1.floor());
         let frac = (offset.0 - ix, offset.1 - iy);
         // Tile pixels are read at (p - whole pixels of the move), modulo the tile.

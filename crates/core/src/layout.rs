@@ -47,6 +47,16 @@ impl Scheme {
         }
     }
 
+    /// Where the tile sits on the working grid `grid` in a frame whose picture has moved
+    /// by `motion` picture pixels since the first frame: working-grid pixels of tile
+    /// displacement.
+    pub fn tile_offset(self, grid: &crate::grid::Grid, motion: (f64, f64)) -> (f64, f64) {
+        match self {
+            Scheme::Fixed => (0.0, 0.0),
+            Scheme::FollowsMotion => grid.to_work(motion),
+        }
+    }
+
     /// The scheme of a recorded name, `None` for one this build does not know.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == name)
@@ -112,6 +122,19 @@ impl TileLayout {
             })
             .collect()
     }
+}
+
+/// Block patterns of the tile ([`TileLayout::block_patterns`]) laid out as one
+/// `TILE_PX` x `TILE_PX` image, row-major.
+pub fn tile_image(patterns: &[[f32; 64]]) -> Vec<f32> {
+    let mut tile = vec![0f32; TILE_PX * TILE_PX];
+    for (b, p) in patterns.iter().enumerate() {
+        let (bx, by) = (b % TILE_BLOCKS, b / TILE_BLOCKS);
+        for (y, row) in p.chunks_exact(8).enumerate() {
+            tile[(by * 8 + y) * TILE_PX + bx * 8..][..8].copy_from_slice(row);
+        }
+    }
+    tile
 }
 
 #[cfg(test)]

@@ -24,10 +24,15 @@ fn frames(clip: &str, n: usize) -> Vec<Frame> {
     out
 }
 
+/// The test export's embedder under `scheme`.
+fn embedder_with(scheme: Scheme) -> Embedder {
+    let config = EmbedConfig::new().with_scheme(scheme);
+    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), config).unwrap()
+}
+
 /// The fixed (`tracemark/v1`) mark: on a single frame the same as the moving one at rest.
 fn embedder() -> Embedder {
-    let config = EmbedConfig::new().with_scheme(Scheme::Fixed);
-    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), config).unwrap()
+    embedder_with(Scheme::Fixed)
 }
 
 const CLIPS: [&str; 4] = ["vtest-4s.avi", "city-2s.mpg", "cockatoo-3s.mp4", "pan1080-1s.mp4"];
@@ -164,8 +169,7 @@ fn odd_and_tiny_frames_do_not_panic() {
 }
 
 fn moving_embedder() -> Embedder {
-    let config = EmbedConfig::new().with_scheme(Scheme::FollowsMotion);
-    Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), config).unwrap()
+    embedder_with(Scheme::FollowsMotion)
 }
 
 #[test]

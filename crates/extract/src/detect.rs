@@ -64,11 +64,7 @@ fn shift_into(
     for y in 0..h_out {
         let r0 = &src[(y + y0) * w + x0..][..w_out + 1];
         let r1 = &src[(y + y0 + 1) * w + x0..][..w_out + 1];
-        out.extend((0..w_out).map(|x| {
-            let top = r0[x] + (r0[x + 1] - r0[x]) * fx;
-            let bottom = r1[x] + (r1[x + 1] - r1[x]) * fx;
-            top + (bottom - top) * fy
-        }));
+        out.extend((0..w_out).map(|x| crate::register::bilinear(r0, r1, x, x + 1, fx, fy)));
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use tracemark_core::layout::Scheme;
-use tracemark_core::layout::{PILOT, TILE_BLOCKS, TILE_PX};
+use tracemark_core::layout::{PILOT, TILE_PX};
 use tracemark_core::motion::MotionTracker;
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::{Frame, MasterKey};
@@ -22,15 +22,9 @@ use crate::{Error, Result};
 /// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
 fn pilot_tile(key: &MasterKey) -> Vec<f32> {
     let layout = tracemark_core::layout::TileLayout::new(key);
-    let patterns = layout.block_patterns(|slot| if slot.role == PILOT { 1.0 } else { 0.0 });
-    let mut tile = vec![0f32; TILE_PX * TILE_PX];
-    for (b, p) in patterns.iter().enumerate() {
-        let (bx, by) = (b % TILE_BLOCKS, b / TILE_BLOCKS);
-        for (y, row) in p.chunks_exact(8).enumerate() {
-            tile[(by * 8 + y) * TILE_PX + bx * 8..][..8].copy_from_slice(row);
-        }
-    }
-    tile
+    tracemark_core::layout::tile_image(
+        &layout.block_patterns(|slot| if slot.role == PILOT { 1.0 } else { 0.0 }),
+    )
 }
 
 /// Buffers one frame needs on one analysis grid, made once and reused for every frame.
@@ -79,9 +73,7 @@ fn shift_into(src: &Gray, (dx, dy): (f64, f64), out: &mut Gray) {
         row[..x0].fill(0.0);
         row[x1..].fill(0.0);
         for (n, o) in row[x0..x1].iter_mut().enumerate() {
-            let top = r0[n] + (r0[n + 1] - r0[n]) * fx;
-            let bottom = r1[n] + (r1[n + 1] - r1[n]) * fx;
-            *o = top + (bottom - top) * fy;
+            *o = register::bilinear(r0, r1, n, n + 1, fx, fy);
         }
     }
 }
@@ -522,6 +514,7 @@ fn fold(img: &Gray) -> Vec<f32> {
 
 /// One way of looking at the leaked picture in blind mode: resampled to square pixels at a
 /// height where a mark's 8x8 blocks are near their own size.
+#[derive(Clone)]
 struct Analysis {
     /// Leaked pixels per analysis pixel, horizontally and vertically.
     factor: (f64, f64),
@@ -819,9 +812,10 @@ pub fn accumulate_blind(
         _ => 1.0,
     };
     let mut views = analyses(info.width, info.height, sar);
-    let mut moved = analyses(info.width, info.height, sar);
+    // Until the picture first moves, the moved-back sums are the plain ones: they start as
+    // a copy of them then.
+    let mut moved: Option<Vec<Analysis>> = None;
     let frame_size = (info.width, info.height);
-    let mut any_motion = false;
     // One thread decodes while the others whiten the previous batch in parallel; frames
     // go round between them, so the loop allocates nothing once they are made.
     let batch_len = 2 * rayon::current_num_threads().max(1);
@@ -894,14 +888,22 @@ pub fn accumulate_blind(
                     to.data.iter_mut().zip(&from.data).for_each(|(o, x)| *o += x)
                 };
                 for per_view in &scratch[..n] {
-                    for ((v, m), s) in views.iter_mut().zip(moved.iter_mut()).zip(per_view) {
+                    // Every grid of a frame sees the same motion.
+                    if moved.is_none() && per_view.iter().any(|s| s.moved) {
+                        moved = Some(views.clone());
+                    }
+                    for (vi, (v, s)) in views.iter_mut().zip(per_view).enumerate() {
                         add(&mut v.acc, &s.white);
                         add(&mut v.host, &s.picture);
-                        let (white, picture) =
-                            if s.moved { (&s.moved_white, &s.moved_picture) } else { (&s.white, &s.picture) };
-                        add(&mut m.acc, white);
-                        add(&mut m.host, picture);
-                        any_motion |= s.moved;
+                        if let Some(m) = moved.as_mut().map(|m| &mut m[vi]) {
+                            let (white, picture) = if s.moved {
+                                (&s.moved_white, &s.moved_picture)
+                            } else {
+                                (&s.white, &s.picture)
+                            };
+                            add(&mut m.acc, white);
+                            add(&mut m.host, picture);
+                        }
                     }
                 }
                 frames += n as u64;
@@ -923,7 +925,6 @@ pub fn accumulate_blind(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    let moved = any_motion.then_some(moved);
     Ok(BlindAccumulation { views, moved, frames, size: (info.width, info.height) })
 }
 
@@ -943,10 +944,11 @@ pub fn trace_accumulated(
     // when the picture moved, from the plain sums too: the embedder follows a pan, not a
     // hand-held shake, and the copy's motion is measured through whatever a channel laid
     // over it. Each search is a reading with its own candidates.
-    let (fixed, moving): (Vec<Candidate>, Vec<Candidate>) =
-        candidates.iter().cloned().partition(|c| c.scheme == Scheme::Fixed);
+    let moving: Vec<Candidate> = candidates.iter().filter(|c| c.scheme != Scheme::Fixed).cloned().collect();
     // With no registry the mark is decoded blind, as new exports lay it out.
     let wants_moving = !moving.is_empty() || candidates.is_empty();
+    // Only a first reading that holds every candidate can settle the trace.
+    let can_stop_early = moving.len() == candidates.len();
     let mut plan: Vec<(&[Analysis], Vec<Candidate>)> = Vec::new();
     match &acc.moved {
         Some(moved) if wants_moving => {
@@ -955,7 +957,6 @@ pub fn trace_accumulated(
         }
         _ => plan.push((&acc.views, candidates.to_vec())),
     }
-    let can_stop_early = fixed.is_empty();
     let mut found: Vec<(f64, SlotSums, Registration)> = Vec::with_capacity(plan.len());
     let candidates_family = plan.iter().map(|p| p.1.len()).sum();
     // The pilot's family: the searches made, and for a search skipped the most it could
@@ -970,6 +971,9 @@ pub fn trace_accumulated(
     };
     for (i, (views, cands)) in plan.iter().enumerate() {
         found.push(search_and_read(&detector, &pilot, views, acc.frames, acc.size)?);
+        if i + 1 == plan.len() || !can_stop_early {
+            continue;
+        }
         // A first reading that already names someone far beyond the threshold (with every
         // planned search in its family) makes the next one pointless; it still counts.
         let so_far = family_after(&found);
@@ -978,7 +982,7 @@ pub fn trace_accumulated(
             .suspects
             .first()
             .is_some_and(|s| s.false_positive_probability <= DECISIVE * config.threshold);
-        if can_stop_early && decisive {
+        if decisive {
             break;
         }
     }

@@ -128,7 +128,7 @@ pub fn check_export(
         for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
             *r = m - s;
         }
-        let offset = grid.to_work(motion);
+        let offset = scheme.tile_offset(&grid, motion);
         detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
         detector.end_frame(&mut sums);
         frames += 1;

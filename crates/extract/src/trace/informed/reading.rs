@@ -150,14 +150,7 @@ impl Informed<'_> {
                 Some(m) => self.src.motion.get(m).copied().unwrap_or_default(),
                 None => (0.0, 0.0),
             };
-            let offsets = self
-                .schemes
-                .iter()
-                .map(|s| match s {
-                    Scheme::Fixed => (0.0, 0.0),
-                    Scheme::FollowsMotion => grid.to_work(motion),
-                })
-                .collect();
+            let offsets = self.schemes.iter().map(|s| s.tile_offset(grid, motion)).collect();
             batch.push(PairToRead { k, src: src_pic, leak: leak_pic, offsets });
             if batch.len() == batch_len {
                 merge(&mut batch, &warp);
