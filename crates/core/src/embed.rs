@@ -374,10 +374,9 @@ impl Embedder {
         let mut raw = vec![0f32; bx * by];
         for j in 0..by {
             for i in 0..bx {
-                let px: Vec<f64> = (0..64).map(|k| work[(j * 8 + k / 8) * ww + i * 8 + k % 8]).collect();
+                let px: [f64; 64] = std::array::from_fn(|k| work[(j * 8 + k / 8) * ww + i * 8 + k % 8]);
                 let mean = px.iter().sum::<f64>() / 64.0;
-                let var = px.iter().map(|p| (p - mean) * (p - mean)).sum::<f64>() / 64.0;
-                raw[j * bx + i] = self.config.mask.block_value(mean as f32, var.sqrt() as f32);
+                raw[j * bx + i] = self.config.mask.block_value(mean as f32, mask::texture_std(&px) as f32);
             }
         }
         let mut m = vec![0f32; bx * by];

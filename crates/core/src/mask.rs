@@ -69,8 +69,28 @@ impl MaskParams {
     }
 }
 
+/// Pixel positions in a block row, centred: the regressors of the block's plane.
+const CENTRED: [f32; 8] = [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5];
+/// Variance per pixel a plane explains, per unit of squared gradient sum: the sum over a
+/// block of a centred coordinate squared is 8 x 42 = 336, over 64 pixels.
+const PLANE_NORM: f32 = 1.0 / (336.0 * 64.0);
+
+/// Standard deviation of a block's 64 pixels about their best-fitting plane: texture,
+/// without the gradient. A smooth ramp (a defocused background, a sky, a lit wall) hides
+/// nothing, however steep; counting it as contrast put a visible mottle on smooth HD areas.
+pub fn texture_std(px: &[f64; 64]) -> f64 {
+    let mean = px.iter().sum::<f64>() / 64.0;
+    let c = |k: usize| k as f64 - 3.5;
+    let gx = (0..64).map(|k| px[k] * c(k % 8)).sum::<f64>();
+    let gy = (0..64).map(|k| px[k] * c(k / 8)).sum::<f64>();
+    let (bx, by) = (gx / 336.0, gy / 336.0);
+    let var = (0..64).map(|k| (px[k] - mean - bx * c(k % 8) - by * c(k / 8)).powi(2)).sum::<f64>() / 64.0;
+    var.sqrt()
+}
+
 /// Computes the mask of every whole block of a working-grid image (`w` wide, row-major)
-/// into `mask` (`bx * by`), using `raw` as scratch of the same size.
+/// into `mask` (`bx * by`), using `raw` as scratch of the same size. Contrast is measured
+/// about each block's plane ([`texture_std`]).
 pub fn compute(
     params: &MaskParams,
     img: &[f32],
@@ -82,16 +102,21 @@ pub fn compute(
 ) {
     for j in 0..by {
         for i in 0..bx {
-            let (mut s, mut s2) = (0f32, 0f32);
+            let (mut s, mut s2, mut gx, mut gy) = (0f32, 0f32, 0f32, 0f32);
             for y in 0..8 {
                 let row = &img[(j * 8 + y) * w + i * 8..(j * 8 + y) * w + i * 8 + 8];
-                for &p in row {
-                    s += p;
+                let (mut r, mut rx) = (0f32, 0f32);
+                for (&p, &c) in row.iter().zip(&CENTRED) {
+                    r += p;
                     s2 += p * p;
+                    rx += p * c;
                 }
+                s += r;
+                gx += rx;
+                gy += r * CENTRED[y];
             }
             let mean = s / 64.0;
-            let var = (s2 / 64.0 - mean * mean).max(0.0);
+            let var = (s2 / 64.0 - mean * mean - (gx * gx + gy * gy) * PLANE_NORM).max(0.0);
             raw[j * bx + i] = params.block_value(mean, var.sqrt());
         }
     }
@@ -131,6 +156,37 @@ pub(crate) fn smooth(raw: &[f32], bx: usize, by: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramp_masks_like_a_flat_block_and_texture_on_a_ramp_counts() {
+        let p = MaskParams::default();
+        let (w, bx, by) = (16, 2, 1);
+        // Left block a steep ramp (20 levels across, 14 down), right block a checker.
+        let mut img = vec![0f32; w * 8];
+        let mut ramp_checker = [0f64; 64];
+        for y in 0..8 {
+            for x in 0..16 {
+                let ramp = 60.0 + 2.9 * (x % 8) as f32 + 2.0 * y as f32;
+                let checker = if (x + y) % 2 == 0 { 12.0 } else { -12.0 };
+                img[y * w + x] = if x < 8 { ramp } else { ramp + checker };
+                if x >= 8 {
+                    ramp_checker[y * 8 + x - 8] = f64::from(img[y * w + x]);
+                }
+            }
+        }
+        let (mut raw, mut mask) = (vec![0f32; 2], vec![0f32; 2]);
+        compute(&p, &img, w, bx, by, &mut raw, &mut mask);
+        let flat = p.block_value(60.0 + 2.9 * 3.5 + 2.0 * 3.5, 0.0);
+        assert!((raw[0] - flat).abs() < 1e-3 * flat, "ramp {} vs flat {flat}", raw[0]);
+        // The checker's own deviation (12) survives the ramp under it, in both routines.
+        assert!((texture_std(&ramp_checker) - 12.0).abs() < 1e-9);
+        let checker = p.block_value(raw_mean(&ramp_checker), 12.0);
+        assert!((raw[1] - checker).abs() < 1e-3 * checker, "{} vs {checker}", raw[1]);
+    }
+
+    fn raw_mean(px: &[f64; 64]) -> f32 {
+        (px.iter().sum::<f64>() / 64.0) as f32
+    }
 
     #[test]
     fn texture_gets_more_than_flat_and_dark_gets_little() {
