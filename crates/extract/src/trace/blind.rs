@@ -405,7 +405,6 @@ fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
     let n = ring.len() as f64;
     let mu = ring.iter().map(|v| v.0).sum::<f64>() / n;
     let sd = (ring.iter().map(|v| (v.0 - mu).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
-    let from_sums = lattice_from_sums(&at, (w, h), (mu, sd));
     let para = |l: f64, c: f64, r: f64| {
         let d = l - 2.0 * c + r;
         if d.abs() > 1e-12 {
@@ -452,14 +451,12 @@ fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
             shapes.push(shape);
         }
     };
-    // Both axes found: rotation and stretch. One axis only: a rotation of square pixels.
-    let rotation = |deg: f64| {
-        let (s, c) = deg.to_radians().sin_cos();
-        Linear([[c, -s], [s, c]])
-    };
-    if let Some(shape) = from_sums {
+    // First the shape all lattice points agree on, then the single peaks' shapes: both
+    // axes found, rotation and stretch; one axis only, a rotation of square pixels.
+    if let Some(shape) = lattice_from_sums(&at, (w, h), (mu, sd)) {
         keep(shape);
     }
+    let rotation = |deg: f64| Linear(shape_map((deg, 1.0, 1.0)));
     for &(_, px, py) in &along_x {
         for &(_, qx, qy) in &along_y {
             let det = px * qy - qx * py;
@@ -540,27 +537,33 @@ fn lattice_from_sums(
     let rots = grid(-LATTICE_MAX_ROT, LATTICE_MAX_ROT, 0.4);
     let stretches: Vec<f64> = grid(0.72f64.ln(), 1.4f64.ln(), 0.008).into_iter().map(f64::exp).collect();
     let scales: Vec<f64> = grid(0.75f64.ln(), 2.05f64.ln(), 0.008).into_iter().map(f64::exp).collect();
-    let mut coarse: Vec<(f64, (f64, f64, f64))> =
-        Vec::with_capacity(rots.len() * stretches.len() * scales.len());
+    // Every coarse score (for their spread) and the best few, in order, earlier first
+    // among equals.
+    let mut scores: Vec<f64> = Vec::with_capacity(rots.len() * stretches.len() * scales.len());
+    let mut top: Vec<(f64, (f64, f64, f64))> = Vec::with_capacity(REFINED + 1);
     for &r in &rots {
         for &st in &stretches {
             for &sc in &scales {
                 let v = score((r, st, sc), &widest, 4);
                 if v.is_finite() {
-                    coarse.push((v, (r, st, sc)));
+                    scores.push(v);
+                    let at = top.partition_point(|t| t.0.total_cmp(&v).is_ge());
+                    if at < REFINED {
+                        top.insert(at, (v, (r, st, sc)));
+                        top.truncate(REFINED);
+                    }
                 }
             }
         }
     }
-    if coarse.len() < 100 {
+    if scores.len() < 100 {
         return None;
     }
-    let n = coarse.len() as f64;
-    let m = coarse.iter().map(|c| c.0).sum::<f64>() / n;
-    let s = (coarse.iter().map(|c| (c.0 - m).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
-    coarse.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let n = scores.len() as f64;
+    let m = scores.iter().sum::<f64>() / n;
+    let s = (scores.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
     let mut best: Option<(f64, (f64, f64, f64), f64)> = None;
-    for &(z, (r, st, sc)) in coarse.iter().take(8) {
+    for &(z, (r, st, sc)) in &top {
         for dr in -2..=2 {
             for ds in -2..=2 {
                 for dk in -2..=2 {
@@ -592,6 +595,8 @@ fn shape_map((rot, stretch, scale): (f64, f64, f64)) -> [[f64; 2]; 2] {
 
 /// Rotations the lattice sums try, each side of none (degrees).
 const LATTICE_MAX_ROT: f64 = 15.0;
+/// Best coarse lattice-sum shapes refined.
+const REFINED: usize = 8;
 /// A lattice-sum shape must stand this far above all the coarse shapes to be tried.
 const LATTICE_SUM_MIN_Z: f64 = 5.5;
 
