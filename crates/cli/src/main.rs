@@ -911,11 +911,13 @@ fn registration_json(r: &Registration) -> serde_json::Value {
             mirrored,
             rotation_deg,
             stretch,
+            window,
         } => json!({
             "kind": "blind", "scale": scale, "analysis_factor": analysis_factor,
             "tile_shift": [shift.0, shift.1], "hypotheses": hypotheses,
             "mirrored": mirrored.0 || mirrored.1, "mirrored_horizontally": mirrored.0,
             "mirrored_vertically": mirrored.1, "rotation_deg": rotation_deg, "stretch": stretch,
+            "window": window,
         }),
     }
 }

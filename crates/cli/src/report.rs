@@ -302,14 +302,28 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
             time_offset_s,
             ncc
         )?,
-        Registration::Blind { scale, analysis_factor, shift, hypotheses, mirrored, rotation_deg, stretch } => write!(
+        Registration::Blind {
+            scale,
+            analysis_factor,
+            shift,
+            hypotheses,
+            mirrored,
+            rotation_deg,
+            stretch,
+            window,
+        } => write!(
             h,
             "<tr><th>mark scale</th><td>{:.4} (analysis grid {:.3} leaked px per px)</td></tr>\
+             <tr><th>read from</th><td>{}</td></tr>\
              <tr><th>mirrored</th><td>{}</td></tr>\
              <tr><th>rotation, stretch</th><td>{:.2}&deg;, {:.3}</td></tr>\
              <tr><th>tile shift</th><td>({:.2}, {:.2})</td></tr><tr><th>geometries searched</th><td>{:.0}</td></tr>",
             scale,
             analysis_factor,
+            match window {
+                None => "the whole picture".to_string(),
+                Some([x, y, w, h]) => format!("a window of {w:.0}x{h:.0} px at ({x:.0}, {y:.0}) (picture-in-picture)"),
+            },
             match mirrored {
                 (false, false) => "no",
                 (true, false) => "left-right",

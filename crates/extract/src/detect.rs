@@ -152,6 +152,62 @@ impl Detector {
         sums: &mut SlotSums,
         scratch: &mut DetectScratch,
     ) {
+        let (pbx, pby) = (phase.0 / 8, phase.1 / 8);
+        self.weighted_blocks(resid, host, w, h, scratch, |i, j, wgt, proj| {
+            let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
+            let slots = &mut sums.x[tb * BAND.len()..(tb + 1) * BAND.len()];
+            for ((x, p), wk) in slots.iter_mut().zip(proj).zip(&self.weights) {
+                *x += wgt * f64::from(p * wk);
+            }
+        });
+    }
+
+    /// The pilot's evidence block by block, for a residual read as [`Detector::accumulate`]
+    /// reads it: per whole block (row-major, `w / 8` across) the pilot correlation it adds
+    /// and the energy it adds to the pilot slots. Summed over a region they give that
+    /// region's pilot statistic, `sum num / sqrt(sum energy)`, up to the cross terms of
+    /// blocks sharing a slot (which cancel on average where there is no mark).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pilot_blocks(
+        &self,
+        resid: &[f32],
+        host: &[f32],
+        w: usize,
+        h: usize,
+        phase: (usize, usize),
+        scratch: &mut DetectScratch,
+        out: &mut Vec<[f64; 2]>,
+    ) {
+        let (pbx, pby) = (phase.0 / 8, phase.1 / 8);
+        out.clear();
+        out.resize((w / 8) * (h / 8), [0.0; 2]);
+        let bx = w / 8;
+        self.weighted_blocks(resid, host, w, h, scratch, |i, j, wgt, proj| {
+            let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
+            let slots = &self.layout.slots[tb * BAND.len()..(tb + 1) * BAND.len()];
+            let o = &mut out[j * bx + i];
+            for ((slot, p), wk) in slots.iter().zip(proj).zip(&self.weights) {
+                if slot.role == PILOT {
+                    let x = wgt * f64::from(p * wk);
+                    o[0] += f64::from(slot.chip) * x;
+                    o[1] += x * x;
+                }
+            }
+        });
+    }
+
+    /// Calls `f(i, j, weight, projections)` for every whole block (column `i`, row `j`) of
+    /// a residual: its projections on the band, and the matched-filter weight the mask of
+    /// `host` and the block's own noise give it.
+    fn weighted_blocks(
+        &self,
+        resid: &[f32],
+        host: &[f32],
+        w: usize,
+        h: usize,
+        scratch: &mut DetectScratch,
+        mut f: impl FnMut(usize, usize, f64, &[f32; 9]),
+    ) {
         let (bx, by) = (w / 8, h / 8);
         if bx == 0 || by == 0 {
             return;
@@ -159,7 +215,6 @@ impl Detector {
         scratch.mask_raw.resize(bx * by, 0.0);
         scratch.mask.resize(bx * by, 0.0);
         mask::compute(&self.mask, host, w, bx, by, &mut scratch.mask_raw, &mut scratch.mask);
-        let (pbx, pby) = (phase.0 / 8, phase.1 / 8);
         for j in 0..by {
             for i in 0..bx {
                 let mut proj = [0f32; 9];
@@ -176,12 +231,7 @@ impl Detector {
                 // Expected mark amplitude over noise power: the matched-filter weight.
                 let m = scratch.mask[j * bx + i];
                 let noise = energy / 64.0 + 0.25;
-                let wgt = f64::from(m / noise);
-                let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
-                let slots = &mut sums.x[tb * BAND.len()..(tb + 1) * BAND.len()];
-                for ((x, p), wk) in slots.iter_mut().zip(&proj).zip(&self.weights) {
-                    *x += wgt * f64::from(p * wk);
-                }
+                f(i, j, f64::from(m / noise), &proj);
             }
         }
     }

@@ -161,6 +161,19 @@ impl Gray {
         }
     }
 
+    /// The `w` x `h` part of the picture whose top left corner is at (`x`, `y`) (clipped to
+    /// the picture).
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Gray {
+        let (x, y) = (x.min(self.w), y.min(self.h));
+        let (w, h) = (w.min(self.w - x), h.min(self.h - y));
+        let mut out = Gray::new(w, h);
+        for (o, row) in out.data.chunks_exact_mut(w.max(1)).zip(self.data.chunks_exact(self.w.max(1)).skip(y))
+        {
+            o.copy_from_slice(&row[x..x + w]);
+        }
+        out
+    }
+
     /// Makes this a `w` x `h` image, keeping the allocation (contents unspecified).
     pub fn reshape(&mut self, w: usize, h: usize) {
         self.w = w;

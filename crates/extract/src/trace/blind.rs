@@ -225,6 +225,41 @@ impl GridMap {
     }
 }
 
+/// The fold of `img` under `map` by splatting: every picture pixel adds its value, split
+/// bilinearly, at the grid position [`GridMap`] maps back to it, modulo the tile (the
+/// transpose of [`fold_resampled`]'s sampling, in the same coordinates, so the pilot peaks
+/// at the same shift). It costs the picture's pixels, where resampling costs the grid's:
+/// ten times more for a window holding a mark shrunk to 0.3. Returns the grid's size.
+fn fold_splatted(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
+    const _: () = assert!(TILE_PX.is_power_of_two());
+    let wrap = TILE_PX as i64 - 1;
+    let g = GridMap::new(img, map, (0.0, 0.0));
+    tile.fill(0.0);
+    let m = g.m;
+    let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    let inv = [[m[1][1] / det, -m[0][1] / det], [-m[1][0] / det, m[0][0] / det]];
+    for (y, row) in img.data.chunks_exact(img.w.max(1)).enumerate() {
+        // Grid position of picture pixel (x, y): inv ((x, y) - ic) - c.
+        let dy = y as f64 - g.ic.1;
+        let (u0, v0) =
+            (inv[0][1] * dy - inv[0][0] * g.ic.0 - g.c.0, inv[1][1] * dy - inv[1][0] * g.ic.0 - g.c.1);
+        for (x, &value) in row.iter().enumerate() {
+            let (u, v) = (u0 + inv[0][0] * x as f64, v0 + inv[1][0] * x as f64);
+            let (fu, fv) = (u.floor(), v.floor());
+            let (au, av) = ((u - fu) as f32, (v - fv) as f32);
+            let (iu, iv) = (fu as i64, fv as i64);
+            let (u0i, u1i) = ((iu & wrap) as usize, ((iu + 1) & wrap) as usize);
+            let (r0, r1) = (((iv & wrap) as usize) * TILE_PX, (((iv + 1) & wrap) as usize) * TILE_PX);
+            let (top, bottom) = (value * (1.0 - av), value * av);
+            tile[r0 + u0i] += top * (1.0 - au);
+            tile[r0 + u1i] += top * au;
+            tile[r1 + u0i] += bottom * (1.0 - au);
+            tile[r1 + u1i] += bottom * au;
+        }
+    }
+    (g.w, g.h)
+}
+
 /// Resamples `img` onto the mark's grid (see [`GridMap`]); outside the picture is 0.
 fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
     let g = GridMap::new(img, map, offset);
@@ -605,22 +640,66 @@ const LATTICE_MIN_Z: f64 = 4.5;
 /// A reading whose suspect is this many times below the threshold settles a blind trace.
 const DECISIVE: f64 = 1e-6;
 
-/// Coarse scale steps (1%) each side of 1, and fine steps (0.1%) each side of the best.
-const COARSE_HALF: i32 = 70;
-const FINE_HALF: i32 = 10;
-const COARSE_SCALES: usize = 2 * COARSE_HALF as usize + 1;
-const FINE_SCALES: usize = 2 * FINE_HALF as usize;
-
-/// The most (scale, shape, mirror, shift) hypotheses a search of `views` can try: what a
-/// planned search that was skipped counts for.
-fn most_hypotheses(views: &[Analysis]) -> f64 {
-    (views.len()
-        * (1 + MAX_LATTICE_SHAPES)
-        * (COARSE_SCALES + FINE_SCALES)
-        * Mirror::ALL.len()
-        * TILE_PX
-        * TILE_PX) as f64
+/// The scales (and shapes) one pilot search tries: coarse steps over a range, then fine
+/// steps around the best coarse scale.
+#[derive(Clone, Copy, Debug)]
+struct ScaleSearch {
+    /// Coarse scales are `(1 + coarse_step)^k` for `k` in this range.
+    coarse: (i32, i32),
+    coarse_step: f64,
+    /// Fine scales: the best coarse one times `1 + fine_step * k`, `0 < |k| <= fine_half`.
+    fine_half: i32,
+    fine_step: f64,
+    /// Whether shapes from the mark's lattice (rotation, stretch) join the search.
+    lattice: bool,
+    /// Whether the views searched are windows of the picture ([`pip_windows`]).
+    windows: bool,
 }
+
+impl ScaleSearch {
+    fn coarse_scales(&self) -> impl Iterator<Item = f64> + '_ {
+        (self.coarse.0..=self.coarse.1).map(|k| (1.0 + self.coarse_step).powi(k))
+    }
+
+    fn fine_scales(&self, around: f64) -> impl Iterator<Item = f64> + '_ {
+        (-self.fine_half..=self.fine_half)
+            .filter(|&k| k != 0)
+            .map(move |k| around * (1.0 + self.fine_step * f64::from(k)))
+    }
+
+    /// The most (scale, shape, mirror, shift) hypotheses a search of `views` views can
+    /// try: what a planned search that was skipped counts for.
+    fn most_hypotheses(&self, views: usize) -> f64 {
+        let shapes = 1 + if self.lattice { MAX_LATTICE_SHAPES } else { 0 };
+        let scales = (self.coarse.1 - self.coarse.0 + 1 + 2 * self.fine_half) as usize;
+        (views * shapes * scales * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64
+    }
+}
+
+/// The whole picture: 1% steps anchored at 1 (an unscaled copy is the common case), from
+/// 0.5 to 2 mark pixels per analysis pixel, then 0.1% steps around the best; rotations and
+/// stretches from the lattice.
+const WHOLE_PICTURE: ScaleSearch = ScaleSearch {
+    coarse: (-70, 70),
+    coarse_step: 0.01,
+    fine_half: 10,
+    fine_step: 0.001,
+    lattice: true,
+    windows: false,
+};
+
+/// A window of the picture that may hold a picture-in-picture: the mark shrunk to between
+/// 0.3 and 1 of its size in 2% steps (a window is a third or a half of the picture, so the
+/// coarser step misaligns its edges no more than 1% does the whole picture's), then 0.2%
+/// steps.
+const PICTURE_IN_PICTURE: ScaleSearch = ScaleSearch {
+    coarse: (-61, 0),
+    coarse_step: 0.02,
+    fine_half: 10,
+    fine_step: 0.002,
+    lattice: false,
+    windows: true,
+};
 
 /// At most this many lattice shapes are searched (each counted in the hypotheses).
 const MAX_LATTICE_SHAPES: usize = 4;
@@ -647,6 +726,9 @@ struct Analysis {
     acc: Gray,
     /// Sum of the frames themselves: where the mark's mask put its energy.
     host: Gray,
+    /// Where this view's pixel (0, 0) is in the whole analysis picture (it may be a window
+    /// of it).
+    origin: (usize, usize),
 }
 
 /// The analysis grids worth trying for a `w` x `h` picture with sample aspect `sar`: the
@@ -665,9 +747,43 @@ fn analyses(w: usize, h: usize, sar: f64) -> Vec<Analysis> {
         .map(|ah| {
             let fy = h as f64 / ah as f64;
             let aw = ((w as f64 * sar / fy).round() as usize).max(2);
-            Analysis { factor: (w as f64 / aw as f64, fy), acc: Gray::new(aw, ah), host: Gray::new(aw, ah) }
+            Analysis {
+                factor: (w as f64 / aw as f64, fy),
+                acc: Gray::new(aw, ah),
+                host: Gray::new(aw, ah),
+                origin: (0, 0),
+            }
         })
         .collect()
+}
+
+/// Windows of `view` where a picture-in-picture may sit: a third of the picture on each
+/// axis, at steps of a sixth, the last flush with the far edge (an inset larger than that
+/// is found by fitting the window to it, [`fit_window`]). Read alone, a small inset's mark
+/// is not drowned by the rest of the picture.
+fn pip_windows(view: &Analysis) -> Vec<Analysis> {
+    let (w, h) = (view.acc.w, view.acc.h);
+    let (ww, wh) = (w / 3, h / 3);
+    if ww < TILE_PX / 4 || wh < TILE_PX / 4 {
+        return Vec::new();
+    }
+    // Evenly spaced from 0 to len - side, about half a side apart.
+    let starts = |len: usize, side: usize| -> Vec<usize> {
+        let n = ((len - side) as f64 / (side as f64 / 2.0)).round().max(1.0) as usize;
+        (0..=n).map(|k| ((k * (len - side)) as f64 / n as f64).round() as usize).collect()
+    };
+    let mut out = Vec::new();
+    for &y in &starts(h, wh) {
+        for &x in &starts(w, ww) {
+            out.push(Analysis {
+                factor: view.factor,
+                acc: view.acc.crop(x, y, ww, wh),
+                host: view.host.crop(x, y, ww, wh),
+                origin: (view.origin.0 + x, view.origin.1 + y),
+            });
+        }
+    }
+    out
 }
 
 /// A mirror of the leaked picture relative to the mark: copies are flipped left-right
@@ -753,6 +869,9 @@ struct PilotSearch<'p> {
     spectrum: Vec<Complex32>,
     product: Vec<Complex32>,
     surface: Vec<f32>,
+    /// Fold by splatting the picture onto the grid ([`fold_splatted`]) instead of
+    /// resampling it.
+    splat: bool,
 }
 
 impl<'p> PilotSearch<'p> {
@@ -765,13 +884,23 @@ impl<'p> PilotSearch<'p> {
             spectrum: vec![Complex32::default(); n],
             product: vec![Complex32::default(); n],
             surface: vec![0f32; n],
+            splat: false,
         }
+    }
+
+    /// A search that folds by splatting (see [`PilotSearch::splat`]).
+    fn splatting(pilot: &'p Pilot) -> Self {
+        Self { splat: true, ..Self::new(pilot) }
     }
 
     /// Folds `acc` resampled by `map` and takes its spectrum; `false` when the image is
     /// too small for half a tile.
     fn fold_spectrum(&mut self, acc: &Gray, map: Linear) -> bool {
-        let (w, h) = fold_resampled(acc, map, &mut self.folded);
+        let (w, h) = if self.splat {
+            fold_splatted(acc, map, &mut self.folded)
+        } else {
+            fold_resampled(acc, map, &mut self.folded)
+        };
         if w < TILE_PX / 2 || h < TILE_PX / 2 {
             return false;
         }
@@ -789,10 +918,12 @@ impl<'p> PilotSearch<'p> {
             return None;
         }
         let mut best = (f64::MIN, Mirror::ALL[0]);
-        for m in Mirror::ALL {
-            let (z, _) = self.correlate_mirrored(m);
-            if z > best.0 {
-                best = (z, m);
+        for pair in Mirror::ALL.chunks_exact(2) {
+            let (za, zb) = self.correlate_mirror_pair(pair[0], pair[1]);
+            for (z, m) in [(za.0, pair[0]), (zb.0, pair[1])] {
+                if z > best.0 {
+                    best = (z, m);
+                }
             }
         }
         Some(best)
@@ -812,11 +943,53 @@ impl<'p> PilotSearch<'p> {
     /// transform serves all four mirrors.
     fn correlate_mirrored(&mut self, mirror: Mirror) -> (f64, (usize, usize)) {
         let n = TILE_PX;
+        self.mirrored_product(mirror, false);
+        self.fft.inverse(&mut self.product);
+        let scale = 1.0 / (n * n) as f32;
+        for (o, v) in self.surface.iter_mut().zip(&self.product) {
+            *o = v.re * scale;
+        }
+        surface_peak(&self.surface)
+    }
+
+    /// [`PilotSearch::correlate_mirrored`] for two mirrors at once, with one inverse
+    /// transform: both correlation surfaces are real, so one is carried in the real part
+    /// and the other in the imaginary part.
+    fn correlate_mirror_pair(
+        &mut self,
+        a: Mirror,
+        b: Mirror,
+    ) -> (Peak, Peak) {
+        let n = TILE_PX;
+        self.mirrored_product(a, false);
+        self.mirrored_product(b, true);
+        self.fft.inverse(&mut self.product);
+        let scale = 1.0 / (n * n) as f32;
+        for (o, v) in self.surface.iter_mut().zip(&self.product) {
+            *o = v.re * scale;
+        }
+        let first = surface_peak(&self.surface);
+        for (o, v) in self.surface.iter_mut().zip(&self.product) {
+            *o = v.im * scale;
+        }
+        (first, surface_peak(&self.surface))
+    }
+
+    /// The folded spectrum flipped by `mirror` times the pilot's conjugate spectrum, into
+    /// `product`, or, with `add_imaginary`, added to it times i.
+    fn mirrored_product(&mut self, mirror: Mirror, add_imaginary: bool) {
+        let n = TILE_PX;
+        let i = Complex32::new(0.0, 1.0);
         for ky in 0..n {
             let sy = if mirror.vertical { (n - ky) % n } else { ky };
             let (out, pilot) = (&mut self.product[ky * n..][..n], &self.pilot.conj_spectrum[ky * n..][..n]);
             let src = &self.spectrum[sy * n..][..n];
-            if mirror.horizontal {
+            let at = |kx: usize| if mirror.horizontal { src[(n - kx) % n] } else { src[kx] };
+            if add_imaginary {
+                for (kx, (o, &p)) in out.iter_mut().zip(pilot).enumerate() {
+                    *o += i * (at(kx) * p);
+                }
+            } else if mirror.horizontal {
                 out[0] = src[0] * pilot[0];
                 for kx in 1..n {
                     out[kx] = src[n - kx] * pilot[kx];
@@ -827,12 +1000,6 @@ impl<'p> PilotSearch<'p> {
                 }
             }
         }
-        self.fft.inverse(&mut self.product);
-        let scale = 1.0 / (n * n) as f32;
-        for (o, v) in self.surface.iter_mut().zip(&self.product) {
-            *o = v.re * scale;
-        }
-        surface_peak(&self.surface)
     }
 
     /// Sub-pixel refinement of a peak (parabola through the neighbours); call right after
@@ -853,6 +1020,9 @@ impl<'p> PilotSearch<'p> {
         )
     }
 }
+
+/// A correlation peak: its z and where it is.
+type Peak = (f64, (usize, usize));
 
 /// z of a correlation surface's highest value over the whole surface, and where it is.
 fn surface_peak(surface: &[f32]) -> (f64, (usize, usize)) {
@@ -1072,18 +1242,23 @@ pub fn trace_accumulated(
     let moving: Vec<Candidate> = candidates.iter().filter(|c| c.scheme != Scheme::Fixed).cloned().collect();
     // With no registry the mark is decoded blind, as new exports lay it out.
     let wants_moving = !moving.is_empty() || candidates.is_empty();
-    // Only a first reading that holds every candidate can settle the trace.
-    let can_stop_early = moving.len() == candidates.len();
-    let mut plan: Vec<(&[Analysis], Vec<Candidate>)> = Vec::new();
+    // Last, windows of the finest view: a small picture-in-picture whose mark the rest of
+    // the picture would drown. Windows are searched as they are (a tracker following the
+    // whole picture follows the studio, not the inset).
+    let windows = pip_windows(&acc.views[0]);
+    let mut plan: Vec<Planned> = Vec::new();
     match &acc.moved {
         Some(moved) if wants_moving => {
-            plan.push((moved, moving));
-            plan.push((&acc.views, candidates.to_vec()));
+            plan.push(Planned { views: moved, scales: WHOLE_PICTURE, candidates: moving });
+            plan.push(Planned { views: &acc.views, scales: WHOLE_PICTURE, candidates: candidates.to_vec() });
         }
-        _ => plan.push((&acc.views, candidates.to_vec())),
+        _ => plan.push(Planned { views: &acc.views, scales: WHOLE_PICTURE, candidates: candidates.to_vec() }),
+    }
+    if !windows.is_empty() {
+        plan.push(Planned { views: &windows, scales: PICTURE_IN_PICTURE, candidates: candidates.to_vec() });
     }
     let mut found: Vec<(f64, SlotSums, Registration)> = Vec::with_capacity(plan.len());
-    let candidates_family = plan.iter().map(|p| p.1.len()).sum();
+    let candidates_family = plan.iter().map(|p| p.candidates.len()).sum();
     // The pilot's family: the searches made, and for a search skipped the most it could
     // have tried.
     let family_after = |found: &[(f64, SlotSums, Registration)]| Family {
@@ -1091,19 +1266,23 @@ pub fn trace_accumulated(
         sync_hypotheses: plan
             .iter()
             .enumerate()
-            .map(|(i, p)| found.get(i).map_or_else(|| most_hypotheses(p.0), |f| f.0))
+            .map(|(i, p)| found.get(i).map_or_else(|| p.scales.most_hypotheses(p.views.len()), |f| f.0))
             .sum(),
     };
-    for (i, (views, cands)) in plan.iter().enumerate() {
-        found.push(search_and_read(&detector, &pilot, views, acc.frames, acc.size)?);
-        if i + 1 == plan.len() || !can_stop_early {
+    for (i, p) in plan.iter().enumerate() {
+        let parent = p.scales.windows.then(|| &acc.views[0]);
+        found.push(search_and_read(&detector, &pilot, p.views, parent, &p.scales, acc.frames, acc.size)?);
+        // Only readings that have scored every candidate can settle the trace.
+        if i + 1 == plan.len() || !plan[..=i].iter().any(|p| p.candidates.len() == candidates.len()) {
             continue;
         }
-        // A first reading that already names someone far beyond the threshold (with every
-        // planned search in its family) makes the next one pointless; it still counts.
+        // Readings that already name someone far beyond the threshold (with every planned
+        // search in their family) make the next ones pointless; those still count.
         let so_far = family_after(&found);
-        let first = decide_readings(&detector, &[(&found[i].1, cands.as_slice())], so_far, config.threshold);
-        let decisive = first
+        let readings: Vec<(&SlotSums, &[Candidate])> =
+            found.iter().zip(&plan).map(|(f, p)| (&f.1, p.candidates.as_slice())).collect();
+        let decided = decide_readings(&detector, &readings, so_far, config.threshold);
+        let decisive = decided
             .suspects
             .first()
             .is_some_and(|s| s.false_positive_probability <= DECISIVE * config.threshold);
@@ -1113,7 +1292,7 @@ pub fn trace_accumulated(
     }
     let family = family_after(&found);
     let readings: Vec<(&SlotSums, &[Candidate])> =
-        found.iter().zip(&plan).map(|(f, p)| (&f.1, p.1.as_slice())).collect();
+        found.iter().zip(&plan).map(|(f, p)| (&f.1, p.candidates.as_slice())).collect();
     let decision = decide_readings(&detector, &readings, family, config.threshold);
     let strongest = (0..found.len())
         .max_by(|&a, &b| detector.pilot_z(&found[a].1).total_cmp(&detector.pilot_z(&found[b].1)))
@@ -1130,52 +1309,296 @@ pub fn trace_accumulated(
     })
 }
 
+/// Reads the mark from `view` (already flipped by the mirror found) under `map`: the
+/// pilot's peak gives the tile's shift, and the accumulated residual, resampled so its
+/// blocks fall on the tile's, is read block by block with the mask of the mean picture.
+/// The sums and the shift; `None` when the view is too small for half a tile.
+fn read_view(
+    detector: &Detector,
+    sync: &mut PilotSearch,
+    view: &Analysis,
+    map: Linear,
+    frames: u64,
+) -> Option<(SlotSums, (f64, f64))> {
+    let (_, peak) = sync.peak(&view.acc, map)?;
+    let shift = sync.subpixel(peak);
+    // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
+    // corner.
+    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
+    let aligned = resample(&view.acc, map, start);
+    let phase = (
+        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+    );
+    // The mean picture, on the same grid, tells the mask where the mark is strong.
+    let mut host = resample(&view.host, map, start);
+    for v in host.data.iter_mut() {
+        *v /= frames as f32;
+    }
+    let mut sums = SlotSums::default();
+    detector.accumulate(
+        &aligned.data,
+        &host.data,
+        aligned.w,
+        aligned.h,
+        phase,
+        &mut sums,
+        &mut DetectScratch::default(),
+    );
+    sums.frames = frames;
+    Some((sums, shift))
+}
+
+/// A (view, shape, scale) hypothesis of the pilot search.
+type Hyp = (usize, usize, f64);
+
+/// The hypothesis whose best mirror has the highest pilot peak: its z, itself, the
+/// mirror. Every hypothesis is independent: they are tried in parallel, one FFT plan per
+/// thread; ties go to the earlier one, so the result does not depend on the threads.
+fn best_hypothesis(
+    pilot: &Pilot,
+    views: &[Analysis],
+    shapes: &[Vec<Linear>],
+    hyps: Vec<Hyp>,
+    splat: bool,
+) -> (f64, Hyp, Mirror) {
+    hyps.into_par_iter()
+        .map_init(
+            || if splat { PilotSearch::splatting(pilot) } else { PilotSearch::new(pilot) },
+            |sync, (vi, si, scale)| {
+                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale))
+                    .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
+            },
+        )
+        .reduce(
+            || (f64::MIN, (0, 0, 1.0), Mirror::ALL[0]),
+            |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2) < (a.1, a.2)) { b } else { a },
+        )
+}
+
+/// Fits `window` (a crop of `parent`) to the picture-in-picture it holds: the window grown
+/// by half its size on every side is read under `map` and `mirror` block by block, pilot
+/// slots only ([`Detector::pilot_blocks`]), and the rectangle of blocks whose pilot
+/// statistic is highest becomes the window. Only the pilot takes part, so the codeword
+/// read there afterwards is as unbiased as anywhere. Returns the window and how many
+/// rectangles were tried (each a hypothesis of the search).
+fn fit_window(
+    detector: &Detector,
+    pilot: &Pilot,
+    parent: &Analysis,
+    window: &Analysis,
+    (map, mirror): (Linear, Mirror),
+    frames: u64,
+) -> (Analysis, usize) {
+    let (pw, ph) = (parent.acc.w, parent.acc.h);
+    let (x0, y0) = (window.origin.0 - parent.origin.0, window.origin.1 - parent.origin.1);
+    let (gx, gy) = (window.acc.w / 2, window.acc.h / 2);
+    let grown = [
+        x0.saturating_sub(gx),
+        y0.saturating_sub(gy),
+        (x0 + window.acc.w + gx).min(pw),
+        (y0 + window.acc.h + gy).min(ph),
+    ];
+    let crop = |r: [usize; 4]| Analysis {
+        factor: parent.factor,
+        acc: parent.acc.crop(r[0], r[1], r[2] - r[0], r[3] - r[1]),
+        host: parent.host.crop(r[0], r[1], r[2] - r[0], r[3] - r[1]),
+        origin: (parent.origin.0 + r[0], parent.origin.1 + r[1]),
+    };
+    let mut view = crop(grown);
+    if !mirror.is_identity() {
+        (view.acc, view.host) = (mirror.apply(&view.acc), mirror.apply(&view.host));
+    }
+    let map = map.mirrored(mirror);
+    let mut sync = PilotSearch::new(pilot);
+    let Some((_, peak)) = sync.peak(&view.acc, map) else {
+        return (crop([x0, y0, x0 + window.acc.w, y0 + window.acc.h]), 1);
+    };
+    let shift = sync.subpixel(peak);
+    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
+    let aligned = resample(&view.acc, map, start);
+    let mut host = resample(&view.host, map, start);
+    host.data.iter_mut().for_each(|v| *v /= frames.max(1) as f32);
+    let phase = (
+        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+    );
+    let mut blocks = Vec::new();
+    detector.pilot_blocks(
+        &aligned.data,
+        &host.data,
+        aligned.w,
+        aligned.h,
+        phase,
+        &mut DetectScratch::default(),
+        &mut blocks,
+    );
+    let (bx, by) = (aligned.w / 8, aligned.h / 8);
+    let Some(([i0, j0, i1, j1], tried)) = best_block_rectangle(&blocks, bx, by) else {
+        return (crop([x0, y0, x0 + window.acc.w, y0 + window.acc.h]), 1);
+    };
+    // Back to the (flipped) view's pixels through the grid map, then to the parent's.
+    let g = GridMap::new(&view.acc, map, start);
+    let corner = |i: usize, j: usize| {
+        let (u, v) = g.along(g.row(8 * j), 8 * i);
+        (f64::from(u), f64::from(v))
+    };
+    let ((ua, va), (ub, vb)) = (corner(i0, j0), corner(i1, j1));
+    let (vw, vh) = (view.acc.w as f64, view.acc.h as f64);
+    let (mut xa, mut xb) = (ua.min(ub).clamp(0.0, vw), ua.max(ub).clamp(0.0, vw));
+    let (mut ya, mut yb) = (va.min(vb).clamp(0.0, vh), va.max(vb).clamp(0.0, vh));
+    if mirror.horizontal {
+        (xa, xb) = (vw - xb, vw - xa);
+    }
+    if mirror.vertical {
+        (ya, yb) = (vh - yb, vh - ya);
+    }
+    let r = [
+        grown[0] + xa.round() as usize,
+        grown[1] + ya.round() as usize,
+        grown[0] + (xb.round() as usize).max(xa.round() as usize + 1),
+        grown[1] + (yb.round() as usize).max(ya.round() as usize + 1),
+    ];
+    (crop([r[0], r[1], r[2].min(pw), r[3].min(ph)]), tried)
+}
+
+/// The rectangle of blocks (`[i0, j0, i1, j1)`, from per-block `[num, energy]`, `bx`
+/// across) whose `sum num / sqrt(sum energy)` is highest, at least [`FIT_MIN_BLOCKS`] on
+/// each side, its edges on a grid of at most [`FIT_EDGES`] positions per axis; and how many
+/// rectangles were tried.
+fn best_block_rectangle(blocks: &[[f64; 2]], bx: usize, by: usize) -> Option<([usize; 4], usize)> {
+    if bx < FIT_MIN_BLOCKS || by < FIT_MIN_BLOCKS {
+        return None;
+    }
+    // Prefix sums with a zero row and column.
+    let (pw, ph) = (bx + 1, by + 1);
+    let mut pre = vec![[0f64; 2]; pw * ph];
+    for j in 0..by {
+        for i in 0..bx {
+            for k in 0..2 {
+                pre[(j + 1) * pw + i + 1][k] =
+                    blocks[j * bx + i][k] + pre[j * pw + i + 1][k] + pre[(j + 1) * pw + i][k]
+                        - pre[j * pw + i][k];
+            }
+        }
+    }
+    let edges = |n: usize| -> Vec<usize> {
+        let step = n.div_ceil(FIT_EDGES).max(1);
+        let mut e: Vec<usize> = (0..n).step_by(step).collect();
+        e.push(n);
+        e
+    };
+    let (ex, ey) = (edges(bx), edges(by));
+    let sum = |k: usize, [i0, j0, i1, j1]: [usize; 4]| {
+        pre[j1 * pw + i1][k] - pre[j0 * pw + i1][k] - pre[j1 * pw + i0][k] + pre[j0 * pw + i0][k]
+    };
+    let (mut best, mut tried) = (None::<(f64, [usize; 4])>, 0);
+    for (a, &j0) in ey.iter().enumerate() {
+        for &j1 in &ey[a + 1..] {
+            if j1 - j0 < FIT_MIN_BLOCKS {
+                continue;
+            }
+            for (b, &i0) in ex.iter().enumerate() {
+                for &i1 in &ex[b + 1..] {
+                    if i1 - i0 < FIT_MIN_BLOCKS {
+                        continue;
+                    }
+                    let r = [i0, j0, i1, j1];
+                    let energy = sum(1, r);
+                    if energy <= 0.0 {
+                        continue;
+                    }
+                    tried += 1;
+                    let z = sum(0, r) / energy.sqrt();
+                    if best.is_none_or(|(bz, _)| z > bz) {
+                        best = Some((z, r));
+                    }
+                }
+            }
+        }
+    }
+    best.map(|(_, r)| (r, tried))
+}
+
+/// A fitted window is at least this many blocks on each side.
+const FIT_MIN_BLOCKS: usize = 8;
+/// Window edges are fitted on at most this many positions per axis.
+const FIT_EDGES: usize = 40;
+
+/// One planned search of a blind trace: where it looks, how, and whose marks it reads.
+struct Planned<'a> {
+    views: &'a [Analysis],
+    scales: ScaleSearch,
+    candidates: Vec<Candidate>,
+}
+
 /// Searches one set of accumulated views for the pilot and reads the mark where it is:
 /// the number of hypotheses searched, the slot sums, and the geometry found.
 fn search_and_read(
     detector: &Detector,
     pilot: &Pilot,
     views: &[Analysis],
+    parent: Option<&Analysis>,
+    scales: &ScaleSearch,
     frames: u64,
     acc_size: (usize, usize),
 ) -> Result<(f64, SlotSums, Registration)> {
-    // Coarse scales: 1% steps anchored at 1 (an unscaled copy is the common case), from
-    // 0.5 to 2 mark pixels per analysis pixel; then 0.1% steps around the best. Shapes
-    // (rotation, stretch) come from the mark's lattice, found without the key. Every
-    // hypothesis is independent: search them in parallel, one FFT plan per thread.
-    type Hyp = (usize, usize, f64);
+    // Coarse scales, then fine ones around the best. Shapes (rotation, stretch) come from
+    // the mark's lattice, found without the key.
     let shapes: Vec<Vec<Linear>> = views
         .iter()
-        .map(|v| std::iter::once(Linear::IDENTITY).chain(lattice_shapes(&v.acc)).collect())
+        .map(|v| {
+            let lattice = if scales.lattice { lattice_shapes(&v.acc) } else { Vec::new() };
+            std::iter::once(Linear::IDENTITY).chain(lattice).collect()
+        })
         .collect();
-    let search = |hyps: Vec<Hyp>| -> (f64, Hyp, Mirror) {
-        hyps.into_par_iter()
-            .map_init(
-                || PilotSearch::new(pilot),
-                |sync, (vi, si, scale)| {
-                    sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale))
-                        .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
-                },
-            )
-            .reduce(
-                || (f64::MIN, (0, 0, 1.0), Mirror::ALL[0]),
-                |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2) < (a.1, a.2)) { b } else { a },
-            )
-    };
     let coarse: Vec<Hyp> = (0..views.len())
         .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
-        .flat_map(|(vi, si)| (-COARSE_HALF..=COARSE_HALF).map(move |k| (vi, si, 1.01f64.powi(k))))
+        .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
         .collect();
     let mut hypotheses = coarse.len();
-    let best = search(coarse);
+    // Windows hold a mark shrunk far below the picture's pixels: their coarse search folds
+    // by splatting, which costs the window's pixels, not the grid's; fine steps resample,
+    // which places the peak more precisely.
+    let splat = scales.windows;
+    let best = best_hypothesis(pilot, views, &shapes, coarse, splat);
     let (vi, si, s0) = best.1;
-    let fine: Vec<Hyp> = (-FINE_HALF..=FINE_HALF)
-        .filter(|&k| k != 0)
-        .map(|k| (vi, si, s0 * (1.0 + 0.001 * f64::from(k))))
-        .collect();
+    let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi, si, s)).collect();
     hypotheses += fine.len();
-    let best_fine = search(fine);
-    let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+    let best_fine = best_hypothesis(pilot, views, &shapes, fine, false);
+    let (_, (mut vi, si, mut scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+    // A window is fitted to the inset it found (its edges moved while the pilot's peak
+    // rises), and the scale refined again in it.
+    let fitted;
+    let mut views = views;
+    if let Some(parent) = parent {
+        let map = shapes[vi][si].scaled(scale);
+        let (window, tried) = fit_window(detector, pilot, parent, &views[vi], (map, mirror), frames);
+        hypotheses += tried;
+        // In the fitted window the scale is chosen by the read itself (its pilot): on an
+        // inset a few hundred pixels wide a tenth of a percent moves its far edge a pixel.
+        let mut flipped = window.clone();
+        if !mirror.is_identity() {
+            (flipped.acc, flipped.host) = (mirror.apply(&window.acc), mirror.apply(&window.host));
+        }
+        let shape = shapes[vi][si].mirrored(mirror);
+        let fine: Vec<f64> = std::iter::once(scale).chain(scales.fine_scales(scale)).collect();
+        hypotheses += fine.len();
+        scale = fine
+            .into_par_iter()
+            .map_init(
+                || PilotSearch::new(pilot),
+                |sync, s| {
+                    let z = read_view(detector, sync, &flipped, shape.scaled(s), frames)
+                        .map_or(f64::MIN, |(sums, _)| detector.pilot_z(&sums));
+                    (z, s)
+                },
+            )
+            .reduce(|| (f64::MIN, scale), |a, b| if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) { b } else { a })
+            .1;
+        fitted = [window];
+        (views, vi) = (&fitted, 0);
+    }
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
     // exact (the shape is seen flipped too), and the shift is then found afresh.
     let flipped;
@@ -1186,47 +1609,26 @@ fn search_and_read(
             factor: views[vi].factor,
             acc: mirror.apply(&views[vi].acc),
             host: mirror.apply(&views[vi].host),
+            origin: views[vi].origin,
         };
         &flipped
     };
     let map = shapes[vi][si].mirrored(mirror).scaled(scale);
-    let mut sync = PilotSearch::new(pilot);
-    let acc = &view.acc;
     // Every scale of the search is too large for a picture this small to hold half a tile.
-    let (_, peak) = sync.peak(acc, map).ok_or(Error::TooSmall {
-        width: acc_size.0,
-        height: acc_size.1,
-        min: BLIND_MIN_SIDE,
-        what: "trace without the original (blind); pass --original",
-    })?;
-    let shift = sync.subpixel(peak);
-    // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
-    // corner.
-    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
-    let aligned = resample(acc, map, start);
-    let phase = (
-        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
-        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
-    );
-    // The mean picture, on the same grid, tells the mask where the mark is strong.
-    let mut host = resample(&view.host, map, start);
-    for v in host.data.iter_mut() {
-        *v /= frames as f32;
-    }
-    let flat = host.data;
-    let mut sums = SlotSums::default();
-    detector.accumulate(
-        &aligned.data,
-        &flat,
-        aligned.w,
-        aligned.h,
-        phase,
-        &mut sums,
-        &mut DetectScratch::default(),
-    );
-    sums.frames = frames;
+    let (sums, shift) =
+        read_view(detector, &mut PilotSearch::new(pilot), view, map, frames).ok_or(Error::TooSmall {
+            width: acc_size.0,
+            height: acc_size.1,
+            min: BLIND_MIN_SIDE,
+            what: "trace without the original (blind); pass --original",
+        })?;
     let hypotheses = (hypotheses * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64;
     let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
+    // A window of the picture: where it is, in leaked pixels.
+    let window = scales.windows.then(|| {
+        let (fx, fy) = view.factor;
+        [view.origin.0 as f64 * fx, view.origin.1 as f64 * fy, view.acc.w as f64 * fx, view.acc.h as f64 * fy]
+    });
     let registration = Registration::Blind {
         scale,
         analysis_factor: view.factor.1,
@@ -1235,6 +1637,7 @@ fn search_and_read(
         mirrored: (mirror.horizontal, mirror.vertical),
         rotation_deg,
         stretch,
+        window,
     };
     Ok((hypotheses, sums, registration))
 }
@@ -1398,6 +1801,23 @@ mod tests {
             );
             let want = surface_peak(&surface);
             let got = search.correlate_mirrored(m);
+            // Two mirrors through one inverse transform give the same two surfaces.
+            let partner = Mirror::ALL[(Mirror::ALL.iter().position(|&x| x == m).unwrap() + 2) % 4];
+            let (paired, other) = search.correlate_mirror_pair(m, partner);
+            let alone = search.correlate_mirrored(partner);
+            assert_eq!((paired.1, other.1), (got.1, alone.1), "{m:?} with {partner:?}");
+            assert!(
+                (paired.0 - got.0).abs() < 1e-3 * got.0.abs().max(1.0),
+                "{m:?}: {} vs {}",
+                paired.0,
+                got.0
+            );
+            assert!(
+                (other.0 - alone.0).abs() < 1e-3 * alone.0.abs().max(1.0),
+                "{partner:?}: {} vs {}",
+                other.0,
+                alone.0
+            );
             assert_eq!(got.1, want.1, "{m:?}");
             assert!((got.0 - want.0).abs() < 1e-3 * want.0.abs().max(1.0), "{m:?}: {} vs {}", got.0, want.0);
             if want.0 > best.0 {
@@ -1408,6 +1828,102 @@ mod tests {
         assert!(best.0 > 10.0, "planted pilot z {}", best.0);
         assert_eq!(search.best_mirror(&img, map).map(|b| b.1), Some(best.1));
         assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
+    }
+
+    /// A picture holding the pilot's tile shrunk by `scale` (shifted by `shift` tile pixels)
+    /// under texture.
+    fn shrunk_pilot(pilot: &Pilot, (w, h): (usize, usize), scale: f64, shift: (f64, f64)) -> Gray {
+        let mut img = gray(w, h, 12);
+        let map = Linear::IDENTITY.scaled(scale);
+        let g = GridMap::new(&img, map, (0.0, 0.0));
+        let n = TILE_PX as f64;
+        for y in 0..h {
+            for x in 0..w {
+                // The grid position of this pixel, then the tile pixel it shows.
+                let u = (x as f64 - g.ic.0) / scale - g.c.0 - shift.0;
+                let v = (y as f64 - g.ic.1) / scale - g.c.1 - shift.1;
+                let (tu, tv) = (u.rem_euclid(n) as usize, v.rem_euclid(n) as usize);
+                img.data[y * w + x] = 0.05 * img.data[y * w + x] + 4.0 * pilot.tile[tv * TILE_PX + tu];
+            }
+        }
+        img
+    }
+
+    #[test]
+    fn splatting_finds_the_pilot_where_resampling_does() {
+        let pilot = Pilot::new(&MasterKey::from_bytes([7; 32]));
+        for (scale, shift) in [(0.5, (30.0, 77.0)), (0.37, (101.0, 5.0)), (1.3, (64.0, 12.0))] {
+            let img = shrunk_pilot(&pilot, (300, 200), scale, shift);
+            let map = Linear::IDENTITY.scaled(scale);
+            let (mut resampled, mut splatted) = (PilotSearch::new(&pilot), PilotSearch::splatting(&pilot));
+            let (a, b) = (resampled.peak(&img, map).unwrap(), splatted.peak(&img, map).unwrap());
+            let d = |p: usize, q: usize| {
+                (p as i64 - q as i64)
+                    .rem_euclid(TILE_PX as i64)
+                    .min((q as i64 - p as i64).rem_euclid(TILE_PX as i64))
+            };
+            assert!(d(a.1 .0, b.1 .0) <= 1 && d(a.1 .1, b.1 .1) <= 1, "scale {scale}: {a:?} vs {b:?}");
+            assert!(b.0 > 8.0, "scale {scale}: splatted pilot z {}", b.0);
+            // Every picture pixel lands on the tile once, whole.
+            let mut tile = vec![0f32; TILE_PX * TILE_PX];
+            fold_splatted(&img, map, &mut tile);
+            let (total, want) = (
+                tile.iter().map(|&v| f64::from(v)).sum::<f64>(),
+                img.data.iter().map(|&v| f64::from(v)).sum::<f64>(),
+            );
+            assert!((total - want).abs() < 1e-3 * want.abs().max(1.0), "scale {scale}: {total} vs {want}");
+        }
+    }
+
+    #[test]
+    fn the_best_block_rectangle_is_the_planted_one() {
+        // Noise blocks, and a 12x9 patch of blocks that all agree with the pilot.
+        let (bx, by) = (60, 40);
+        let mut x = 0x2545_F491u32;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            f64::from(x >> 8) / f64::from(1u32 << 24) - 0.5
+        };
+        let mut blocks: Vec<[f64; 2]> = (0..bx * by).map(|_| [rand(), 1.0 / 12.0]).collect();
+        for j in 20..29 {
+            for i in 33..45 {
+                blocks[j * bx + i][0] += 0.3;
+            }
+        }
+        let (r, tried) = best_block_rectangle(&blocks, bx, by).unwrap();
+        assert!(tried > 1000, "{tried}");
+        let err = [r[0] as i64 - 33, r[1] as i64 - 20, r[2] as i64 - 45, r[3] as i64 - 29];
+        assert!(err.iter().all(|e| e.abs() <= 2), "{r:?}");
+        // Too small a picture for a window: no rectangle.
+        assert!(best_block_rectangle(&blocks[..7 * 7], 7, 7).is_none());
+    }
+
+    #[test]
+    fn windows_cover_the_picture_and_hold_any_quarter_inset_mostly() {
+        let view = Analysis {
+            factor: (1.0, 1.0),
+            acc: Gray::new(1280, 720),
+            host: Gray::new(1280, 720),
+            origin: (0, 0),
+        };
+        let windows = pip_windows(&view);
+        assert_eq!(windows.len(), 25);
+        // An inset a quarter of the picture wide and high, anywhere: some window holds at
+        // least two thirds of it on each axis.
+        for (x, y) in [(0, 0), (955, 30), (500, 260), (960, 540), (130, 400)] {
+            let (iw, ih) = (320usize, 180usize);
+            let held = windows
+                .iter()
+                .map(|w| {
+                    let ox = (x + iw).min(w.origin.0 + w.acc.w).saturating_sub(x.max(w.origin.0));
+                    let oy = (y + ih).min(w.origin.1 + w.acc.h).saturating_sub(y.max(w.origin.1));
+                    (ox as f64 / iw as f64).min(oy as f64 / ih as f64)
+                })
+                .fold(0f64, f64::max);
+            assert!(held >= 2.0 / 3.0, "inset at {x},{y}: {held}");
+        }
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub enum Registration {
         rotation_deg: f64,
         /// Horizontal-to-vertical stretch of the mark in the leaked picture (1 = none).
         stretch: f64,
+        /// The part of the leaked picture the mark was read from, when it was found in a
+        /// window (a picture-in-picture): x, y, width, height in leaked pixels.
+        window: Option<[f64; 4]>,
     },
 }
 
