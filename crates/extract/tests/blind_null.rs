@@ -1,6 +1,7 @@
 //! The whole blind search (every scale, mirror and shift it tries) against video that holds
 //! no mark of the trial keys: unmarked clips, mirrored and rotated unmarked copies, and a
-//! copy marked with an unrelated key (fixed on a still shot, moving on a pan). Nobody may be named, the pilot's family-wise
+//! copy marked with an unrelated key (fixed on a still shot, moving on a pan, and as a small
+//! picture-in-picture, where the window search runs). Nobody may be named, the pilot's family-wise
 //! probability must not claim a mark, and the candidates' scores must stay within their
 //! stated tails. `TRACEMARK_BLIND_NULL_KEYS` (default 6 per source) sets the trials;
 //! `scripts/null-calibration.sh` runs thousands.
@@ -58,8 +59,32 @@ fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
     transcode(&testdata("vtest-4s.avi"), &marked, &cfg, Arc::clone(&embedder), &mut no_progress).unwrap();
     let mirrored = dir.join("other-key-hflip.mp4");
     ffmpeg(&marked, "hflip", &mirrored);
+    // That copy as a small picture-in-picture over a moving background: the window search
+    // finds its mark (of the other key) and must name nobody.
+    let inset = dir.join("other-key-pip.mp4");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&marked)
+        .args([
+            "-filter_complex",
+            "testsrc2=s=1280x720:r=10,format=yuv420p[bg];[0:v]scale=384:288,setsar=1[fg];\
+             [bg][fg]overlay=x=W-w-32:y=32:shortest=1,format=yuv420p[v]",
+            "-map",
+            "[v]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "23",
+        ])
+        .arg(&inset)
+        .output()
+        .expect("ffmpeg CLI");
+    assert!(o.status.success(), "ffmpeg pip: {}", String::from_utf8_lossy(&o.stderr));
     files.push(marked);
     files.push(mirrored);
+    files.push(inset);
     // And a pan marked with that key: its mark moves with the picture.
     let pan = dir.join("other-key-pan.mp4");
     transcode(&testdata("pan1080-1s.mp4"), &pan, &cfg, embedder, &mut no_progress).unwrap();

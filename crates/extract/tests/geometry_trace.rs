@@ -284,11 +284,9 @@ fn blind_trace_reads_mirrored_and_flipped_copies() {
 /// corner of a 1280x720 studio picture, as a channel shows a viewer's clip): the rest of
 /// the picture would drown the inset's mark, so blind mode searches windows and fits the
 /// one it finds to the inset. The same composition of the unmarked source names nobody.
-/// (From these 3 s the pilot is key-dependent: seed 2034 missed, pilot z 3.9; 2035 and 7
-/// pass.)
 #[test]
 fn blind_trace_finds_a_small_picture_in_picture() {
-    let key = MasterKey::from_seed(2035);
+    let key = MasterKey::from_seed(2034);
     let dir = tempfile::tempdir().unwrap();
     let source = testdata("cockatoo-3s.mp4");
     let marked = export(&key, &source, dir.path());

@@ -672,7 +672,12 @@ impl ScaleSearch {
     fn most_hypotheses(&self, views: usize) -> f64 {
         let shapes = 1 + if self.lattice { MAX_LATTICE_SHAPES } else { 0 };
         let scales = (self.coarse.1 - self.coarse.0 + 1 + 2 * self.fine_half) as usize;
-        (views * shapes * scales * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64
+        // A window search also refines its best windows: fine scales, fitted rectangles,
+        // and reads of the fitted window at fine scales.
+        let pairs = FIT_EDGES * (FIT_EDGES + 1) / 2;
+        let fine = 2 * self.fine_half as usize;
+        let fitting = if self.windows { WINDOW_CANDIDATES * (pairs * pairs + 2 * fine + 2) } else { 0 };
+        ((views * shapes * scales + fitting) * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64
     }
 }
 
@@ -955,11 +960,7 @@ impl<'p> PilotSearch<'p> {
     /// [`PilotSearch::correlate_mirrored`] for two mirrors at once, with one inverse
     /// transform: both correlation surfaces are real, so one is carried in the real part
     /// and the other in the imaginary part.
-    fn correlate_mirror_pair(
-        &mut self,
-        a: Mirror,
-        b: Mirror,
-    ) -> (Peak, Peak) {
+    fn correlate_mirror_pair(&mut self, a: Mirror, b: Mirror) -> (Peak, Peak) {
         let n = TILE_PX;
         self.mirrored_product(a, false);
         self.mirrored_product(b, true);
@@ -1349,6 +1350,105 @@ fn read_view(
     Some((sums, shift))
 }
 
+/// Windows whose best coarse hypothesis is refined and read ([`search_windows`]).
+const WINDOW_CANDIDATES: usize = 8;
+
+/// The window search: every window at every coarse scale, folded by splatting (it costs
+/// the window's pixels, not the grid's, which is ten times more for a mark shrunk to
+/// 0.3); then the [`WINDOW_CANDIDATES`] windows with the highest peaks are each refined
+/// ([`refine_window`]) and the one whose read has the strongest pilot is kept. A peak
+/// over a third of the picture barely clears the noise of so many hypotheses; a read of
+/// the window fitted to the inset stands well clear. Returns the fitted window (unflipped),
+/// its scale and mirror, and the hypotheses tried; `None` when no window holds half a tile.
+fn search_windows(
+    detector: &Detector,
+    pilot: &Pilot,
+    windows: &[Analysis],
+    parent: &Analysis,
+    scales: &ScaleSearch,
+    frames: u64,
+) -> Option<(Analysis, f64, Mirror, usize)> {
+    let coarse: Vec<(usize, f64)> =
+        (0..windows.len()).flat_map(|wi| scales.coarse_scales().map(move |s| (wi, s))).collect();
+    let mut tried = coarse.len();
+    let mut peaks: Vec<(f64, usize, f64, Mirror)> = coarse
+        .into_par_iter()
+        .map_init(
+            || PilotSearch::splatting(pilot),
+            |sync, (wi, s)| {
+                let best = sync.best_mirror(&windows[wi].acc, Linear::IDENTITY.scaled(s));
+                best.map_or((f64::MIN, wi, s, Mirror::ALL[0]), |(z, m)| (z, wi, s, m))
+            },
+        )
+        .collect();
+    // Highest first; ties in window and scale order, so the threads do not matter.
+    peaks.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+    let mut picked: Vec<(f64, usize, f64, Mirror)> = Vec::new();
+    for p in peaks.into_iter().filter(|p| p.0 > f64::MIN) {
+        if picked.iter().all(|q| q.1 != p.1) {
+            picked.push(p);
+            if picked.len() == WINDOW_CANDIDATES {
+                break;
+            }
+        }
+    }
+    let mut best: Option<(f64, Analysis, f64, Mirror)> = None;
+    for (_, wi, s, m) in picked {
+        let (z, window, scale, mirror, n) =
+            refine_window(detector, pilot, &windows[wi], parent, scales, (s, m), frames);
+        tried += n;
+        if best.as_ref().is_none_or(|b| z > b.0) {
+            best = Some((z, window, scale, mirror));
+        }
+    }
+    best.map(|(_, window, scale, mirror)| (window, scale, mirror, tried))
+}
+
+/// Refines one window's coarse hypothesis (`scale`, `mirror`): fine scales (resampled,
+/// which places the peak more precisely than splatting), the window fitted to the inset
+/// ([`fit_window`]), and the scale chosen again by the read's own pilot (on an inset a few
+/// hundred pixels wide a tenth of a percent moves its far edge a pixel). Returns the read's
+/// pilot z, the fitted window, its scale and mirror, and the hypotheses tried.
+fn refine_window(
+    detector: &Detector,
+    pilot: &Pilot,
+    window: &Analysis,
+    parent: &Analysis,
+    scales: &ScaleSearch,
+    (scale, mirror): (f64, Mirror),
+    frames: u64,
+) -> (f64, Analysis, f64, Mirror, usize) {
+    let identity = [vec![Linear::IDENTITY]];
+    let fine: Vec<Hyp> = scales.fine_scales(scale).map(|s| (0, 0, s)).collect();
+    let mut tried = fine.len();
+    let best_fine = best_hypothesis(pilot, std::slice::from_ref(window), &identity, fine, false);
+    let (scale, mirror) =
+        if best_fine.0 > f64::MIN { (best_fine.1 .2, best_fine.2) } else { (scale, mirror) };
+    let map = Linear::IDENTITY.scaled(scale);
+    let (fitted, n) = fit_window(detector, pilot, parent, window, (map, mirror), frames);
+    tried += n;
+    let mut flipped = fitted.clone();
+    if !mirror.is_identity() {
+        (flipped.acc, flipped.host) = (mirror.apply(&fitted.acc), mirror.apply(&fitted.host));
+    }
+    let shape = Linear::IDENTITY.mirrored(mirror);
+    let half = scales.fine_half / 2;
+    let reads: Vec<f64> = (-half..=half).map(|k| scale * (1.0 + scales.fine_step * f64::from(k))).collect();
+    tried += reads.len();
+    let (z, scale) = reads
+        .into_par_iter()
+        .map_init(
+            || PilotSearch::new(pilot),
+            |sync, s| {
+                let z = read_view(detector, sync, &flipped, shape.scaled(s), frames)
+                    .map_or(f64::MIN, |(sums, _)| detector.pilot_z(&sums));
+                (z, s)
+            },
+        )
+        .reduce(|| (f64::MIN, scale), |a, b| if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) { b } else { a });
+    (z, fitted, scale, mirror, tried)
+}
+
 /// A (view, shape, scale) hypothesis of the pilot search.
 type Hyp = (usize, usize, f64);
 
@@ -1552,52 +1652,33 @@ fn search_and_read(
             std::iter::once(Linear::IDENTITY).chain(lattice).collect()
         })
         .collect();
-    let coarse: Vec<Hyp> = (0..views.len())
-        .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
-        .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
-        .collect();
-    let mut hypotheses = coarse.len();
-    // Windows hold a mark shrunk far below the picture's pixels: their coarse search folds
-    // by splatting, which costs the window's pixels, not the grid's; fine steps resample,
-    // which places the peak more precisely.
-    let splat = scales.windows;
-    let best = best_hypothesis(pilot, views, &shapes, coarse, splat);
-    let (vi, si, s0) = best.1;
-    let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi, si, s)).collect();
-    hypotheses += fine.len();
-    let best_fine = best_hypothesis(pilot, views, &shapes, fine, false);
-    let (_, (mut vi, si, mut scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
-    // A window is fitted to the inset it found (its edges moved while the pilot's peak
-    // rises), and the scale refined again in it.
     let fitted;
     let mut views = views;
+    let (vi, si, scale, mirror, mut hypotheses);
     if let Some(parent) = parent {
-        let map = shapes[vi][si].scaled(scale);
-        let (window, tried) = fit_window(detector, pilot, parent, &views[vi], (map, mirror), frames);
-        hypotheses += tried;
-        // In the fitted window the scale is chosen by the read itself (its pilot): on an
-        // inset a few hundred pixels wide a tenth of a percent moves its far edge a pixel.
-        let mut flipped = window.clone();
-        if !mirror.is_identity() {
-            (flipped.acc, flipped.host) = (mirror.apply(&window.acc), mirror.apply(&window.host));
-        }
-        let shape = shapes[vi][si].mirrored(mirror);
-        let fine: Vec<f64> = std::iter::once(scale).chain(scales.fine_scales(scale)).collect();
-        hypotheses += fine.len();
-        scale = fine
-            .into_par_iter()
-            .map_init(
-                || PilotSearch::new(pilot),
-                |sync, s| {
-                    let z = read_view(detector, sync, &flipped, shape.scaled(s), frames)
-                        .map_or(f64::MIN, |(sums, _)| detector.pilot_z(&sums));
-                    (z, s)
-                },
-            )
-            .reduce(|| (f64::MIN, scale), |a, b| if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) { b } else { a })
-            .1;
+        let found = search_windows(detector, pilot, views, parent, scales, frames);
+        let Some((window, s, m, tried)) = found else {
+            return Err(Error::TooSmall {
+                width: acc_size.0,
+                height: acc_size.1,
+                min: BLIND_MIN_SIDE,
+                what: "trace without the original (blind); pass --original",
+            });
+        };
         fitted = [window];
-        (views, vi) = (&fitted, 0);
+        (views, vi, si, scale, mirror, hypotheses) = (&fitted, 0, 0, s, m, tried);
+    } else {
+        let coarse: Vec<Hyp> = (0..views.len())
+            .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
+            .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
+            .collect();
+        hypotheses = coarse.len();
+        let best = best_hypothesis(pilot, views, &shapes, coarse, false);
+        let (vi0, si0, s0) = best.1;
+        let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
+        hypotheses += fine.len();
+        let best_fine = best_hypothesis(pilot, views, &shapes, fine, false);
+        (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
     }
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
     // exact (the shape is seen flipped too), and the shift is then found afresh.
