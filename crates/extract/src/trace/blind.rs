@@ -654,6 +654,8 @@ struct ScaleSearch {
     lattice: bool,
     /// Whether the views searched are windows of the picture ([`pip_windows`]).
     windows: bool,
+    /// The mirrors tried, in pairs (one inverse transform per pair).
+    mirrors: &'static [Mirror],
 }
 
 impl ScaleSearch {
@@ -677,7 +679,7 @@ impl ScaleSearch {
         let pairs = FIT_EDGES * (FIT_EDGES + 1) / 2;
         let fine = 2 * self.fine_half as usize;
         let fitting = if self.windows { WINDOW_CANDIDATES * (pairs * pairs + 2 * fine + 2) } else { 0 };
-        ((views * shapes * scales + fitting) * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64
+        ((views * shapes * scales + fitting) * self.mirrors.len() * TILE_PX * TILE_PX) as f64
     }
 }
 
@@ -691,19 +693,23 @@ const WHOLE_PICTURE: ScaleSearch = ScaleSearch {
     fine_step: 0.001,
     lattice: true,
     windows: false,
+    mirrors: &Mirror::ALL,
 };
 
 /// A window of the picture that may hold a picture-in-picture: the mark shrunk to between
-/// 0.3 and 1 of its size in 2% steps (a window is a third or a half of the picture, so the
-/// coarser step misaligns its edges no more than 1% does the whole picture's), then 0.2%
-/// steps.
+/// 0.42 and 1 of its size in 2% steps (a window is a third of the picture, so the coarser
+/// step misaligns its edges no more than 1% does the whole picture's), then 0.2% steps.
+/// Smaller, the mark's 8x8 blocks are under 3.4 pixels: an inset holding the mark at 0.375
+/// (3-pixel blocks) was not read even cut out by hand after x264 at crf 23. Unflipped or
+/// flipped left-right (a flip upside down is the whole picture's mistake, not an inset's).
 const PICTURE_IN_PICTURE: ScaleSearch = ScaleSearch {
-    coarse: (-61, 0),
+    coarse: (-44, 0),
     coarse_step: 0.02,
     fine_half: 10,
     fine_step: 0.002,
     lattice: false,
     windows: true,
+    mirrors: &[Mirror::ALL[0], Mirror::ALL[1]],
 };
 
 /// At most this many lattice shapes are searched (each counted in the hypotheses).
@@ -918,12 +924,12 @@ impl<'p> PilotSearch<'p> {
 
     /// Best pilot peak of `acc` resampled by `map` over the mirrors: its z, and the
     /// mirror. `None` when the image is too small for a tile.
-    fn best_mirror(&mut self, acc: &Gray, map: Linear) -> Option<(f64, Mirror)> {
+    fn best_mirror(&mut self, acc: &Gray, map: Linear, mirrors: &[Mirror]) -> Option<(f64, Mirror)> {
         if !self.fold_spectrum(acc, map) {
             return None;
         }
         let mut best = (f64::MIN, Mirror::ALL[0]);
-        for pair in Mirror::ALL.chunks_exact(2) {
+        for pair in mirrors.chunks_exact(2) {
             let (za, zb) = self.correlate_mirror_pair(pair[0], pair[1]);
             for (z, m) in [(za.0, pair[0]), (zb.0, pair[1])] {
                 if z > best.0 {
@@ -1376,7 +1382,7 @@ fn search_windows(
         .map_init(
             || PilotSearch::splatting(pilot),
             |sync, (wi, s)| {
-                let best = sync.best_mirror(&windows[wi].acc, Linear::IDENTITY.scaled(s));
+                let best = sync.best_mirror(&windows[wi].acc, Linear::IDENTITY.scaled(s), scales.mirrors);
                 best.map_or((f64::MIN, wi, s, Mirror::ALL[0]), |(z, m)| (z, wi, s, m))
             },
         )
@@ -1421,7 +1427,7 @@ fn refine_window(
     let identity = [vec![Linear::IDENTITY]];
     let fine: Vec<Hyp> = scales.fine_scales(scale).map(|s| (0, 0, s)).collect();
     let mut tried = fine.len();
-    let best_fine = best_hypothesis(pilot, std::slice::from_ref(window), &identity, fine, false);
+    let best_fine = best_hypothesis(pilot, std::slice::from_ref(window), &identity, fine, scales.mirrors);
     let (scale, mirror) =
         if best_fine.0 > f64::MIN { (best_fine.1 .2, best_fine.2) } else { (scale, mirror) };
     let map = Linear::IDENTITY.scaled(scale);
@@ -1460,13 +1466,13 @@ fn best_hypothesis(
     views: &[Analysis],
     shapes: &[Vec<Linear>],
     hyps: Vec<Hyp>,
-    splat: bool,
+    mirrors: &[Mirror],
 ) -> (f64, Hyp, Mirror) {
     hyps.into_par_iter()
         .map_init(
-            || if splat { PilotSearch::splatting(pilot) } else { PilotSearch::new(pilot) },
+            || PilotSearch::new(pilot),
             |sync, (vi, si, scale)| {
-                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale))
+                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale), mirrors)
                     .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
             },
         )
@@ -1673,11 +1679,11 @@ fn search_and_read(
             .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
             .collect();
         hypotheses = coarse.len();
-        let best = best_hypothesis(pilot, views, &shapes, coarse, false);
+        let best = best_hypothesis(pilot, views, &shapes, coarse, scales.mirrors);
         let (vi0, si0, s0) = best.1;
         let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
         hypotheses += fine.len();
-        let best_fine = best_hypothesis(pilot, views, &shapes, fine, false);
+        let best_fine = best_hypothesis(pilot, views, &shapes, fine, scales.mirrors);
         (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
     }
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
@@ -1703,7 +1709,7 @@ fn search_and_read(
             min: BLIND_MIN_SIDE,
             what: "trace without the original (blind); pass --original",
         })?;
-    let hypotheses = (hypotheses * Mirror::ALL.len() * TILE_PX * TILE_PX) as f64;
+    let hypotheses = (hypotheses * scales.mirrors.len() * TILE_PX * TILE_PX) as f64;
     let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
     // A window of the picture: where it is, in leaked pixels.
     let window = scales.windows.then(|| {
@@ -1907,7 +1913,7 @@ mod tests {
         }
         // The planted mirror stands out, and the search names it.
         assert!(best.0 > 10.0, "planted pilot z {}", best.0);
-        assert_eq!(search.best_mirror(&img, map).map(|b| b.1), Some(best.1));
+        assert_eq!(search.best_mirror(&img, map, &Mirror::ALL).map(|b| b.1), Some(best.1));
         assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
     }
 
