@@ -152,12 +152,9 @@ impl Detector {
         sums: &mut SlotSums,
         scratch: &mut DetectScratch,
     ) {
-        let (pbx, pby) = (phase.0 / 8, phase.1 / 8);
-        self.weighted_blocks(resid, host, w, h, scratch, |i, j, wgt, proj| {
-            let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
-            let slots = &mut sums.x[tb * BAND.len()..(tb + 1) * BAND.len()];
-            for ((x, p), wk) in slots.iter_mut().zip(proj).zip(&self.weights) {
-                *x += wgt * f64::from(p * wk);
+        self.weighted_blocks(resid, host, (w, h), phase, scratch, |_, first, values| {
+            for (x, v) in sums.x[first..first + BAND.len()].iter_mut().zip(values) {
+                *x += v;
             }
         });
     }
@@ -178,17 +175,12 @@ impl Detector {
         scratch: &mut DetectScratch,
         out: &mut Vec<[f64; 2]>,
     ) {
-        let (pbx, pby) = (phase.0 / 8, phase.1 / 8);
         out.clear();
         out.resize((w / 8) * (h / 8), [0.0; 2]);
-        let bx = w / 8;
-        self.weighted_blocks(resid, host, w, h, scratch, |i, j, wgt, proj| {
-            let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
-            let slots = &self.layout.slots[tb * BAND.len()..(tb + 1) * BAND.len()];
-            let o = &mut out[j * bx + i];
-            for ((slot, p), wk) in slots.iter().zip(proj).zip(&self.weights) {
+        self.weighted_blocks(resid, host, (w, h), phase, scratch, |block, first, values| {
+            let o = &mut out[block];
+            for (slot, x) in self.layout.slots[first..first + BAND.len()].iter().zip(values) {
                 if slot.role == PILOT {
-                    let x = wgt * f64::from(p * wk);
                     o[0] += f64::from(slot.chip) * x;
                     o[1] += x * x;
                 }
@@ -196,19 +188,22 @@ impl Detector {
         });
     }
 
-    /// Calls `f(i, j, weight, projections)` for every whole block (column `i`, row `j`) of
-    /// a residual: its projections on the band, and the matched-filter weight the mask of
+    /// Calls `f(block, first_slot, values)` for every whole block (row-major index) of a
+    /// residual whose pixel (0, 0) sits at tile position `phase`: the index of its first
+    /// tile slot, and its projections on the band times the band weights and the
+    /// matched-filter weight the mask of
     /// `host` and the block's own noise give it.
     fn weighted_blocks(
         &self,
         resid: &[f32],
         host: &[f32],
-        w: usize,
-        h: usize,
+        (w, h): (usize, usize),
+        phase: (usize, usize),
         scratch: &mut DetectScratch,
-        mut f: impl FnMut(usize, usize, f64, &[f32; 9]),
+        mut f: impl FnMut(usize, usize, [f64; 9]),
     ) {
         let (bx, by) = (w / 8, h / 8);
+        let (pbx, pby) = (phase.0 / 8, phase.1 / 8);
         if bx == 0 || by == 0 {
             return;
         }
@@ -230,8 +225,10 @@ impl Detector {
                 }
                 // Expected mark amplitude over noise power: the matched-filter weight.
                 let m = scratch.mask[j * bx + i];
-                let noise = energy / 64.0 + 0.25;
-                f(i, j, f64::from(m / noise), &proj);
+                let wgt = f64::from(m / (energy / 64.0 + 0.25));
+                let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
+                let values: [f64; 9] = std::array::from_fn(|k| wgt * f64::from(proj[k] * self.weights[k]));
+                f(j * bx + i, tb * BAND.len(), values);
             }
         }
     }
