@@ -1316,10 +1316,44 @@ pub fn trace_accumulated(
     })
 }
 
-/// Reads the mark from `view` (already flipped by the mirror found) under `map`: the
-/// pilot's peak gives the tile's shift, and the accumulated residual, resampled so its
-/// blocks fall on the tile's, is read block by block with the mask of the mean picture.
-/// The sums and the shift; `None` when the view is too small for half a tile.
+/// A view resampled onto the mark's grid where the pilot put it, ready to read.
+struct Aligned {
+    /// The accumulated residual, its pixel (0, 0) on a block corner of the tile.
+    resid: Gray,
+    /// The mean picture on the same grid: it tells the mask where the mark is strong.
+    host: Gray,
+    /// Tile position of pixel (0, 0).
+    phase: (usize, usize),
+    /// The tile shift the pilot's peak gave.
+    shift: (f64, f64),
+    /// Where the grid starts in the view's grid ([`GridMap`] offset).
+    start: (f64, f64),
+}
+
+/// Aligns `view` (already flipped by the mirror found) under `map`: the pilot's peak gives
+/// the tile's shift, and the accumulated residual and the mean picture are resampled so
+/// their blocks fall on the tile's. `None` when the view is too small for half a tile.
+fn align_view(sync: &mut PilotSearch, view: &Analysis, map: Linear, frames: u64) -> Option<Aligned> {
+    let (_, peak) = sync.peak(&view.acc, map)?;
+    let shift = sync.subpixel(peak);
+    // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
+    // corner.
+    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
+    let resid = resample(&view.acc, map, start);
+    let phase = (
+        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
+    );
+    let mut host = resample(&view.host, map, start);
+    for v in host.data.iter_mut() {
+        *v /= frames as f32;
+    }
+    Some(Aligned { resid, host, phase, shift, start })
+}
+
+/// Reads the mark from `view` (already flipped by the mirror found) under `map`, block by
+/// block with the mask of the mean picture ([`align_view`]). The sums and the shift; `None`
+/// when the view is too small for half a tile.
 fn read_view(
     detector: &Detector,
     sync: &mut PilotSearch,
@@ -1327,33 +1361,19 @@ fn read_view(
     map: Linear,
     frames: u64,
 ) -> Option<(SlotSums, (f64, f64))> {
-    let (_, peak) = sync.peak(&view.acc, map)?;
-    let shift = sync.subpixel(peak);
-    // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
-    // corner.
-    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
-    let aligned = resample(&view.acc, map, start);
-    let phase = (
-        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
-        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
-    );
-    // The mean picture, on the same grid, tells the mask where the mark is strong.
-    let mut host = resample(&view.host, map, start);
-    for v in host.data.iter_mut() {
-        *v /= frames as f32;
-    }
+    let a = align_view(sync, view, map, frames)?;
     let mut sums = SlotSums::default();
     detector.accumulate(
-        &aligned.data,
-        &host.data,
-        aligned.w,
-        aligned.h,
-        phase,
+        &a.resid.data,
+        &a.host.data,
+        a.resid.w,
+        a.resid.h,
+        a.phase,
         &mut sums,
         &mut DetectScratch::default(),
     );
     sums.frames = frames;
-    Some((sums, shift))
+    Some((sums, a.shift))
 }
 
 /// Windows whose best coarse hypothesis is refined and read ([`search_windows`]).
@@ -1516,35 +1536,25 @@ fn fit_window(
         (view.acc, view.host) = (mirror.apply(&view.acc), mirror.apply(&view.host));
     }
     let map = map.mirrored(mirror);
-    let mut sync = PilotSearch::new(pilot);
-    let Some((_, peak)) = sync.peak(&view.acc, map) else {
+    let Some(aligned) = align_view(&mut PilotSearch::new(pilot), &view, map, frames) else {
         return (crop([x0, y0, x0 + window.acc.w, y0 + window.acc.h]), 1);
     };
-    let shift = sync.subpixel(peak);
-    let start = (shift.0.rem_euclid(8.0), shift.1.rem_euclid(8.0));
-    let aligned = resample(&view.acc, map, start);
-    let mut host = resample(&view.host, map, start);
-    host.data.iter_mut().for_each(|v| *v /= frames.max(1) as f32);
-    let phase = (
-        ((-(shift.0 - start.0)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
-        ((-(shift.1 - start.1)).rem_euclid(TILE_PX as f64).round() as usize) % TILE_PX,
-    );
     let mut blocks = Vec::new();
     detector.pilot_blocks(
-        &aligned.data,
-        &host.data,
-        aligned.w,
-        aligned.h,
-        phase,
+        &aligned.resid.data,
+        &aligned.host.data,
+        aligned.resid.w,
+        aligned.resid.h,
+        aligned.phase,
         &mut DetectScratch::default(),
         &mut blocks,
     );
-    let (bx, by) = (aligned.w / 8, aligned.h / 8);
+    let (bx, by) = (aligned.resid.w / 8, aligned.resid.h / 8);
     let Some(([i0, j0, i1, j1], tried)) = best_block_rectangle(&blocks, bx, by) else {
         return (crop([x0, y0, x0 + window.acc.w, y0 + window.acc.h]), 1);
     };
     // Back to the (flipped) view's pixels through the grid map, then to the parent's.
-    let g = GridMap::new(&view.acc, map, start);
+    let g = GridMap::new(&view.acc, map, aligned.start);
     let corner = |i: usize, j: usize| {
         let (u, v) = g.along(g.row(8 * j), 8 * i);
         (f64::from(u), f64::from(v))
