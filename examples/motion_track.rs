@@ -1,22 +1,23 @@
-//! Prints the global motion track the embedder follows (`tracemark/v2` marks move with it):
+//! Prints the global motion track the embedder follows (`tracemark/v3` marks move with it):
 //! one line per frame, the displacement of the picture since the first frame in pixels.
 //!
 //! ```text
-//! cargo run --release --example motion_track -- clip.mp4 [more.mp4 ...]
+//! cargo run --release --example motion_track -- [--v2] clip.mp4 [more.mp4 ...]
 //! ```
 //! With several clips the tracks are printed side by side (a copy's track against its
 //! source's, say). The first clip is tracked as the embedder tracks a source, the others
-//! as a detector tracks a copy.
+//! as a detector tracks a copy. `--v2` measures as `tracemark/v2` exports did.
 
 use anyhow::{Context, Result};
-use tracemark::core::motion::MotionTracker;
+use tracemark::core::motion::{MotionTracker, Tracking};
 use tracemark::core::video::VideoReader;
 use tracemark::core::Frame;
 
-fn track(path: &str, copy: bool) -> Result<Vec<(f64, f64)>> {
+fn track(path: &str, copy: bool, tracking: Tracking) -> Result<Vec<(f64, f64)>> {
     let mut r = VideoReader::open(path.as_ref()).with_context(|| format!("opening {path}"))?;
     let (w, h) = (r.info().width, r.info().height);
-    let mut t = if copy { MotionTracker::for_copy(w, h) } else { MotionTracker::new(w, h) };
+    let mut t =
+        if copy { MotionTracker::for_copy(w, h, tracking) } else { MotionTracker::new(w, h, tracking) };
     let mut f = Frame::new(w, h);
     let mut out = Vec::new();
     while r.read_frame(&mut f)? {
@@ -26,9 +27,16 @@ fn track(path: &str, copy: bool) -> Result<Vec<(f64, f64)>> {
 }
 
 fn main() -> Result<()> {
-    let paths: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(!paths.is_empty(), "usage: motion_track CLIP [CLIP ...]");
-    let tracks = paths.iter().enumerate().map(|(i, p)| track(p, i > 0)).collect::<Result<Vec<_>>>()?;
+    let mut paths: Vec<String> = std::env::args().skip(1).collect();
+    let tracking = if paths.first().is_some_and(|p| p == "--v2") {
+        paths.remove(0);
+        Tracking::SharedWindow
+    } else {
+        Tracking::OverlapWindow
+    };
+    anyhow::ensure!(!paths.is_empty(), "usage: motion_track [--v2] CLIP [CLIP ...]");
+    let tracks =
+        paths.iter().enumerate().map(|(i, p)| track(p, i > 0, tracking)).collect::<Result<Vec<_>>>()?;
     let n = tracks.iter().map(Vec::len).max().unwrap_or(0);
     for i in 0..n {
         let cols: Vec<String> =

@@ -572,9 +572,10 @@ struct EmbedArgs {
     /// Mark strength as the luma PSNR of the mark alone (higher = fainter).
     #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
     target_psnr: f64,
-    /// Mark layout: `v1` keeps the mark fixed on the screen, `v2` moves it with the
-    /// picture's global motion (far cheaper for the encoder on pans; the same on still shots).
-    #[arg(long, default_value = "v2", value_parser = ["v1", "v2"])]
+    /// Mark layout: `v1` keeps the mark fixed on the screen, `v3` moves it with the
+    /// picture's global motion (far cheaper for the encoder on pans; the same on still
+    /// shots), `v2` as v3 with the older motion measure that lets the mark slide on long pans.
+    #[arg(long, default_value = "v3", value_parser = ["v1", "v2", "v3"])]
     scheme: String,
     /// Print the export record as JSON.
     #[arg(long)]
@@ -737,7 +738,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
             break id;
         }
     };
-    let scheme = if a.scheme == "v2" { Scheme::FollowsMotion } else { Scheme::Fixed };
+    let scheme = Scheme::parse(&format!("tracemark/{}", a.scheme)).context("--scheme")?;
     let embed_config = EmbedConfig::new().with_target_psnr_db(a.target_psnr).with_scheme(scheme);
     embed_config.validate().context("--target-psnr")?;
     let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config)?);

@@ -654,7 +654,7 @@ fn traces_through_real_ffmpeg_mirrors_rotations_and_perspective() {
     }
 }
 
-/// New exports' marks move with the picture (`tracemark/v2`): on a pan the marked file is
+/// New exports' marks move with the picture (`tracemark/v3`): on a pan the marked file is
 /// far smaller than with the mark fixed on the screen, and the copy is traced with and
 /// without the source, mirrored and rescaled too.
 #[test]
@@ -666,7 +666,7 @@ fn a_pan_exported_with_the_moving_mark_is_small_and_traced() {
     let list: Value =
         serde_json::from_str(&ok(&["registry", "list", "--registry", "reg.db", "--json"], s.p())).unwrap();
     let params: Value = serde_json::from_str(list[0]["embed_params"].as_str().unwrap()).unwrap();
-    assert_eq!(params["scheme"], "tracemark/v2", "{params}");
+    assert_eq!(params["scheme"], "tracemark/v3", "{params}");
     // The same export with the mark fixed on the screen (the older layout).
     assert!(s.embed_with("channel-C", &src, "c.mp4", &["--scheme", "v1"]).status.success());
     let size = |f: &str| std::fs::metadata(s.p().join(f)).unwrap().len() as f64;
@@ -690,21 +690,20 @@ fn a_pan_exported_with_the_moving_mark_is_small_and_traced() {
     }
 }
 
-/// An export made before the mark moved with the picture (`tracemark/v1`, by the build of
-/// commit ccdb74a; see testdata/PROVENANCE.md) is still traced, with and without the source.
-#[test]
-fn an_export_made_with_the_fixed_mark_is_still_traced() {
+/// Traces an export made by an older build (`testdata/PROVENANCE.md`): its key, registry
+/// and marked copy of `pan1080-1s.mp4`, with and without the source.
+fn trace_old_export(version: &str, recipient: &str) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("unit.key");
-    std::fs::copy(testdata("v1-export.key"), &key).unwrap();
+    std::fs::copy(testdata(&format!("{version}-export.key")), &key).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let registry = dir.path().join("reg.db");
-    std::fs::copy(testdata("v1-export.db"), &registry).unwrap();
-    let (leak, src) = (testdata("pan1080-1s-v1-export.mp4"), testdata("pan1080-1s.mp4"));
+    std::fs::copy(testdata(&format!("{version}-export.db")), &registry).unwrap();
+    let (leak, src) = (testdata(&format!("pan1080-1s-{version}-export.mp4")), testdata("pan1080-1s.mp4"));
     for original in [Some(src.as_path()), None] {
         let mut args =
             vec!["trace", "--key", "unit.key", "--registry", "reg.db", "--json", leak.to_str().unwrap()];
@@ -712,7 +711,21 @@ fn an_export_made_with_the_fixed_mark_is_still_traced() {
             args.extend(["--original", o.to_str().unwrap()]);
         }
         let r: Value = serde_json::from_str(ok(&args, dir.path()).trim()).unwrap();
-        assert_eq!(r["verdict"], "identified", "{original:?}: {r}");
-        assert_eq!(r["suspects"][0]["recipient"], "old-export", "{original:?}: {r}");
+        assert_eq!(r["verdict"], "identified", "{version} {original:?}: {r}");
+        assert_eq!(r["suspects"][0]["recipient"], recipient, "{version} {original:?}: {r}");
     }
+}
+
+/// An export made before the mark moved with the picture (`tracemark/v1`, by the build of
+/// commit ccdb74a) is still traced, with and without the source.
+#[test]
+fn an_export_made_with_the_fixed_mark_is_still_traced() {
+    trace_old_export("v1", "old-export");
+}
+
+/// An export whose mark followed the older, biased motion measure (`tracemark/v2`, by the
+/// build of commit c356757) is still traced, with and without the source.
+#[test]
+fn an_export_made_with_the_v2_moving_mark_is_still_traced() {
+    trace_old_export("v2", "old-export-v2");
 }

@@ -245,7 +245,7 @@ impl Embedder {
 
     /// Marks `frame` in place (luma only) whose content has moved by `motion` picture
     /// pixels since the first frame ([`crate::motion::MotionTracker::track`]). Under
-    /// [`Scheme::FollowsMotion`] the tile moves as far; under [`Scheme::Fixed`] `motion` is
+    /// a scheme that follows motion the tile moves as far; under [`Scheme::Fixed`] `motion` is
     /// ignored.
     pub fn embed_at(&self, frame: &mut Frame, motion: (f64, f64), s: &mut EmbedScratch) -> EmbedStats {
         let (w, h) = (frame.width(), frame.height());
@@ -464,8 +464,8 @@ impl FrameTransform for Embedder {
     fn new_scratch(&self) -> EmbedScratch {
         EmbedScratch::default()
     }
-    fn tracks_motion(&self) -> bool {
-        self.config.scheme == Scheme::FollowsMotion
+    fn motion_tracking(&self) -> Option<crate::motion::Tracking> {
+        self.config.scheme.tracking()
     }
     fn apply(
         &self,

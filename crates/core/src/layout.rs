@@ -10,6 +10,7 @@ use rand_core::RngCore;
 
 use crate::dct::{self, BAND};
 use crate::key::{MasterKey, Purpose};
+use crate::motion::Tracking;
 use crate::payload::CODE_BITS;
 
 /// Tile side in blocks (128 working-grid pixels).
@@ -30,20 +31,36 @@ pub enum Scheme {
     Fixed,
     /// `tracemark/v2`: the tile moves with the picture's global motion (see
     /// [`crate::motion`]), so the encoder's motion compensation carries it; on a still
-    /// shot it is the same mark as `Fixed`. What new exports use.
-    #[default]
+    /// shot it is the same mark as `Fixed`. Its motion measure falls 2-3% short on a
+    /// steady pan ([`Tracking::SharedWindow`]), so the mark slides against the picture.
     FollowsMotion,
+    /// `tracemark/v3`: as `FollowsMotion`, with the motion measured without that bias
+    /// ([`Tracking::OverlapWindow`]): the mark stays on the picture through a pan. What
+    /// new exports use.
+    #[default]
+    FollowsMotionExactly,
 }
 
 impl Scheme {
     /// Every scheme, oldest first.
-    pub const ALL: [Scheme; 2] = [Scheme::Fixed, Scheme::FollowsMotion];
+    pub const ALL: [Scheme; 3] = [Scheme::Fixed, Scheme::FollowsMotion, Scheme::FollowsMotionExactly];
 
     /// The name recorded in the registry.
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Fixed => "tracemark/v1",
             Scheme::FollowsMotion => "tracemark/v2",
+            Scheme::FollowsMotionExactly => "tracemark/v3",
+        }
+    }
+
+    /// How the picture's motion is measured for the tile to follow it; `None` for a tile
+    /// fixed on the screen.
+    pub fn tracking(self) -> Option<Tracking> {
+        match self {
+            Scheme::Fixed => None,
+            Scheme::FollowsMotion => Some(Tracking::SharedWindow),
+            Scheme::FollowsMotionExactly => Some(Tracking::OverlapWindow),
         }
     }
 
@@ -53,7 +70,7 @@ impl Scheme {
     pub fn tile_offset(self, grid: &crate::grid::Grid, motion: (f64, f64)) -> (f64, f64) {
         match self {
             Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion => grid.to_work(motion),
+            Scheme::FollowsMotion | Scheme::FollowsMotionExactly => grid.to_work(motion),
         }
     }
 
@@ -147,7 +164,8 @@ mod tests {
             assert_eq!(Scheme::parse(s.as_str()), Some(s));
         }
         assert_eq!(Scheme::parse("tracemark/v9"), None);
-        assert_eq!(Scheme::default(), Scheme::FollowsMotion);
+        assert_eq!(Scheme::default(), Scheme::FollowsMotionExactly);
+        assert_eq!(Scheme::Fixed.tracking(), None);
     }
 
     #[test]

@@ -18,11 +18,11 @@ pub trait FrameTransform: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
     /// Makes one scratch area (called once per pipeline slot, not per frame).
     fn new_scratch(&self) -> Self::Scratch;
-    /// Whether [`FrameTransform::apply`] needs [`FrameAt::motion`]. The pipeline then
-    /// tracks the picture's global motion on the decoding thread, frame after frame, with
-    /// a [`crate::motion::MotionTracker`]; otherwise `motion` is zero.
-    fn tracks_motion(&self) -> bool {
-        false
+    /// Whether [`FrameTransform::apply`] needs [`FrameAt::motion`], measured how. The
+    /// pipeline then tracks the picture's global motion on the decoding thread, frame
+    /// after frame, with a [`crate::motion::MotionTracker`]; otherwise `motion` is zero.
+    fn motion_tracking(&self) -> Option<crate::motion::Tracking> {
+        None
     }
     /// Transforms `frame` in place.
     ///
@@ -39,7 +39,7 @@ pub struct FrameAt {
     pub index: u64,
     /// Displacement of the picture content since the first frame, in picture pixels
     /// (see [`crate::motion::MotionTracker::track`]); zero unless the transform
-    /// [tracks motion](FrameTransform::tracks_motion).
+    /// [tracks motion](FrameTransform::motion_tracking).
     pub motion: (f64, f64),
 }
 

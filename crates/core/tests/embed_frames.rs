@@ -169,7 +169,7 @@ fn odd_and_tiny_frames_do_not_panic() {
 }
 
 fn moving_embedder() -> Embedder {
-    embedder_with(Scheme::FollowsMotion)
+    embedder_with(Scheme::default())
 }
 
 #[test]

@@ -112,13 +112,13 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     for (si, _) in sources.iter().enumerate() {
         for k in 0..keys_per_source {
             let key = MasterKey::from_seed(rng.next_u64());
-            // A registry of old and new exports: on a moving picture both layouts are
-            // searched, and both count in the family.
+            // A registry of old and new exports: on a moving picture every layout is
+            // searched, and each counts in the family.
             let candidates: Vec<Candidate> = (0..candidates_per_trial)
                 .map(|i| Candidate {
                     mark_id: MarkId(rng.next_u64()),
                     recipient: format!("r{i}"),
-                    scheme: if i % 2 == 0 { Scheme::Fixed } else { Scheme::FollowsMotion },
+                    scheme: Scheme::ALL[i % Scheme::ALL.len()],
                 })
                 .collect();
             plan.push((si, k, key, candidates));

@@ -271,7 +271,7 @@ fn decode_loop<T: FrameTransform>(
     let mut index = 0u64;
     let mut current: Option<Slot<T::Scratch>> = None;
     let mut tracker =
-        transform.tracks_motion().then(|| MotionTracker::new(reader.info().width, reader.info().height));
+        transform.motion_tracking().map(|t| MotionTracker::new(reader.info().width, reader.info().height, t));
     loop {
         if cancel.load(Ordering::Relaxed) {
             return;

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use tracemark_core::layout::Scheme;
 use tracemark_core::layout::{PILOT, TILE_PX};
-use tracemark_core::motion::MotionTracker;
+use tracemark_core::motion::{MotionTracker, Tracking};
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::{Frame, MasterKey};
 
@@ -44,11 +44,15 @@ struct FrameScratch {
     /// The frame on the grid, and its whitened residual (the outputs).
     picture: Gray,
     white: Gray,
-    /// Both moved back by the picture's motion since the first frame, when it moved.
-    moved_picture: Gray,
-    moved_white: Gray,
-    moved: bool,
+    /// Both moved back by the picture's motion since the first frame as each tracking
+    /// measures it ([`Tracking::index`]), when it moved.
+    moved_picture: [Gray; Tracking::ALL.len()],
+    moved_white: [Gray; Tracking::ALL.len()],
+    moved: [bool; Tracking::ALL.len()],
 }
+
+/// The picture's motion since the first frame as each tracking measures it ([`Tracking::index`]).
+type Motion = [(f64, f64); Tracking::ALL.len()];
 
 /// `out(q) = src(q + d)`, bilinear, zero where a tap falls outside `src`.
 fn shift_into(src: &Gray, (dx, dy): (f64, f64), out: &mut Gray) {
@@ -1083,9 +1087,10 @@ pub fn trace_blind(
 pub struct BlindAccumulation {
     views: Vec<Analysis>,
     /// The same sums with every frame moved back by the picture's motion since the first
-    /// frame (where a mark that follows the motion stands still); `None` when the picture
-    /// never moved, so both are the same.
-    moved: Option<Vec<Analysis>>,
+    /// frame (where a mark that follows the motion stands still), per way of measuring
+    /// that motion ([`Tracking::index`]: old exports' marks follow the older measure);
+    /// `None` when the picture never moved, so they are the same.
+    moved: [Option<Vec<Analysis>>; Tracking::ALL.len()],
     frames: u64,
     /// Picture size of the leaked clip.
     size: (usize, usize),
@@ -1116,7 +1121,7 @@ pub fn accumulate_blind(
     let mut views = analyses(info.width, info.height, sar);
     // Until the picture first moves, the moved-back sums are the plain ones: they start as
     // a copy of them then.
-    let mut moved: Option<Vec<Analysis>> = None;
+    let mut moved: [Option<Vec<Analysis>>; Tracking::ALL.len()] = Default::default();
     let frame_size = (info.width, info.height);
     // One thread decodes while the others whiten the previous batch in parallel; frames
     // go round between them, so the loop allocates nothing once they are made.
@@ -1128,7 +1133,7 @@ pub fn accumulate_blind(
     let limit = (config.max_frames > 0).then_some(config.max_frames as u64);
     let mut frames = 0u64;
     std::thread::scope(|scope| -> Result<()> {
-        let (decoded_tx, decoded) = mpsc::sync_channel::<(Frame, (f64, f64))>(batch_len);
+        let (decoded_tx, decoded) = mpsc::sync_channel::<(Frame, Motion)>(batch_len);
         let (free, free_rx) = mpsc::channel::<Frame>();
         for _ in 0..2 * batch_len {
             free.send(Frame::new(info.width, info.height)).expect("the receiver is here");
@@ -1138,14 +1143,15 @@ pub fn accumulate_blind(
             .spawn_scoped(scope, move || -> Result<()> {
                 let mut read = 0u64;
                 // Motion is a running sum over frames in order: tracked here.
-                let mut tracker = MotionTracker::for_copy(frame_size.0, frame_size.1);
+                let mut trackers =
+                    Tracking::ALL.map(|t| MotionTracker::for_copy(frame_size.0, frame_size.1, t));
                 // Stops at the end, at the frame limit, or when the consumer hangs up.
                 while let Ok(mut f) = free_rx.recv() {
                     if limit.is_some_and(|l| read >= l) || !r.read_frame(&mut f).map_err(Error::Video)? {
                         break;
                     }
                     read += 1;
-                    let motion = tracker.track(&f.y);
+                    let motion = trackers.each_mut().map(|t| t.track(&f.y));
                     if decoded_tx.send((f, motion)).is_err() {
                         break;
                     }
@@ -1153,7 +1159,7 @@ pub fn accumulate_blind(
                 Ok(())
             })
             .expect("spawning the decoder thread");
-        let mut batch: Vec<(Frame, (f64, f64))> = Vec::with_capacity(batch_len);
+        let mut batch: Vec<(Frame, Motion)> = Vec::with_capacity(batch_len);
         let consumed = (|| -> Result<()> {
             loop {
                 while batch.len() < batch_len {
@@ -1173,15 +1179,17 @@ pub fn accumulate_blind(
                         let picture = std::mem::take(&mut s.picture);
                         whiten_into(&picture, s, &mut white);
                         (s.white, s.picture) = (white, picture);
-                        s.moved = *motion != (0.0, 0.0);
-                        if s.moved {
-                            // In grid pixels: the grid is the picture resampled to w x h.
-                            let d = (
-                                motion.0 * w as f64 / f.y.width() as f64,
-                                motion.1 * h as f64 / f.y.height() as f64,
-                            );
-                            shift_into(&s.white, d, &mut s.moved_white);
-                            shift_into(&s.picture, d, &mut s.moved_picture);
+                        for (t, motion) in motion.iter().enumerate() {
+                            s.moved[t] = *motion != (0.0, 0.0);
+                            if s.moved[t] {
+                                // In grid pixels: the grid is the picture resampled to w x h.
+                                let d = (
+                                    motion.0 * w as f64 / f.y.width() as f64,
+                                    motion.1 * h as f64 / f.y.height() as f64,
+                                );
+                                shift_into(&s.white, d, &mut s.moved_white[t]);
+                                shift_into(&s.picture, d, &mut s.moved_picture[t]);
+                            }
                         }
                     }
                 });
@@ -1191,15 +1199,18 @@ pub fn accumulate_blind(
                 };
                 for per_view in &scratch[..n] {
                     // Every grid of a frame sees the same motion.
-                    if moved.is_none() && per_view.iter().any(|s| s.moved) {
-                        moved = Some(views.clone());
+                    for (t, moved) in moved.iter_mut().enumerate() {
+                        if moved.is_none() && per_view.iter().any(|s| s.moved[t]) {
+                            *moved = Some(views.clone());
+                        }
                     }
                     for (vi, (v, s)) in views.iter_mut().zip(per_view).enumerate() {
                         add(&mut v.acc, &s.white);
                         add(&mut v.host, &s.picture);
-                        if let Some(m) = moved.as_mut().map(|m| &mut m[vi]) {
-                            let (white, picture) = if s.moved {
-                                (&s.moved_white, &s.moved_picture)
+                        for (t, moved) in moved.iter_mut().enumerate() {
+                            let Some(m) = moved.as_mut().map(|m| &mut m[vi]) else { continue };
+                            let (white, picture) = if s.moved[t] {
+                                (&s.moved_white[t], &s.moved_picture[t])
                             } else {
                                 (&s.white, &s.picture)
                             };
@@ -1246,21 +1257,21 @@ pub fn trace_accumulated(
     // when the picture moved, from the plain sums too: the embedder follows a pan, not a
     // hand-held shake, and the copy's motion is measured through whatever a channel laid
     // over it. Each search is a reading with its own candidates.
-    let moving: Vec<Candidate> = candidates.iter().filter(|c| c.scheme != Scheme::Fixed).cloned().collect();
-    // With no registry the mark is decoded blind, as new exports lay it out.
-    let wants_moving = !moving.is_empty() || candidates.is_empty();
     // Last, windows of the finest view: a small picture-in-picture whose mark the rest of
     // the picture would drown. Windows are searched as they are (a tracker following the
     // whole picture follows the studio, not the inset).
     let windows = pip_windows(&acc.views[0]);
     let mut plan: Vec<Planned> = Vec::new();
-    match &acc.moved {
-        Some(moved) if wants_moving => {
+    // Newest layout first. With no registry the mark is decoded blind, as new exports lay it out.
+    for tracking in Tracking::ALL.into_iter().rev() {
+        let Some(moved) = &acc.moved[tracking.index()] else { continue };
+        let follows = |s: Scheme| s.tracking() == Some(tracking);
+        let moving: Vec<Candidate> = candidates.iter().filter(|c| follows(c.scheme)).cloned().collect();
+        if !moving.is_empty() || (candidates.is_empty() && follows(Scheme::default())) {
             plan.push(Planned { views: moved, scales: WHOLE_PICTURE, candidates: moving });
-            plan.push(Planned { views: &acc.views, scales: WHOLE_PICTURE, candidates: candidates.to_vec() });
         }
-        _ => plan.push(Planned { views: &acc.views, scales: WHOLE_PICTURE, candidates: candidates.to_vec() }),
     }
+    plan.push(Planned { views: &acc.views, scales: WHOLE_PICTURE, candidates: candidates.to_vec() });
     if !windows.is_empty() {
         plan.push(Planned { views: &windows, scales: PICTURE_IN_PICTURE, candidates: candidates.to_vec() });
     }

@@ -47,7 +47,7 @@ pub struct ExportCheck {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let key = MasterKey::load("unit.key".as_ref())?;
 /// let (source, copy) = ("cam3.avi".as_ref(), "copy-A.mp4".as_ref());
-/// let check = check_export(&key, source, copy, MarkId(7), Scheme::FollowsMotion, 2.0, 1e-6)?;
+/// let check = check_export(&key, source, copy, MarkId(7), Scheme::default(), 2.0, 1e-6)?;
 /// assert!(check.identified, "the export would not be traceable");
 /// # Ok(()) }
 /// ```
@@ -103,7 +103,7 @@ pub fn check_export(
     let mut sums = SlotSums::default();
     let mut scratch = DetectScratch::default();
     // The embedder's own motion track, from the same source frames.
-    let mut tracker = (scheme == Scheme::FollowsMotion).then(|| MotionTracker::new(si.width, si.height));
+    let mut tracker = scheme.tracking().map(|t| MotionTracker::new(si.width, si.height, t));
     let mut frames = 0u64;
     while frames < max_frames {
         if !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {

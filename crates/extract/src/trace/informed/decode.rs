@@ -60,18 +60,19 @@ pub(super) struct Clip {
     pub(super) store: Option<Vec<Box<[u16]>>>,
     pub(super) store_size: (usize, usize),
     /// The picture's displacement since the first frame, per frame, in picture pixels
-    /// (the embedder's [`MotionTracker`] on the same frames), when asked for.
-    pub(super) motion: Vec<(f64, f64)>,
+    /// (the embedder's [`MotionTracker`] on the same frames), by each tracking asked for
+    /// (indexed by [`Tracking::index`]; zero for the others).
+    pub(super) motion: Vec<[(f64, f64); Tracking::ALL.len()]>,
 }
 
 /// Decodes up to `limit` frames (0 = all) of `path` into thumbnails at `thumb_factor`
 /// picture pixels per thumbnail pixel and, budget permitting, frames at `store_size`; with
-/// `track_motion`, the motion of every frame too.
+/// `trackings`, the motion of every frame measured each of those ways too.
 pub(super) fn decode_clip(
     path: &Path,
     thumb_factor: f64,
     store_size: (usize, usize),
-    (limit, track_motion): (usize, bool),
+    (limit, trackings): (usize, &[Tracking]),
     shared: &Shared,
 ) -> Result<Clip> {
     let mut reader = open(path)?;
@@ -92,7 +93,7 @@ pub(super) fn decode_clip(
     let frame_bytes = work.len() * std::mem::size_of::<u16>();
     let mut frame = Frame::new(w, h);
     let tb = info.time_base;
-    let mut tracker = track_motion.then(|| MotionTracker::new(w, h));
+    let mut trackers: Vec<MotionTracker> = trackings.iter().map(|&t| MotionTracker::new(w, h, t)).collect();
     let mut clip = Clip {
         info,
         thumbs: Vec::new(),
@@ -116,8 +117,12 @@ pub(super) fn decode_clip(
             thumb_down.run(&frame.y, &mut thumb.data);
         }
         clip.thumbs.push(Thumb::from_gray(&thumb));
-        if let Some(t) = tracker.as_mut() {
-            clip.motion.push(t.track(&frame.y));
+        if !trackers.is_empty() {
+            let mut m = [(0.0, 0.0); Tracking::ALL.len()];
+            for t in &mut trackers {
+                m[t.tracking().index()] = t.track(&frame.y);
+            }
+            clip.motion.push(m);
         }
         let t = seconds(frame.pts, tb);
         clip.times.push(t - *start.get_or_insert(t));
@@ -146,19 +151,19 @@ pub(super) fn decode_both(
     thumb_factor: f64,
     sizes: ((usize, usize), (usize, usize)),
     leak_limit: usize,
-    track_source_motion: bool,
+    source_trackings: &[Tracking],
     shared: &Shared,
     progress: &mut ProgressFn<'_>,
     total: Option<u64>,
 ) -> Result<(Clip, Clip)> {
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
-        let spawn = |path: &'static str, p: &Path, size, limit: (usize, bool)| {
+        let spawn = |path: &'static str, p: &Path, size, limit: (usize, Vec<Tracking>)| {
             let (tx, p) = (tx.clone(), p.to_path_buf());
             std::thread::Builder::new()
                 .name(format!("tracemark-decode-{path}"))
                 .spawn_scoped(s, move || {
-                    let r = decode_clip(&p, thumb_factor, size, limit, shared);
+                    let r = decode_clip(&p, thumb_factor, size, (limit.0, &limit.1), shared);
                     if r.is_err() {
                         shared.cancel.store(true, Ordering::Relaxed);
                     }
@@ -168,8 +173,8 @@ pub(super) fn decode_both(
                 })
                 .expect("spawning a decoder thread")
         };
-        let leak = spawn("leaked", leaked, sizes.0, (leak_limit, false));
-        let src = spawn("source", source, sizes.1, (0, track_source_motion));
+        let leak = spawn("leaked", leaked, sizes.0, (leak_limit, Vec::new()));
+        let src = spawn("source", source, sizes.1, (0, source_trackings.to_vec()));
         let mut finished = 0;
         let mut stopped = None;
         while finished < 2 {

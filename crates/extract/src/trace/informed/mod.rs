@@ -14,7 +14,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 use tracemark_core::grid::Grid;
 use tracemark_core::layout::Scheme;
-use tracemark_core::motion::MotionTracker;
+use tracemark_core::motion::{MotionTracker, Tracking};
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::video::{VideoInfo, VideoReader};
 use tracemark_core::{Error as CoreError, Frame, MasterKey};
@@ -37,6 +37,16 @@ use decode::*;
 use reading::*;
 use spatial::*;
 use time_align::*;
+
+/// The ways the source's motion must be measured for the candidates' layouts (with no
+/// registry, the mark is decoded blind, as new exports lay it out).
+fn source_trackings(candidates: &[Candidate]) -> Vec<Tracking> {
+    let mut schemes: Vec<Scheme> = candidates.iter().map(|c| c.scheme).collect();
+    if schemes.is_empty() {
+        schemes.push(Scheme::default());
+    }
+    Tracking::ALL.into_iter().filter(|t| schemes.iter().any(|s| s.tracking() == Some(*t))).collect()
+}
 
 /// Informed trace: registers the leaked clip against `source` in time and space, subtracts
 /// the source, and reads the mark from what is left.
@@ -97,8 +107,7 @@ pub fn trace_informed(
         factor,
         (leak_size, (grid.work_w, grid.work_h)),
         config.max_frames,
-        // No registry: the mark is decoded blind, as new exports lay it out.
-        candidates.is_empty() || candidates.iter().any(|c| c.scheme == Scheme::FollowsMotion),
+        &source_trackings(candidates),
         &shared,
         progress,
         total,
@@ -145,7 +154,7 @@ pub fn trace_informed(
     }
     // One reading per mark layout in the registry; on a source that never moves the
     // layouts are the same mark, read once.
-    let still = src.motion.iter().all(|&m| m == (0.0, 0.0));
+    let still = src.motion.iter().flatten().all(|&m| m == (0.0, 0.0));
     let mut groups: Vec<(Scheme, Vec<Candidate>)> = Vec::new();
     for c in candidates {
         let scheme = if still { Scheme::Fixed } else { c.scheme };
@@ -155,7 +164,7 @@ pub fn trace_informed(
         }
     }
     if groups.is_empty() {
-        groups.push((if still { Scheme::Fixed } else { Scheme::FollowsMotion }, Vec::new()));
+        groups.push((if still { Scheme::Fixed } else { Scheme::default() }, Vec::new()));
     }
     let schemes: Vec<Scheme> = groups.iter().map(|g| g.0).collect();
     let ctx = Informed {

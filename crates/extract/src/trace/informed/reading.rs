@@ -146,11 +146,12 @@ impl Informed<'_> {
                 refined_ncc = Some(v);
             }
             // Where each layout's tile sits on the source's working grid in this frame.
-            let motion = match *m {
-                Some(m) => self.src.motion.get(m).copied().unwrap_or_default(),
-                None => (0.0, 0.0),
-            };
-            let offsets = self.schemes.iter().map(|s| s.tile_offset(grid, motion)).collect();
+            let motion = m.and_then(|m| self.src.motion.get(m).copied()).unwrap_or_default();
+            let offsets = self
+                .schemes
+                .iter()
+                .map(|s| s.tile_offset(grid, s.tracking().map_or((0.0, 0.0), |t| motion[t.index()])))
+                .collect();
             batch.push(PairToRead { k, src: src_pic, leak: leak_pic, offsets });
             if batch.len() == batch_len {
                 merge(&mut batch, &warp);
