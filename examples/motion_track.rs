@@ -21,8 +21,11 @@ fn track(path: &str, copy: bool, tracking: Tracking) -> Result<Vec<(f64, f64)>> 
     let mut f = Frame::new(w, h);
     let mut out = Vec::new();
     while r.read_frame(&mut f)? {
-        out.push(t.track(&f.y));
+        t.push(&f.y);
+        out.extend(std::iter::from_fn(|| t.pop()));
     }
+    t.finish();
+    out.extend(std::iter::from_fn(|| t.pop()));
     Ok(out)
 }
 

@@ -1,6 +1,6 @@
 //! File to file: decode → parallel transform → encode, written atomically.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,7 +210,9 @@ pub fn transcode_with_commit<T: FrameTransform>(
     let skipped_streams = writer.skipped_streams().to_vec();
 
     let threads = config.effective_threads();
-    let in_flight = config.effective_in_flight();
+    // A motion tracker holds frames until their motion is final: they need slots too.
+    let lag = if transform.motion_tracking().is_some() { MotionTracker::MAX_LAG } else { 0 };
+    let in_flight = config.effective_in_flight() + lag;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("tracemark-frame-{i}"))
@@ -272,6 +274,18 @@ fn decode_loop<T: FrameTransform>(
     let mut current: Option<Slot<T::Scratch>> = None;
     let mut tracker =
         transform.motion_tracking().map(|t| MotionTracker::new(reader.info().width, reader.info().height, t));
+    // Frames decoded whose motion is not final yet, oldest first.
+    let mut waiting: VecDeque<Slot<T::Scratch>> = VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
+    let mut dispatched = 0u64;
+    let mut dispatch = |mut slot: Slot<T::Scratch>, motion: (f64, f64)| {
+        let (t, d, i) = (Arc::clone(&transform), done.clone(), dispatched);
+        pool.spawn(move || {
+            let at = FrameAt { index: i, motion };
+            let r = t.apply(&mut slot.frame, at, &mut slot.scratch).map_err(|e| e.into());
+            let _ = d.send(Msg::Done(i, slot, r));
+        });
+        dispatched += 1;
+    };
     loop {
         if cancel.load(Ordering::Relaxed) {
             return;
@@ -287,14 +301,17 @@ fn decode_loop<T: FrameTransform>(
             Ok(ReadEvent::Frame) => {
                 // Motion is a running sum: it is tracked here, in decode order, before the
                 // frames go their parallel ways.
-                let motion = tracker.as_mut().map_or((0.0, 0.0), |t| t.track(&slot.frame.y));
-                let (t, d, i) = (Arc::clone(&transform), done.clone(), index);
-                pool.spawn(move || {
-                    let at = FrameAt { index: i, motion };
-                    let r = t.apply(&mut slot.frame, at, &mut slot.scratch).map_err(|e| e.into());
-                    let _ = d.send(Msg::Done(i, slot, r));
-                });
                 index += 1;
+                match tracker.as_mut() {
+                    Some(t) => {
+                        t.push(&slot.frame.y);
+                        waiting.push_back(slot);
+                        while let Some(motion) = t.pop() {
+                            dispatch(waiting.pop_front().expect("one frame waits per motion"), motion);
+                        }
+                    }
+                    None => dispatch(slot, (0.0, 0.0)),
+                }
             }
             Ok(ReadEvent::Packet(p)) => {
                 current = Some(slot);
@@ -303,6 +320,13 @@ fn decode_loop<T: FrameTransform>(
                 }
             }
             Ok(ReadEvent::End) => {
+                if let Some(t) = tracker.as_mut() {
+                    t.finish();
+                    while let Some(motion) = t.pop() {
+                        dispatch(waiting.pop_front().expect("one frame waits per motion"), motion);
+                    }
+                }
+                debug_assert_eq!(dispatched, index);
                 let _ = done.send(Msg::End(Ok(index)));
                 return;
             }

@@ -1,5 +1,6 @@
 //! Blind trace: no source. The mark's pilot is found by its own periodic structure.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -1135,7 +1136,8 @@ pub fn accumulate_blind(
     std::thread::scope(|scope| -> Result<()> {
         let (decoded_tx, decoded) = mpsc::sync_channel::<(Frame, Motion)>(batch_len);
         let (free, free_rx) = mpsc::channel::<Frame>();
-        for _ in 0..2 * batch_len {
+        // The trackers hold up to MAX_LAG frames until their motion is final.
+        for _ in 0..2 * batch_len + MotionTracker::MAX_LAG {
             free.send(Frame::new(info.width, info.height)).expect("the receiver is here");
         }
         let decoder = std::thread::Builder::new()
@@ -1145,15 +1147,35 @@ pub fn accumulate_blind(
                 // Motion is a running sum over frames in order: tracked here.
                 let mut trackers =
                     Tracking::ALL.map(|t| MotionTracker::for_copy(frame_size.0, frame_size.1, t));
+                // Frames read whose motion is not final by every tracker yet, and how many
+                // of them (from the front) each tracker has filled in.
+                let mut waiting: VecDeque<(Frame, Motion)> =
+                    VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
+                let mut filled = [0usize; Tracking::ALL.len()];
+                let mut end = false;
                 // Stops at the end, at the frame limit, or when the consumer hangs up.
-                while let Ok(mut f) = free_rx.recv() {
+                while !end {
+                    let Ok(mut f) = free_rx.recv() else { break };
                     if limit.is_some_and(|l| read >= l) || !r.read_frame(&mut f).map_err(Error::Video)? {
-                        break;
+                        end = true;
+                        trackers.iter_mut().for_each(MotionTracker::finish);
+                    } else {
+                        read += 1;
+                        trackers.iter_mut().for_each(|t| t.push(&f.y));
+                        waiting.push_back((f, Motion::default()));
                     }
-                    read += 1;
-                    let motion = trackers.each_mut().map(|t| t.track(&f.y));
-                    if decoded_tx.send((f, motion)).is_err() {
-                        break;
+                    for (t, filled) in trackers.iter_mut().zip(&mut filled) {
+                        while let Some(d) = t.pop() {
+                            waiting[*filled].1[t.tracking().index()] = d;
+                            *filled += 1;
+                        }
+                    }
+                    let ready = filled.iter().copied().min().unwrap_or(0);
+                    filled.iter_mut().for_each(|n| *n -= ready);
+                    for frame in waiting.drain(..ready) {
+                        if decoded_tx.send(frame).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
                 Ok(())

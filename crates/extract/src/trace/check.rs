@@ -6,6 +6,7 @@
 //! is the marked frame minus the source frame on the working grid, read at tile phase 0.
 //! Only the export's own mark id is scored.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use tracemark_core::grid::Grid;
@@ -98,40 +99,63 @@ pub fn check_export(
     let mut down = (!grid.is_native())
         .then(|| (Downscaler::new(si.width, si.height, w, h), Downscaler::new(oi.width, oi.height, w, h)));
     let (mut fs, mut fo) = (Frame::new(si.width, si.height), Frame::new(oi.width, oi.height));
-    let (mut host, mut marked_px) = (vec![0f32; w * h], vec![0f32; w * h]);
-    let mut resid = vec![0f32; w * h];
+    let mut marked_px = vec![0f32; w * h];
     let mut sums = SlotSums::default();
     let mut scratch = DetectScratch::default();
-    // The embedder's own motion track, from the same source frames.
+    // The embedder's own motion track, from the same source frames; frames wait (their
+    // residual and source picture) until the tracker has made their motion final.
     let mut tracker = scheme.tracking().map(|t| MotionTracker::new(si.width, si.height, t));
+    let mut waiting: VecDeque<(Vec<f32>, Vec<f32>)> = VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
+    let mut spare: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     let mut frames = 0u64;
-    while frames < max_frames {
-        if !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {
-            break;
-        }
-        let motion = tracker.as_mut().map_or((0.0, 0.0), |t| t.track(&fs.y));
-        match &mut down {
-            Some((ds, dout)) => {
-                ds.run(&fs.y, &mut host);
-                dout.run(&fo.y, &mut marked_px);
+    let mut read_all = false;
+    while !read_all {
+        if frames >= max_frames || !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {
+            read_all = true;
+            if let Some(t) = tracker.as_mut() {
+                t.finish();
             }
-            None => {
-                for y in 0..h {
-                    let (a, b) = (&fs.y.row(y)[..w], &fo.y.row(y)[..w]);
-                    for x in 0..w {
-                        host[y * w + x] = f32::from(a[x]);
-                        marked_px[y * w + x] = f32::from(b[x]);
+        } else {
+            frames += 1;
+            let (mut resid, mut host) = spare.pop().unwrap_or_else(|| (vec![0f32; w * h], vec![0f32; w * h]));
+            match &mut down {
+                Some((ds, dout)) => {
+                    ds.run(&fs.y, &mut host);
+                    dout.run(&fo.y, &mut marked_px);
+                }
+                None => {
+                    for y in 0..h {
+                        let (a, b) = (&fs.y.row(y)[..w], &fo.y.row(y)[..w]);
+                        for x in 0..w {
+                            host[y * w + x] = f32::from(a[x]);
+                            marked_px[y * w + x] = f32::from(b[x]);
+                        }
                     }
                 }
             }
+            for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
+                *r = m - s;
+            }
+            if let Some(t) = tracker.as_mut() {
+                t.push(&fs.y);
+            }
+            waiting.push_back((resid, host));
         }
-        for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
-            *r = m - s;
+        loop {
+            let motion = match tracker.as_mut() {
+                Some(t) => match t.pop() {
+                    Some(m) => m,
+                    None => break,
+                },
+                None if !waiting.is_empty() => (0.0, 0.0),
+                None => break,
+            };
+            let (resid, host) = waiting.pop_front().expect("one frame waits per motion");
+            let offset = scheme.tile_offset(&grid, motion);
+            detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
+            detector.end_frame(&mut sums);
+            spare.push((resid, host));
         }
-        let offset = scheme.tile_offset(&grid, motion);
-        detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
-        detector.end_frame(&mut sums);
-        frames += 1;
     }
     if frames == 0 {
         return Err(Error::NoFrames);

@@ -94,6 +94,8 @@ pub(super) fn decode_clip(
     let mut frame = Frame::new(w, h);
     let tb = info.time_base;
     let mut trackers: Vec<MotionTracker> = trackings.iter().map(|&t| MotionTracker::new(w, h, t)).collect();
+    // Frames whose motion each tracking has handed out.
+    let mut filled = [0usize; Tracking::ALL.len()];
     let mut clip = Clip {
         info,
         thumbs: Vec::new(),
@@ -118,11 +120,12 @@ pub(super) fn decode_clip(
         }
         clip.thumbs.push(Thumb::from_gray(&thumb));
         if !trackers.is_empty() {
-            let mut m = [(0.0, 0.0); Tracking::ALL.len()];
+            // Each tracker hands out a frame's motion when it is final: filled in as they come.
+            clip.motion.push([(0.0, 0.0); Tracking::ALL.len()]);
             for t in &mut trackers {
-                m[t.tracking().index()] = t.track(&frame.y);
+                t.push(&frame.y);
+                fill_motion(t, &mut clip.motion, &mut filled[t.tracking().index()]);
             }
-            clip.motion.push(m);
         }
         let t = seconds(frame.pts, tb);
         clip.times.push(t - *start.get_or_insert(t));
@@ -139,7 +142,19 @@ pub(super) fn decode_clip(
         }
         shared.done.fetch_add(1, Ordering::Relaxed);
     }
+    for t in &mut trackers {
+        t.finish();
+        fill_motion(t, &mut clip.motion, &mut filled[t.tracking().index()]);
+    }
     Ok(clip)
+}
+
+/// Writes the displacements `t` has made final into `motion`, from frame `*filled` on.
+fn fill_motion(t: &mut MotionTracker, motion: &mut [[(f64, f64); Tracking::ALL.len()]], filled: &mut usize) {
+    while let Some(d) = t.pop() {
+        motion[*filled][t.tracking().index()] = d;
+        *filled += 1;
+    }
 }
 
 /// Decodes the leaked clip and the source at the same time, reporting progress from this
