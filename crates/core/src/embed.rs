@@ -114,6 +114,29 @@ fn add_interpolated(
     }
 }
 
+/// `out(q) = src(q + start)` (bilinear, `start` >= 0, taps past the last row or column
+/// repeat it) over `ow` x `oh`: the working image as the moved tile's blocks see it.
+fn shift_onto_blocks(
+    src: &[f32],
+    (w, h): (usize, usize),
+    start: (f64, f64),
+    (ow, oh): (usize, usize),
+    out: &mut [f32],
+) {
+    let (x0, y0) = (start.0.floor() as usize, start.1.floor() as usize);
+    let (fx, fy) = ((start.0 - x0 as f64) as f32, (start.1 - y0 as f64) as f32);
+    for (y, o) in out.chunks_exact_mut(ow).take(oh).enumerate() {
+        let r0 = &src[(y + y0).min(h - 1) * w..][..w];
+        let r1 = &src[(y + y0 + 1).min(h - 1) * w..][..w];
+        for (x, o) in o.iter_mut().enumerate() {
+            let (a, b) = ((x + x0).min(w - 1), (x + x0 + 1).min(w - 1));
+            let top = r0[a] + (r0[b] - r0[a]) * fx;
+            let bottom = r1[a] + (r1[b] - r1[a]) * fx;
+            *o = top + (bottom - top) * fy;
+        }
+    }
+}
+
 /// Adds the mark of one export. Cheap to share between threads (`Sync`).
 #[derive(Clone, Debug)]
 pub struct Embedder {
@@ -126,6 +149,15 @@ pub struct Embedder {
     /// The same pattern as one `TILE_PX` x `TILE_PX` image (row-major), for a mark that
     /// does not sit on whole blocks of the working grid.
     tile: Vec<f32>,
+}
+
+/// Which blocks' mask scales a moved mark.
+#[derive(Clone, Copy)]
+enum MovedMask {
+    /// The working grid's own blocks ([`Scheme::FollowsMotion`]).
+    OnGrid,
+    /// The moved tile's blocks ([`Scheme::FollowsMotionExactly`]).
+    OnTile,
 }
 
 /// Working memory of one frame in flight; sized on first use and reused.
@@ -146,6 +178,11 @@ pub struct EmbedScratch {
     moved_y: LinearTaps,
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
+    /// The working image moved so the moved tile's block corners sit on multiples of 8
+    /// ([`Scheme::FollowsMotionExactly`]), and the mask of those blocks.
+    moved_work: Vec<f32>,
+    moved_mask_raw: Vec<f32>,
+    moved_mask: Vec<f32>,
 }
 
 impl EmbedScratch {
@@ -167,6 +204,9 @@ impl EmbedScratch {
         self.resid = vec![0.0; g.work_w * g.work_h];
         self.mask_raw = vec![0.0; nblocks];
         self.mask = vec![0.0; nblocks];
+        self.moved_work = vec![0.0; g.blocks_x() * 8 * g.blocks_y() * 8];
+        self.moved_mask_raw = vec![0.0; nblocks];
+        self.moved_mask = vec![0.0; nblocks];
         self.grid = Some(g);
         g
     }
@@ -263,11 +303,32 @@ impl Embedder {
         } else {
             grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
         }
+        let offset = self.config.scheme.tile_offset(&g, motion);
+        if offset != (0.0, 0.0) && self.config.scheme == Scheme::FollowsMotionExactly {
+            // The mask of the moved tile's own blocks (as many as the grid has), so each
+            // block's strength travels with the picture under it and the encoder sees one
+            // mark, moved.
+            let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
+            shift_onto_blocks(&s.work, (g.work_w, g.work_h), start, (bx * 8, by * 8), &mut s.moved_work);
+            mask::compute(
+                &self.config.mask,
+                &s.moved_work,
+                bx * 8,
+                bx,
+                by,
+                &mut s.moved_mask_raw,
+                &mut s.moved_mask,
+            );
+            let strength = self.strength(&s.moved_mask, g.work_w * g.work_h);
+            self.add_moved(frame, &g, strength, offset, MovedMask::OnTile, s);
+            let sum_m2: f32 = s.moved_mask.iter().map(|m| m * m).sum();
+            let mark_rms = strength * (sum_m2 / (g.work_w * g.work_h) as f32).sqrt();
+            return EmbedStats { strength, mark_rms };
+        }
         mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
         let strength = self.strength(&s.mask, g.work_w * g.work_h);
-        let offset = self.config.scheme.tile_offset(&g, motion);
         if offset != (0.0, 0.0) {
-            self.add_moved(frame, &g, strength, offset, s);
+            self.add_moved(frame, &g, strength, offset, MovedMask::OnGrid, s);
         } else if g.is_native() {
             for j in 0..by {
                 for i in 0..bx {
@@ -312,6 +373,7 @@ impl Embedder {
         g: &Grid,
         strength: f32,
         offset: (f64, f64),
+        mask: MovedMask,
         s: &mut EmbedScratch,
     ) {
         let (bx, by, ww) = (g.blocks_x(), g.blocks_y(), g.work_w);
@@ -320,12 +382,30 @@ impl Embedder {
         // Tile pixel of working pixel x is (x - ix) mod TILE_PX.
         let (sx, sy) = ((-ix).rem_euclid(TILE_PX as f64) as usize, (-iy).rem_euclid(TILE_PX as f64) as usize);
         s.resid.fill(0.0);
-        for y in 0..by * 8 {
-            let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
-            let mrow = &s.mask[(y / 8) * bx..][..bx];
-            let out = &mut s.resid[y * ww..][..bx * 8];
-            for (x, o) in out.iter_mut().enumerate() {
-                *o = strength * mrow[x / 8] * trow[(x + sx) % TILE_PX];
+        match mask {
+            MovedMask::OnGrid => {
+                for y in 0..by * 8 {
+                    let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
+                    let mrow = &s.mask[(y / 8) * bx..][..bx];
+                    let out = &mut s.resid[y * ww..][..bx * 8];
+                    for (x, o) in out.iter_mut().enumerate() {
+                        *o = strength * mrow[x / 8] * trow[(x + sx) % TILE_PX];
+                    }
+                }
+            }
+            MovedMask::OnTile => {
+                // The moved blocks start at the whole pixels of the move, modulo 8: the
+                // mark covers them up to the picture's edge (the strip before the first
+                // stays unmarked, as the partial blocks at a still grid's edges do).
+                let (px, py) = (ix.rem_euclid(8.0) as usize, iy.rem_euclid(8.0) as usize);
+                for y in py..(py + by * 8).min(g.work_h) {
+                    let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
+                    let mrow = &s.moved_mask[((y - py) / 8) * bx..][..bx];
+                    let out = &mut s.resid[y * ww + px..(y + 1) * ww];
+                    for (x, o) in (px..).zip(out.iter_mut().take(bx * 8)) {
+                        *o = strength * mrow[(x - px) / 8] * trow[(x + sx) % TILE_PX];
+                    }
+                }
             }
         }
         s.moved_x.refill(ww, g.frame_w, fx);
@@ -371,64 +451,95 @@ impl Embedder {
                 work[v * ww + u] = acc / (sx * sy);
             }
         }
-        let mut raw = vec![0f32; bx * by];
-        for j in 0..by {
-            for i in 0..bx {
-                let px: [f64; 64] = std::array::from_fn(|k| work[(j * 8 + k / 8) * ww + i * 8 + k % 8]);
-                let mean = px.iter().sum::<f64>() / 64.0;
-                raw[j * bx + i] = self.config.mask.block_value(mean as f32, mask::texture_std(&px) as f32);
+        // The mask of 8x8 blocks of the working image whose corners sit at `start` + 8n.
+        let block_mask = |start: (f64, f64), nx: usize, ny: usize| {
+            // Bilinear, taps past the last row or column repeating it.
+            let at = |x: f64, y: f64| {
+                let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+                let (fx, fy) = (x - x0 as f64, y - y0 as f64);
+                let p = |a: usize, b: usize| work[b.min(wh - 1) * ww + a.min(ww - 1)];
+                let top = p(x0, y0) + (p(x0 + 1, y0) - p(x0, y0)) * fx;
+                let bottom = p(x0, y0 + 1) + (p(x0 + 1, y0 + 1) - p(x0, y0 + 1)) * fx;
+                top + (bottom - top) * fy
+            };
+            let mut raw = vec![0f32; nx * ny];
+            for j in 0..ny {
+                for i in 0..nx {
+                    let px: [f64; 64] = std::array::from_fn(|k| {
+                        at(start.0 + (i * 8 + k % 8) as f64, start.1 + (j * 8 + k / 8) as f64)
+                    });
+                    let mean = px.iter().sum::<f64>() / 64.0;
+                    raw[j * nx + i] =
+                        self.config.mask.block_value(mean as f32, mask::texture_std(&px) as f32);
+                }
             }
-        }
-        let mut m = vec![0f32; bx * by];
-        mask::smooth(&raw, bx, by, &mut m);
-        let strength = f64::from(self.strength(&m, ww * wh));
+            let mut m = vec![0f32; nx * ny];
+            mask::smooth(&raw, nx, ny, &mut m);
+            m
+        };
         let weights = dct::band_weights();
         let offset = self.config.scheme.tile_offset(&g, motion);
         let (ix, iy) = (offset.0.floor(), offset.1.floor());
         let frac = (offset.0 - ix, offset.1 - iy);
+        let on_tile = offset != (0.0, 0.0) && self.config.scheme == Scheme::FollowsMotionExactly;
+        // The mask of the tile's own blocks when it moves under v3, else of the grid's.
+        let (m, phase) = if on_tile {
+            let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
+            (block_mask(start, bx, by), (ix.rem_euclid(8.0) as usize, iy.rem_euclid(8.0) as usize))
+        } else {
+            (block_mask((0.0, 0.0), bx, by), (0, 0))
+        };
+        let mask_at = |x: usize, y: usize| {
+            let (u, v) = (x.checked_sub(phase.0)? / 8, y.checked_sub(phase.1)? / 8);
+            (u < bx && v < by).then(|| f64::from(m[v * bx + u]))
+        };
+        let strength = f64::from(self.strength(&m, ww * wh));
         // Tile pixels are read at (p - whole pixels of the move), modulo the tile.
         let at_tile = |p: usize, whole: f64| (p as f64 - whole).rem_euclid(TILE_PX as f64) as usize;
         let mut resid = vec![0f64; ww * wh];
-        for j in 0..by {
-            for i in 0..bx {
-                if offset != (0.0, 0.0) {
-                    // The unit-mask mark of the tile, block by block from its coefficients.
-                    for y in j * 8..j * 8 + 8 {
-                        for x in i * 8..i * 8 + 8 {
-                            let (tx, ty) = (at_tile(x, ix), at_tile(y, iy));
-                            let tb = (ty / 8) * TILE_BLOCKS + tx / 8;
-                            let mut coefs = [0f64; 64];
-                            for (k, &(fv, fu)) in BAND.iter().enumerate() {
-                                let slot = self.layout.slots[tb * BAND.len() + k];
-                                let sign = if slot.role == PILOT {
-                                    1.0
-                                } else {
-                                    f64::from(self.codeword[slot.role as usize])
-                                };
-                                coefs[fv * 8 + fu] = f64::from(weights[k]) * f64::from(slot.chip) * sign;
-                            }
-                            let block = dct::inverse_reference(&coefs);
-                            resid[y * ww + x] =
-                                strength * f64::from(m[j * bx + i]) * block[(ty % 8) * 8 + tx % 8];
-                        }
+        if offset != (0.0, 0.0) {
+            // The unit-mask mark of the tile, pixel by pixel from its blocks' coefficients.
+            for y in 0..wh {
+                for x in 0..ww {
+                    let Some(mask) = mask_at(x, y) else { continue };
+                    let (tx, ty) = (at_tile(x, ix), at_tile(y, iy));
+                    let tb = (ty / 8) * TILE_BLOCKS + tx / 8;
+                    let mut coefs = [0f64; 64];
+                    for (k, &(fv, fu)) in BAND.iter().enumerate() {
+                        let slot = self.layout.slots[tb * BAND.len() + k];
+                        let sign = if slot.role == PILOT {
+                            1.0
+                        } else {
+                            f64::from(self.codeword[slot.role as usize])
+                        };
+                        coefs[fv * 8 + fu] = f64::from(weights[k]) * f64::from(slot.chip) * sign;
                     }
-                    continue;
+                    let block = dct::inverse_reference(&coefs);
+                    resid[y * ww + x] = strength * mask * block[(ty % 8) * 8 + tx % 8];
                 }
-                let tb = (j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS;
-                let mut coefs = [0f64; 64];
-                for (k, &(fv, fu)) in BAND.iter().enumerate() {
-                    let slot = self.layout.slots[tb * BAND.len() + k];
-                    let sign =
-                        if slot.role == PILOT { 1.0 } else { f64::from(self.codeword[slot.role as usize]) };
-                    coefs[fv * 8 + fu] = strength
-                        * f64::from(m[j * bx + i])
-                        * f64::from(weights[k])
-                        * f64::from(slot.chip)
-                        * sign;
-                }
-                let block = dct::inverse_reference(&coefs);
-                for (k, v) in block.iter().enumerate() {
-                    resid[(j * 8 + k / 8) * ww + i * 8 + k % 8] = *v;
+            }
+        } else {
+            for j in 0..by {
+                for i in 0..bx {
+                    let tb = (j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS;
+                    let mut coefs = [0f64; 64];
+                    for (k, &(fv, fu)) in BAND.iter().enumerate() {
+                        let slot = self.layout.slots[tb * BAND.len() + k];
+                        let sign = if slot.role == PILOT {
+                            1.0
+                        } else {
+                            f64::from(self.codeword[slot.role as usize])
+                        };
+                        coefs[fv * 8 + fu] = strength
+                            * f64::from(m[j * bx + i])
+                            * f64::from(weights[k])
+                            * f64::from(slot.chip)
+                            * sign;
+                    }
+                    let block = dct::inverse_reference(&coefs);
+                    for (k, v) in block.iter().enumerate() {
+                        resid[(j * 8 + k / 8) * ww + i * 8 + k % 8] = *v;
+                    }
                 }
             }
         }
