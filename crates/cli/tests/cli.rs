@@ -670,10 +670,10 @@ fn a_pan_exported_with_the_moving_mark_is_small_and_traced() {
     // The same export with the mark fixed on the screen (the older layout).
     assert!(s.embed_with("channel-C", &src, "c.mp4", &["--scheme", "v1"]).status.success());
     let size = |f: &str| std::fs::metadata(s.p().join(f)).unwrap().len() as f64;
-    // On this 30-frame cut the mark holds still for the pan's first 7 frames (it follows a
-    // translation once it has lasted 8), so the saving is smaller than on a whole pan
-    // (2.6x the plain file down to about 1.2x, BENCHMARKS.md): 0.76x measured here.
-    assert!(size("b.mp4") < 0.85 * size("c.mp4"), "moving mark {} vs fixed {}", size("b.mp4"), size("c.mp4"));
+    // On this 30-frame cut at preset ultrafast: 0.61x measured (v2, whose mark slid against
+    // the picture and whose mask stayed on the screen's grid: 0.82x; on 6 s of the pan at
+    // preset medium, 2.7x the plain file with the fixed mark, 0.95x with v3, BENCHMARKS.md).
+    assert!(size("b.mp4") < 0.7 * size("c.mp4"), "moving mark {} vs fixed {}", size("b.mp4"), size("c.mp4"));
     let x264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p"];
     for (name, vf) in [("scaled", "scale=1280:720"), ("hflip", "hflip,scale=1280:720")] {
         let out = format!("{name}.mp4");

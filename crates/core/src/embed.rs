@@ -497,48 +497,34 @@ impl Embedder {
         // Tile pixels are read at (p - whole pixels of the move), modulo the tile.
         let at_tile = |p: usize, whole: f64| (p as f64 - whole).rem_euclid(TILE_PX as f64) as usize;
         let mut resid = vec![0f64; ww * wh];
+        // The unit-strength mark of tile block `tb`, from its coefficients.
+        let unit_block = |tb: usize| {
+            let mut coefs = [0f64; 64];
+            for (k, &(fv, fu)) in BAND.iter().enumerate() {
+                let slot = self.layout.slots[tb * BAND.len() + k];
+                let sign =
+                    if slot.role == PILOT { 1.0 } else { f64::from(self.codeword[slot.role as usize]) };
+                coefs[fv * 8 + fu] = f64::from(weights[k]) * f64::from(slot.chip) * sign;
+            }
+            dct::inverse_reference(&coefs)
+        };
         if offset != (0.0, 0.0) {
-            // The unit-mask mark of the tile, pixel by pixel from its blocks' coefficients.
+            // The moved tile, pixel by pixel.
             for y in 0..wh {
                 for x in 0..ww {
                     let Some(mask) = mask_at(x, y) else { continue };
                     let (tx, ty) = (at_tile(x, ix), at_tile(y, iy));
-                    let tb = (ty / 8) * TILE_BLOCKS + tx / 8;
-                    let mut coefs = [0f64; 64];
-                    for (k, &(fv, fu)) in BAND.iter().enumerate() {
-                        let slot = self.layout.slots[tb * BAND.len() + k];
-                        let sign = if slot.role == PILOT {
-                            1.0
-                        } else {
-                            f64::from(self.codeword[slot.role as usize])
-                        };
-                        coefs[fv * 8 + fu] = f64::from(weights[k]) * f64::from(slot.chip) * sign;
-                    }
-                    let block = dct::inverse_reference(&coefs);
+                    let block = unit_block((ty / 8) * TILE_BLOCKS + tx / 8);
                     resid[y * ww + x] = strength * mask * block[(ty % 8) * 8 + tx % 8];
                 }
             }
         } else {
             for j in 0..by {
                 for i in 0..bx {
-                    let tb = (j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS;
-                    let mut coefs = [0f64; 64];
-                    for (k, &(fv, fu)) in BAND.iter().enumerate() {
-                        let slot = self.layout.slots[tb * BAND.len() + k];
-                        let sign = if slot.role == PILOT {
-                            1.0
-                        } else {
-                            f64::from(self.codeword[slot.role as usize])
-                        };
-                        coefs[fv * 8 + fu] = strength
-                            * f64::from(m[j * bx + i])
-                            * f64::from(weights[k])
-                            * f64::from(slot.chip)
-                            * sign;
-                    }
-                    let block = dct::inverse_reference(&coefs);
+                    let block = unit_block((j % TILE_BLOCKS) * TILE_BLOCKS + i % TILE_BLOCKS);
+                    let a = strength * f64::from(m[j * bx + i]);
                     for (k, v) in block.iter().enumerate() {
-                        resid[(j * 8 + k / 8) * ww + i * 8 + k % 8] = *v;
+                        resid[(j * 8 + k / 8) * ww + i * 8 + k % 8] = a * v;
                     }
                 }
             }

@@ -1078,7 +1078,15 @@ pub fn trace_blind(
     config: &TraceConfig,
     progress: &mut ProgressFn<'_>,
 ) -> Result<TraceResult> {
-    let acc = accumulate_blind(leaked, config, progress)?;
+    // Only the motion measures the candidates' layouts need (with no registry, the mark is
+    // decoded blind, as new exports lay it out).
+    let mut schemes: Vec<Scheme> = candidates.iter().map(|c| c.scheme).collect();
+    if schemes.is_empty() {
+        schemes.push(Scheme::default());
+    }
+    let trackings: Vec<Tracking> =
+        Tracking::ALL.into_iter().filter(|t| schemes.iter().any(|s| s.tracking() == Some(*t))).collect();
+    let acc = accumulate_blind_tracking(leaked, &trackings, config, progress)?;
     trace_accumulated(key, &acc, candidates, config)
 }
 
@@ -1105,9 +1113,20 @@ impl BlindAccumulation {
 }
 
 /// Decodes `leaked` and sums its whitened frames (the key-independent half of
-/// [`trace_blind`]).
+/// [`trace_blind`]), moved back by the copy's motion as every layout measures it.
 pub fn accumulate_blind(
     leaked: &Path,
+    config: &TraceConfig,
+    progress: &mut ProgressFn<'_>,
+) -> Result<BlindAccumulation> {
+    accumulate_blind_tracking(leaked, &Tracking::ALL, config, progress)
+}
+
+/// [`accumulate_blind`] with the copy's motion measured only the ways in `trackings`
+/// (marks of other layouts that follow motion are then read from the unmoved sums only).
+pub fn accumulate_blind_tracking(
+    leaked: &Path,
+    trackings: &[Tracking],
     config: &TraceConfig,
     progress: &mut ProgressFn<'_>,
 ) -> Result<BlindAccumulation> {
@@ -1145,13 +1164,15 @@ pub fn accumulate_blind(
             .spawn_scoped(scope, move || -> Result<()> {
                 let mut read = 0u64;
                 // Motion is a running sum over frames in order: tracked here.
-                let mut trackers =
-                    Tracking::ALL.map(|t| MotionTracker::for_copy(frame_size.0, frame_size.1, t));
+                let mut trackers: Vec<MotionTracker> = trackings
+                    .iter()
+                    .map(|&t| MotionTracker::for_copy(frame_size.0, frame_size.1, t))
+                    .collect();
                 // Frames read whose motion is not final by every tracker yet, and how many
                 // of them (from the front) each tracker has filled in.
                 let mut waiting: VecDeque<(Frame, Motion)> =
                     VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
-                let mut filled = [0usize; Tracking::ALL.len()];
+                let mut filled = vec![0usize; trackers.len()];
                 let mut end = false;
                 // Stops at the end, at the frame limit, or when the consumer hangs up.
                 while !end {
@@ -1170,7 +1191,7 @@ pub fn accumulate_blind(
                             *filled += 1;
                         }
                     }
-                    let ready = filled.iter().copied().min().unwrap_or(0);
+                    let ready = filled.iter().copied().min().unwrap_or(waiting.len());
                     filled.iter_mut().for_each(|n| *n -= ready);
                     for frame in waiting.drain(..ready) {
                         if decoded_tx.send(frame).is_err() {

@@ -20,7 +20,10 @@ mod blind;
 mod check;
 mod informed;
 
-pub use blind::{accumulate_blind, trace_accumulated, trace_blind, BlindAccumulation, BLIND_MIN_SIDE};
+pub use blind::{
+    accumulate_blind, accumulate_blind_tracking, trace_accumulated, trace_blind, BlindAccumulation,
+    BLIND_MIN_SIDE,
+};
 pub use check::{check_export, ExportCheck};
 pub use informed::trace_informed;
 
