@@ -151,15 +151,6 @@ pub struct Embedder {
     tile: Vec<f32>,
 }
 
-/// Which blocks' mask scales a moved mark.
-#[derive(Clone, Copy)]
-enum MovedMask {
-    /// The working grid's own blocks ([`Scheme::FollowsMotion`]).
-    OnGrid,
-    /// The moved tile's blocks ([`Scheme::FollowsMotionExactly`]).
-    OnTile,
-}
-
 /// Working memory of one frame in flight; sized on first use and reused.
 #[derive(Debug, Default)]
 pub struct EmbedScratch {
@@ -179,10 +170,8 @@ pub struct EmbedScratch {
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
     /// The working image moved so the moved tile's block corners sit on multiples of 8
-    /// ([`Scheme::FollowsMotionExactly`]), and the mask of those blocks.
+    /// ([`Scheme::FollowsMotionExactly`]).
     moved_work: Vec<f32>,
-    moved_mask_raw: Vec<f32>,
-    moved_mask: Vec<f32>,
 }
 
 impl EmbedScratch {
@@ -205,8 +194,6 @@ impl EmbedScratch {
         self.mask_raw = vec![0.0; nblocks];
         self.mask = vec![0.0; nblocks];
         self.moved_work = vec![0.0; g.blocks_x() * 8 * g.blocks_y() * 8];
-        self.moved_mask_raw = vec![0.0; nblocks];
-        self.moved_mask = vec![0.0; nblocks];
         self.grid = Some(g);
         g
     }
@@ -304,31 +291,22 @@ impl Embedder {
             grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
         }
         let offset = self.config.scheme.tile_offset(&g, motion);
-        if offset != (0.0, 0.0) && self.config.scheme == Scheme::FollowsMotionExactly {
-            // The mask of the moved tile's own blocks (as many as the grid has), so each
-            // block's strength travels with the picture under it and the encoder sees one
-            // mark, moved.
+        // Under v3 a moved tile is scaled by the mask of its own blocks (as many as the grid
+        // has), so each block's strength travels with the picture under it and the encoder
+        // sees one mark, moved; otherwise by the grid's blocks. `phase`: where the first
+        // mask block starts on the working grid.
+        let phase = if offset != (0.0, 0.0) && self.config.scheme == Scheme::FollowsMotionExactly {
             let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
             shift_onto_blocks(&s.work, (g.work_w, g.work_h), start, (bx * 8, by * 8), &mut s.moved_work);
-            mask::compute(
-                &self.config.mask,
-                &s.moved_work,
-                bx * 8,
-                bx,
-                by,
-                &mut s.moved_mask_raw,
-                &mut s.moved_mask,
-            );
-            let strength = self.strength(&s.moved_mask, g.work_w * g.work_h);
-            self.add_moved(frame, &g, strength, offset, MovedMask::OnTile, s);
-            let sum_m2: f32 = s.moved_mask.iter().map(|m| m * m).sum();
-            let mark_rms = strength * (sum_m2 / (g.work_w * g.work_h) as f32).sqrt();
-            return EmbedStats { strength, mark_rms };
-        }
-        mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
+            mask::compute(&self.config.mask, &s.moved_work, bx * 8, bx, by, &mut s.mask_raw, &mut s.mask);
+            (offset.0.floor().rem_euclid(8.0) as usize, offset.1.floor().rem_euclid(8.0) as usize)
+        } else {
+            mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
+            (0, 0)
+        };
         let strength = self.strength(&s.mask, g.work_w * g.work_h);
         if offset != (0.0, 0.0) {
-            self.add_moved(frame, &g, strength, offset, MovedMask::OnGrid, s);
+            self.add_moved(frame, &g, strength, offset, phase, s);
         } else if g.is_native() {
             for j in 0..by {
                 for i in 0..bx {
@@ -373,7 +351,7 @@ impl Embedder {
         g: &Grid,
         strength: f32,
         offset: (f64, f64),
-        mask: MovedMask,
+        phase: (usize, usize),
         s: &mut EmbedScratch,
     ) {
         let (bx, by, ww) = (g.blocks_x(), g.blocks_y(), g.work_w);
@@ -382,30 +360,16 @@ impl Embedder {
         // Tile pixel of working pixel x is (x - ix) mod TILE_PX.
         let (sx, sy) = ((-ix).rem_euclid(TILE_PX as f64) as usize, (-iy).rem_euclid(TILE_PX as f64) as usize);
         s.resid.fill(0.0);
-        match mask {
-            MovedMask::OnGrid => {
-                for y in 0..by * 8 {
-                    let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
-                    let mrow = &s.mask[(y / 8) * bx..][..bx];
-                    let out = &mut s.resid[y * ww..][..bx * 8];
-                    for (x, o) in out.iter_mut().enumerate() {
-                        *o = strength * mrow[x / 8] * trow[(x + sx) % TILE_PX];
-                    }
-                }
-            }
-            MovedMask::OnTile => {
-                // The moved blocks start at the whole pixels of the move, modulo 8: the
-                // mark covers them up to the picture's edge (the strip before the first
-                // stays unmarked, as the partial blocks at a still grid's edges do).
-                let (px, py) = (ix.rem_euclid(8.0) as usize, iy.rem_euclid(8.0) as usize);
-                for y in py..(py + by * 8).min(g.work_h) {
-                    let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
-                    let mrow = &s.moved_mask[((y - py) / 8) * bx..][..bx];
-                    let out = &mut s.resid[y * ww + px..(y + 1) * ww];
-                    for (x, o) in (px..).zip(out.iter_mut().take(bx * 8)) {
-                        *o = strength * mrow[(x - px) / 8] * trow[(x + sx) % TILE_PX];
-                    }
-                }
+        // The mask's blocks start at `phase` (the whole pixels of a v3 move, modulo 8): the
+        // mark covers them up to the picture's edge (the strip before the first stays
+        // unmarked, as the partial blocks at a still grid's edges do).
+        let (px, py) = phase;
+        for y in py..(py + by * 8).min(g.work_h) {
+            let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
+            let mrow = &s.mask[((y - py) / 8) * bx..][..bx];
+            let out = &mut s.resid[y * ww + px..(y + 1) * ww];
+            for (x, o) in (px..).zip(out.iter_mut().take(bx * 8)) {
+                *o = strength * mrow[(x - px) / 8] * trow[(x + sx) % TILE_PX];
             }
         }
         s.moved_x.refill(ww, g.frame_w, fx);
