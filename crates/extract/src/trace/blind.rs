@@ -1078,15 +1078,8 @@ pub fn trace_blind(
     config: &TraceConfig,
     progress: &mut ProgressFn<'_>,
 ) -> Result<TraceResult> {
-    // Only the motion measures the candidates' layouts need (with no registry, the mark is
-    // decoded blind, as new exports lay it out).
-    let mut schemes: Vec<Scheme> = candidates.iter().map(|c| c.scheme).collect();
-    if schemes.is_empty() {
-        schemes.push(Scheme::default());
-    }
-    let trackings: Vec<Tracking> =
-        Tracking::ALL.into_iter().filter(|t| schemes.iter().any(|s| s.tracking() == Some(*t))).collect();
-    let acc = accumulate_blind_tracking(leaked, &trackings, config, progress)?;
+    // Only the motion measures the candidates' layouts need.
+    let acc = accumulate_blind_tracking(leaked, &super::trackings_for(candidates), config, progress)?;
     trace_accumulated(key, &acc, candidates, config)
 }
 

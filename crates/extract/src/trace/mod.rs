@@ -27,6 +27,18 @@ pub use blind::{
 pub use check::{check_export, ExportCheck};
 pub use informed::trace_informed;
 
+/// The ways a picture's motion must be measured to read the candidates' layouts (with no
+/// registry, the mark is decoded blind, as new exports lay it out).
+fn trackings_for(candidates: &[crate::Candidate]) -> Vec<tracemark_core::motion::Tracking> {
+    use tracemark_core::layout::Scheme;
+    use tracemark_core::motion::Tracking;
+    let mut schemes: Vec<Scheme> = candidates.iter().map(|c| c.scheme).collect();
+    if schemes.is_empty() {
+        schemes.push(Scheme::default());
+    }
+    Tracking::ALL.into_iter().filter(|t| schemes.iter().any(|s| s.tracking() == Some(*t))).collect()
+}
+
 /// Default [`TraceConfig::memory_budget`]: 768 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 768 << 20;
 

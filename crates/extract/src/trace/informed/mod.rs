@@ -38,16 +38,6 @@ use reading::*;
 use spatial::*;
 use time_align::*;
 
-/// The ways the source's motion must be measured for the candidates' layouts (with no
-/// registry, the mark is decoded blind, as new exports lay it out).
-fn source_trackings(candidates: &[Candidate]) -> Vec<Tracking> {
-    let mut schemes: Vec<Scheme> = candidates.iter().map(|c| c.scheme).collect();
-    if schemes.is_empty() {
-        schemes.push(Scheme::default());
-    }
-    Tracking::ALL.into_iter().filter(|t| schemes.iter().any(|s| s.tracking() == Some(*t))).collect()
-}
-
 /// Informed trace: registers the leaked clip against `source` in time and space, subtracts
 /// the source, and reads the mark from what is left.
 ///
@@ -107,7 +97,7 @@ pub fn trace_informed(
         factor,
         (leak_size, (grid.work_w, grid.work_h)),
         config.max_frames,
-        &source_trackings(candidates),
+        &super::trackings_for(candidates),
         &shared,
         progress,
         total,
