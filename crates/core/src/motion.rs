@@ -530,6 +530,108 @@ impl MotionTracker {
     }
 }
 
+/// A frame's displacement since the first frame by each tracking (indexed by
+/// [`Tracking::index`]; zero for trackings not run).
+pub type Displacements = [(f64, f64); Tracking::ALL.len()];
+
+/// Items (a frame and whatever rides along with it) held until every tracker's displacement
+/// for them is final, then handed on in display order: the one place that drains trackers.
+#[derive(Debug)]
+pub struct TrackedQueue<T> {
+    trackers: Vec<MotionTracker>,
+    /// Items measured and not yet handed on, with the displacements known so far.
+    waiting: std::collections::VecDeque<(T, Displacements)>,
+    /// How many of the waiting items (from the front) each tracker has filled in.
+    filled: Vec<usize>,
+}
+
+impl<T> TrackedQueue<T> {
+    /// A queue measuring with `trackers` (none: items are handed on at once, unmoved).
+    pub fn new(trackers: Vec<MotionTracker>) -> Self {
+        let filled = vec![0; trackers.len()];
+        Self {
+            trackers,
+            waiting: std::collections::VecDeque::with_capacity(MotionTracker::MAX_LAG + 1),
+            filled,
+        }
+    }
+
+    /// Most items held at once: size frame pools by it.
+    pub const MAX_HELD: usize = MotionTracker::MAX_LAG + 1;
+
+    /// Measures the next picture (display order) and queues `item` with it.
+    pub fn push(&mut self, luma: &Plane, item: T) {
+        self.measure(luma);
+        self.enqueue(item);
+    }
+
+    /// [`TrackedQueue::push`] for an item that carries its picture (`luma` finds it).
+    pub fn push_holding(&mut self, item: T, luma: impl FnOnce(&T) -> &Plane) {
+        self.measure(luma(&item));
+        self.enqueue(item);
+    }
+
+    fn measure(&mut self, luma: &Plane) {
+        for t in &mut self.trackers {
+            t.push(luma);
+        }
+    }
+
+    fn enqueue(&mut self, item: T) {
+        self.waiting.push_back((item, [(0.0, 0.0); Tracking::ALL.len()]));
+        self.collect();
+    }
+
+    /// Declares the clip over: every item queued becomes final.
+    pub fn finish(&mut self) {
+        self.trackers.iter_mut().for_each(MotionTracker::finish);
+        self.collect();
+    }
+
+    /// The oldest item, once every tracker's displacement for it is final.
+    pub fn pop(&mut self) -> Option<(T, Displacements)> {
+        if self.filled.contains(&0) || self.waiting.is_empty() {
+            return None;
+        }
+        self.filled.iter_mut().for_each(|n| *n -= 1);
+        self.waiting.pop_front()
+    }
+
+    /// Runs the queue over `items` (display order; `luma` finds each one's picture), handing
+    /// each to `ready` once final; stops early when `ready` returns false.
+    pub fn run(
+        mut self,
+        items: impl IntoIterator<Item = T>,
+        luma: impl Fn(&T) -> &Plane,
+        mut ready: impl FnMut(T, Displacements) -> bool,
+    ) {
+        for item in items {
+            self.push_holding(item, &luma);
+            while let Some((item, d)) = self.pop() {
+                if !ready(item, d) {
+                    return;
+                }
+            }
+        }
+        self.finish();
+        while let Some((item, d)) = self.pop() {
+            if !ready(item, d) {
+                return;
+            }
+        }
+    }
+
+    /// Writes every displacement the trackers have made final into the waiting items.
+    fn collect(&mut self) {
+        for (t, filled) in self.trackers.iter_mut().zip(&mut self.filled) {
+            while let Some(d) = t.pop() {
+                self.waiting[*filled].1[t.tracking().index()] = d;
+                *filled += 1;
+            }
+        }
+    }
+}
+
 /// `atan2(y, x)` within 3e-7 rad: an odd minimax polynomial for atan on [0, 1] after
 /// folding the octants. The phase fit takes tens of thousands a frame, and libm's was the
 /// tracker's largest single cost.
@@ -875,5 +977,55 @@ mod tests {
         for (got, want) in z.iter().zip(&want_a).chain(got_b.iter().zip(&want_b)) {
             assert!((got - want).norm() < 1e-3, "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn the_queue_hands_items_on_in_order_with_every_trackers_measure() {
+        let (w, h) = (320, 240);
+        // Still, then a pan, then still again: v3 holds frames back while a run may start.
+        let mut at = (0.0, 0.0);
+        let mut frames = Vec::new();
+        for f in 0..30 {
+            if (5..20).contains(&f) {
+                at = (at.0 + 1.7, at.1 - 0.6);
+            }
+            frames.push(view(w, h, at.0, at.1));
+        }
+        let alone: Vec<Vec<(f64, f64)>> =
+            Tracking::ALL.iter().map(|&t| track_all(&mut MotionTracker::new(w, h, t), &frames)).collect();
+        assert!(alone.iter().all(|a| a[29] != (0.0, 0.0)), "the pan is followed: {alone:?}");
+        let trackers = Tracking::ALL.iter().map(|&t| MotionTracker::new(w, h, t)).collect();
+        let mut out = Vec::new();
+        TrackedQueue::new(trackers).run(
+            frames.iter().enumerate(),
+            |(_, p)| p,
+            |(i, _), d| {
+                out.push((i, d));
+                true
+            },
+        );
+        assert_eq!(out.len(), frames.len());
+        for (n, (i, d)) in out.iter().enumerate() {
+            assert_eq!(*i, n, "out of order");
+            for t in Tracking::ALL {
+                assert_eq!(d[t.index()], alone[t.index()][n], "{t:?} frame {n}");
+            }
+        }
+        // Without trackers every item goes on at once, unmoved.
+        let mut q = TrackedQueue::new(Vec::new());
+        q.push(&frames[0], 7u8);
+        assert_eq!(q.pop(), Some((7, [(0.0, 0.0); Tracking::ALL.len()])));
+        // A consumer that hangs up stops the run.
+        let mut seen = 0;
+        let trackers = vec![MotionTracker::new(w, h, Tracking::OverlapWindow)];
+        TrackedQueue::new(trackers).run(
+            frames.iter(),
+            |p| p,
+            |_, _| {
+                seen += 1;
+                seen < 3
+            },
+        );
+        assert_eq!(seen, 3);
     }
 }

@@ -1,6 +1,6 @@
 //! File to file: decode → parallel transform → encode, written atomically.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use ffmpeg_next as ff;
 use super::reader::{ReadEvent, VideoInfo, VideoReader};
 use super::writer::{EncodeSettings, VideoWriter};
 use crate::frame::Frame;
-use crate::motion::MotionTracker;
+use crate::motion::{Displacements, MotionTracker, TrackedQueue};
 use crate::output::{check_output, TempOutput};
 use crate::pipeline::{FrameAt, FrameTransform, Progress, ProgressFn};
 use crate::{Error, Result};
@@ -272,10 +272,11 @@ fn decode_loop<T: FrameTransform>(
 ) {
     let mut index = 0u64;
     let mut current: Option<Slot<T::Scratch>> = None;
-    let mut tracker =
-        transform.motion_tracking().map(|t| MotionTracker::new(reader.info().width, reader.info().height, t));
+    let tracking = transform.motion_tracking();
+    let trackers = tracking.map(|t| MotionTracker::new(reader.info().width, reader.info().height, t));
     // Frames decoded whose motion is not final yet, oldest first.
-    let mut waiting: VecDeque<Slot<T::Scratch>> = VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
+    let mut queue: TrackedQueue<Slot<T::Scratch>> = TrackedQueue::new(trackers.into_iter().collect());
+    let motion_of = |d: Displacements| tracking.map_or((0.0, 0.0), |t| d[t.index()]);
     let mut dispatched = 0u64;
     let mut dispatch = |mut slot: Slot<T::Scratch>, motion: (f64, f64)| {
         let (t, d, i) = (Arc::clone(&transform), done.clone(), dispatched);
@@ -302,15 +303,9 @@ fn decode_loop<T: FrameTransform>(
                 // Motion is a running sum: it is tracked here, in decode order, before the
                 // frames go their parallel ways.
                 index += 1;
-                match tracker.as_mut() {
-                    Some(t) => {
-                        t.push(&slot.frame.y);
-                        waiting.push_back(slot);
-                        while let Some(motion) = t.pop() {
-                            dispatch(waiting.pop_front().expect("one frame waits per motion"), motion);
-                        }
-                    }
-                    None => dispatch(slot, (0.0, 0.0)),
+                queue.push_holding(slot, |s| &s.frame.y);
+                while let Some((slot, d)) = queue.pop() {
+                    dispatch(slot, motion_of(d));
                 }
             }
             Ok(ReadEvent::Packet(p)) => {
@@ -320,11 +315,9 @@ fn decode_loop<T: FrameTransform>(
                 }
             }
             Ok(ReadEvent::End) => {
-                if let Some(t) = tracker.as_mut() {
-                    t.finish();
-                    while let Some(motion) = t.pop() {
-                        dispatch(waiting.pop_front().expect("one frame waits per motion"), motion);
-                    }
+                queue.finish();
+                while let Some((slot, d)) = queue.pop() {
+                    dispatch(slot, motion_of(d));
                 }
                 debug_assert_eq!(dispatched, index);
                 let _ = done.send(Msg::End(Ok(index)));

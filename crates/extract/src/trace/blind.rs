@@ -1,6 +1,5 @@
 //! Blind trace: no source. The mark's pilot is found by its own periodic structure.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -8,7 +7,7 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use tracemark_core::layout::Scheme;
 use tracemark_core::layout::{PILOT, TILE_PX};
-use tracemark_core::motion::{MotionTracker, Tracking};
+use tracemark_core::motion::{Displacements, MotionTracker, TrackedQueue, Tracking};
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::{Frame, MasterKey};
 
@@ -51,9 +50,6 @@ struct FrameScratch {
     moved_white: [Gray; Tracking::ALL.len()],
     moved: [bool; Tracking::ALL.len()],
 }
-
-/// The picture's motion since the first frame as each tracking measures it ([`Tracking::index`]).
-type Motion = [(f64, f64); Tracking::ALL.len()];
 
 /// `out(q) = src(q + d)`, bilinear, zero where a tap falls outside `src`.
 fn shift_into(src: &Gray, (dx, dy): (f64, f64), out: &mut Gray) {
@@ -1146,56 +1142,46 @@ pub fn accumulate_blind_tracking(
     let limit = (config.max_frames > 0).then_some(config.max_frames as u64);
     let mut frames = 0u64;
     std::thread::scope(|scope| -> Result<()> {
-        let (decoded_tx, decoded) = mpsc::sync_channel::<(Frame, Motion)>(batch_len);
+        let (decoded_tx, decoded) = mpsc::sync_channel::<(Frame, Displacements)>(batch_len);
         let (free, free_rx) = mpsc::channel::<Frame>();
-        // The trackers hold up to MAX_LAG frames until their motion is final.
-        for _ in 0..2 * batch_len + MotionTracker::MAX_LAG {
+        // Frames in the consumer's batch, in the channels, and held by the trackers until
+        // their motion is final.
+        for _ in 0..3 * batch_len + TrackedQueue::<Frame>::MAX_HELD {
             free.send(Frame::new(info.width, info.height)).expect("the receiver is here");
         }
+        // One thread decodes; another measures the motion (a running sum over frames in
+        // order) and hands frames on once it is final.
+        let (read_tx, read_rx) = mpsc::sync_channel::<Frame>(batch_len);
         let decoder = std::thread::Builder::new()
             .name("tracemark-decode".into())
             .spawn_scoped(scope, move || -> Result<()> {
                 let mut read = 0u64;
-                // Motion is a running sum over frames in order: tracked here.
-                let mut trackers: Vec<MotionTracker> = trackings
-                    .iter()
-                    .map(|&t| MotionTracker::for_copy(frame_size.0, frame_size.1, t))
-                    .collect();
-                // Frames read whose motion is not final by every tracker yet, and how many
-                // of them (from the front) each tracker has filled in.
-                let mut waiting: VecDeque<(Frame, Motion)> =
-                    VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
-                let mut filled = vec![0usize; trackers.len()];
-                let mut end = false;
                 // Stops at the end, at the frame limit, or when the consumer hangs up.
-                while !end {
-                    let Ok(mut f) = free_rx.recv() else { break };
+                while let Ok(mut f) = free_rx.recv() {
                     if limit.is_some_and(|l| read >= l) || !r.read_frame(&mut f).map_err(Error::Video)? {
-                        end = true;
-                        trackers.iter_mut().for_each(MotionTracker::finish);
-                    } else {
-                        read += 1;
-                        trackers.iter_mut().for_each(|t| t.push(&f.y));
-                        waiting.push_back((f, Motion::default()));
+                        break;
                     }
-                    for (t, filled) in trackers.iter_mut().zip(&mut filled) {
-                        while let Some(d) = t.pop() {
-                            waiting[*filled].1[t.tracking().index()] = d;
-                            *filled += 1;
-                        }
-                    }
-                    let ready = filled.iter().copied().min().unwrap_or(waiting.len());
-                    filled.iter_mut().for_each(|n| *n -= ready);
-                    for frame in waiting.drain(..ready) {
-                        if decoded_tx.send(frame).is_err() {
-                            return Ok(());
-                        }
+                    read += 1;
+                    if read_tx.send(f).is_err() {
+                        break;
                     }
                 }
                 Ok(())
             })
             .expect("spawning the decoder thread");
-        let mut batch: Vec<(Frame, Motion)> = Vec::with_capacity(batch_len);
+        std::thread::Builder::new()
+            .name("tracemark-track".into())
+            .spawn_scoped(scope, move || {
+                let trackers =
+                    trackings.iter().map(|&t| MotionTracker::for_copy(frame_size.0, frame_size.1, t));
+                TrackedQueue::new(trackers.collect()).run(
+                    read_rx,
+                    |f: &Frame| &f.y,
+                    |f, motion| decoded_tx.send((f, motion)).is_ok(),
+                );
+            })
+            .expect("spawning the tracking thread");
+        let mut batch: Vec<(Frame, Displacements)> = Vec::with_capacity(batch_len);
         let consumed = (|| -> Result<()> {
             loop {
                 while batch.len() < batch_len {

@@ -6,12 +6,11 @@
 //! is the marked frame minus the source frame on the working grid, read at tile phase 0.
 //! Only the export's own mark id is scored.
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use tracemark_core::grid::Grid;
 use tracemark_core::layout::Scheme;
-use tracemark_core::motion::MotionTracker;
+use tracemark_core::motion::{MotionTracker, TrackedQueue};
 use tracemark_core::{Frame, MarkId, MasterKey};
 
 use super::open;
@@ -104,17 +103,15 @@ pub fn check_export(
     let mut scratch = DetectScratch::default();
     // The embedder's own motion track, from the same source frames; frames wait (their
     // residual and source picture) until the tracker has made their motion final.
-    let mut tracker = scheme.tracking().map(|t| MotionTracker::new(si.width, si.height, t));
-    let mut waiting: VecDeque<(Vec<f32>, Vec<f32>)> = VecDeque::with_capacity(MotionTracker::MAX_LAG + 1);
+    let trackers = scheme.tracking().map(|t| MotionTracker::new(si.width, si.height, t));
+    let mut queue: TrackedQueue<(Vec<f32>, Vec<f32>)> = TrackedQueue::new(trackers.into_iter().collect());
     let mut spare: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     let mut frames = 0u64;
     let mut read_all = false;
     while !read_all {
         if frames >= max_frames || !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {
             read_all = true;
-            if let Some(t) = tracker.as_mut() {
-                t.finish();
-            }
+            queue.finish();
         } else {
             frames += 1;
             let (mut resid, mut host) = spare.pop().unwrap_or_else(|| (vec![0f32; w * h], vec![0f32; w * h]));
@@ -136,21 +133,10 @@ pub fn check_export(
             for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
                 *r = m - s;
             }
-            if let Some(t) = tracker.as_mut() {
-                t.push(&fs.y);
-            }
-            waiting.push_back((resid, host));
+            queue.push(&fs.y, (resid, host));
         }
-        loop {
-            let motion = match tracker.as_mut() {
-                Some(t) => match t.pop() {
-                    Some(m) => m,
-                    None => break,
-                },
-                None if !waiting.is_empty() => (0.0, 0.0),
-                None => break,
-            };
-            let (resid, host) = waiting.pop_front().expect("one frame waits per motion");
+        while let Some(((resid, host), moved)) = queue.pop() {
+            let motion = scheme.tracking().map_or((0.0, 0.0), |t| moved[t.index()]);
             let offset = scheme.tile_offset(&grid, motion);
             detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
             detector.end_frame(&mut sums);

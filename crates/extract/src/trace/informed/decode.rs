@@ -75,7 +75,46 @@ pub(super) fn decode_clip(
     (limit, trackings): (usize, &[Tracking]),
     shared: &Shared,
 ) -> Result<Clip> {
-    let mut reader = open(path)?;
+    let reader = open(path)?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    if trackings.is_empty() {
+        return decode_frames(reader, thumb_factor, store_size, limit, shared, None);
+    }
+    // The motion is measured on a thread of its own while this one decodes on: frames go
+    // there and come back with their displacements.
+    let trackers: Vec<MotionTracker> = trackings.iter().map(|&t| MotionTracker::new(w, h, t)).collect();
+    std::thread::scope(|s| {
+        let (to_track, frames) = mpsc::sync_channel::<Frame>(TRACK_AHEAD);
+        let (back, returned) = mpsc::channel::<(Frame, Displacements)>();
+        let tracker = std::thread::Builder::new()
+            .name("tracemark-track".into())
+            .spawn_scoped(s, move || {
+                TrackedQueue::new(trackers).run(frames, |f: &Frame| &f.y, |f, d| back.send((f, d)).is_ok());
+            })
+            .expect("spawning the tracking thread");
+        let clip = decode_frames(reader, thumb_factor, store_size, limit, shared, Some((to_track, returned)));
+        tracker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        clip
+    })
+}
+
+/// Frames on their way to the tracking thread at most (besides those it holds).
+const TRACK_AHEAD: usize = 4;
+
+/// The tracking thread's two ends, seen from the decoder: frames out; frames and their
+/// displacements back, in order.
+type TrackingLink = (mpsc::SyncSender<Frame>, mpsc::Receiver<(Frame, Displacements)>);
+
+/// [`decode_clip`]'s loop; with `tracking`, every frame also goes to the tracking thread and
+/// its displacements fill [`Clip::motion`].
+fn decode_frames(
+    mut reader: VideoReader,
+    thumb_factor: f64,
+    store_size: (usize, usize),
+    limit: usize,
+    shared: &Shared,
+    tracking: Option<TrackingLink>,
+) -> Result<Clip> {
     let info = reader.info().clone();
     let (w, h) = (info.width, info.height);
     let (tw, th) = thumb_size(w, h, thumb_factor);
@@ -92,10 +131,9 @@ pub(super) fn decode_clip(
     let mut thumb = Gray::new(tw, th);
     let frame_bytes = work.len() * std::mem::size_of::<u16>();
     let mut frame = Frame::new(w, h);
+    // Frames made so far: the tracking thread holds up to this many.
+    let (mut made, most) = (1, TRACK_AHEAD + TrackedQueue::<Frame>::MAX_HELD + 1);
     let tb = info.time_base;
-    let mut trackers: Vec<MotionTracker> = trackings.iter().map(|&t| MotionTracker::new(w, h, t)).collect();
-    // Frames whose motion each tracking has handed out.
-    let mut filled = [0usize; Tracking::ALL.len()];
     let mut clip = Clip {
         info,
         thumbs: Vec::new(),
@@ -119,14 +157,6 @@ pub(super) fn decode_clip(
             thumb_down.run(&frame.y, &mut thumb.data);
         }
         clip.thumbs.push(Thumb::from_gray(&thumb));
-        if !trackers.is_empty() {
-            // Each tracker hands out a frame's motion when it is final: filled in as they come.
-            clip.motion.push([(0.0, 0.0); Tracking::ALL.len()]);
-            for t in &mut trackers {
-                t.push(&frame.y);
-                fill_motion(t, &mut clip.motion, &mut filled[t.tracking().index()]);
-            }
-        }
         let t = seconds(frame.pts, tb);
         clip.times.push(t - *start.get_or_insert(t));
         if let Some(store) = clip.store.as_mut() {
@@ -140,21 +170,36 @@ pub(super) fn decode_clip(
                 clip.store = None;
             }
         }
+        if let Some((to_track, back)) = &tracking {
+            // Hand the frame over and decode into one the tracker is done with (a new one
+            // while it fills up).
+            // The tracker only hangs up by panicking, which the join passes on.
+            let gone = || Error::Registration("the motion tracker stopped".into());
+            to_track.send(frame).map_err(|_| gone())?;
+            frame = match back.try_recv() {
+                Ok((f, d)) => {
+                    clip.motion.push(d);
+                    f
+                }
+                Err(_) if made < most => {
+                    made += 1;
+                    Frame::new(w, h)
+                }
+                Err(_) => {
+                    let (f, d) = back.recv().map_err(|_| gone())?;
+                    clip.motion.push(d);
+                    f
+                }
+            };
+        }
         shared.done.fetch_add(1, Ordering::Relaxed);
     }
-    for t in &mut trackers {
-        t.finish();
-        fill_motion(t, &mut clip.motion, &mut filled[t.tracking().index()]);
+    if let Some((to_track, back)) = tracking {
+        // Told the clip is over, the tracker hands back every frame it holds.
+        drop(to_track);
+        clip.motion.extend(back.iter().map(|(_, d)| d));
     }
     Ok(clip)
-}
-
-/// Writes the displacements `t` has made final into `motion`, from frame `*filled` on.
-fn fill_motion(t: &mut MotionTracker, motion: &mut [[(f64, f64); Tracking::ALL.len()]], filled: &mut usize) {
-    while let Some(d) = t.pop() {
-        motion[*filled][t.tracking().index()] = d;
-        *filled += 1;
-    }
 }
 
 /// Decodes the leaked clip and the source at the same time, reporting progress from this
