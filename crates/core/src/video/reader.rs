@@ -166,6 +166,14 @@ impl VideoReader {
             count: 0,
             ..Default::default()
         });
+        // Frame and slice threads, as the `ffmpeg` CLI asks: codecs that decode frames in
+        // parallel do, the others (FFV1, ProRes, ...) split each frame instead of decoding
+        // on one core (ffmpeg-next's enum names one kind only).
+        // SAFETY: the context is valid and not yet opened; thread_type is a plain field
+        // that avcodec_open2 reads.
+        unsafe {
+            (*ctx.as_mut_ptr()).thread_type = ff::ffi::FF_THREAD_FRAME | ff::ffi::FF_THREAD_SLICE;
+        }
         let decoder = ctx.decoder().video().map_err(|e| Error::NotAVideo {
             path: path.into(),
             reason: format!("no decoder for the video stream: {e}"),
