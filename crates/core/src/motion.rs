@@ -543,6 +543,12 @@ impl MotionTracker {
 /// [`Tracking::index`]; zero for trackings not run).
 pub type Displacements = [(f64, f64); Tracking::ALL.len()];
 
+/// The displacement in `d` that `tracking` measured; none for a layout that does not follow
+/// motion (`None`).
+pub fn displacement_by(d: &Displacements, tracking: Option<Tracking>) -> (f64, f64) {
+    tracking.map_or((0.0, 0.0), |t| d[t.index()])
+}
+
 /// Items (a frame and whatever rides along with it) held until every tracker's displacement
 /// for them is final, then handed on in display order: the one place that drains trackers.
 #[derive(Debug)]
@@ -558,11 +564,7 @@ impl<T> TrackedQueue<T> {
     /// A queue measuring with `trackers` (none: items are handed on at once, unmoved).
     pub fn new(trackers: Vec<MotionTracker>) -> Self {
         let filled = vec![0; trackers.len()];
-        Self {
-            trackers,
-            waiting: std::collections::VecDeque::with_capacity(MotionTracker::MAX_LAG + 1),
-            filled,
-        }
+        Self { trackers, waiting: std::collections::VecDeque::with_capacity(Self::MAX_HELD), filled }
     }
 
     /// Most items held at once: size frame pools by it.
@@ -616,18 +618,22 @@ impl<T> TrackedQueue<T> {
     ) {
         for item in items {
             self.push_holding(item, &luma);
-            while let Some((item, d)) = self.pop() {
-                if !ready(item, d) {
-                    return;
-                }
-            }
-        }
-        self.finish();
-        while let Some((item, d)) = self.pop() {
-            if !ready(item, d) {
+            if !self.hand_on(&mut ready) {
                 return;
             }
         }
+        self.finish();
+        self.hand_on(&mut ready);
+    }
+
+    /// Hands every final item to `ready`; false once `ready` refuses one.
+    fn hand_on(&mut self, ready: &mut impl FnMut(T, Displacements) -> bool) -> bool {
+        while let Some((item, d)) = self.pop() {
+            if !ready(item, d) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Writes every displacement the trackers have made final into the waiting items.

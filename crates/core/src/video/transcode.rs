@@ -12,7 +12,7 @@ use ffmpeg_next as ff;
 use super::reader::{ReadEvent, VideoInfo, VideoReader};
 use super::writer::{EncodeSettings, VideoWriter};
 use crate::frame::Frame;
-use crate::motion::{Displacements, MotionTracker, TrackedQueue};
+use crate::motion::{displacement_by, MotionTracker, TrackedQueue};
 use crate::output::{check_output, TempOutput};
 use crate::pipeline::{FrameAt, FrameTransform, Progress, ProgressFn};
 use crate::{Error, Result};
@@ -276,7 +276,6 @@ fn decode_loop<T: FrameTransform>(
     let trackers = tracking.map(|t| MotionTracker::new(reader.info().width, reader.info().height, t));
     // Frames decoded whose motion is not final yet, oldest first.
     let mut queue: TrackedQueue<Slot<T::Scratch>> = TrackedQueue::new(trackers.into_iter().collect());
-    let motion_of = |d: Displacements| tracking.map_or((0.0, 0.0), |t| d[t.index()]);
     let mut dispatched = 0u64;
     let mut dispatch = |mut slot: Slot<T::Scratch>, motion: (f64, f64)| {
         let (t, d, i) = (Arc::clone(&transform), done.clone(), dispatched);
@@ -305,7 +304,7 @@ fn decode_loop<T: FrameTransform>(
                 index += 1;
                 queue.push_holding(slot, |s| &s.frame.y);
                 while let Some((slot, d)) = queue.pop() {
-                    dispatch(slot, motion_of(d));
+                    dispatch(slot, displacement_by(&d, tracking));
                 }
             }
             Ok(ReadEvent::Packet(p)) => {
@@ -317,7 +316,7 @@ fn decode_loop<T: FrameTransform>(
             Ok(ReadEvent::End) => {
                 queue.finish();
                 while let Some((slot, d)) = queue.pop() {
-                    dispatch(slot, motion_of(d));
+                    dispatch(slot, displacement_by(&d, tracking));
                 }
                 debug_assert_eq!(dispatched, index);
                 let _ = done.send(Msg::End(Ok(index)));

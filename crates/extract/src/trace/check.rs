@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tracemark_core::grid::Grid;
 use tracemark_core::layout::Scheme;
-use tracemark_core::motion::{MotionTracker, TrackedQueue};
+use tracemark_core::motion::{displacement_by, MotionTracker, TrackedQueue};
 use tracemark_core::{Frame, MarkId, MasterKey};
 
 use super::open;
@@ -136,8 +136,7 @@ pub fn check_export(
             queue.push(&fs.y, (resid, host));
         }
         while let Some(((resid, host), moved)) = queue.pop() {
-            let motion = scheme.tracking().map_or((0.0, 0.0), |t| moved[t.index()]);
-            let offset = scheme.tile_offset(&grid, motion);
+            let offset = scheme.tile_offset(&grid, displacement_by(&moved, scheme.tracking()));
             detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
             detector.end_frame(&mut sums);
             spare.push((resid, host));

@@ -62,7 +62,7 @@ pub(super) struct Clip {
     /// The picture's displacement since the first frame, per frame, in picture pixels
     /// (the embedder's [`MotionTracker`] on the same frames), by each tracking asked for
     /// (indexed by [`Tracking::index`]; zero for the others).
-    pub(super) motion: Vec<[(f64, f64); Tracking::ALL.len()]>,
+    pub(super) motion: Vec<Displacements>,
 }
 
 /// Decodes up to `limit` frames (0 = all) of `path` into thumbnails at `thumb_factor`

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 use tracemark_core::grid::Grid;
 use tracemark_core::layout::Scheme;
-use tracemark_core::motion::{Displacements, MotionTracker, TrackedQueue, Tracking};
+use tracemark_core::motion::{displacement_by, Displacements, MotionTracker, TrackedQueue, Tracking};
 use tracemark_core::pipeline::ProgressFn;
 use tracemark_core::video::{VideoInfo, VideoReader};
 use tracemark_core::{Error as CoreError, Frame, MasterKey};

@@ -150,7 +150,7 @@ impl Informed<'_> {
             let offsets = self
                 .schemes
                 .iter()
-                .map(|s| s.tile_offset(grid, s.tracking().map_or((0.0, 0.0), |t| motion[t.index()])))
+                .map(|s| s.tile_offset(grid, displacement_by(&motion, s.tracking())))
                 .collect();
             batch.push(PairToRead { k, src: src_pic, leak: leak_pic, offsets });
             if batch.len() == batch_len {
