@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tracemark_core::layout::Scheme;
 
 use rayon::prelude::*;
@@ -100,17 +101,25 @@ fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
 
 #[test]
 fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
-    let keys_per_source: usize =
-        std::env::var("TRACEMARK_BLIND_NULL_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a count")))
+    };
+    let keys_per_source = env("TRACEMARK_BLIND_NULL_KEYS", 6);
+    // Long runs go in slices (keys FIRST.. of every source): each trial's key and
+    // candidates come from a stream of its own, so slices add up to one seeded run.
+    let first_key = env("TRACEMARK_BLIND_NULL_FIRST", 0);
     let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
     let sources = sources(dir.path());
-    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let prepared = started.elapsed();
     let candidates_per_trial = 8;
-    // Keys and candidates are drawn in order from the seeded generator, then the trials run
-    // in parallel (the long calibration run is thousands of them).
     let mut plan = Vec::new();
     for (si, _) in sources.iter().enumerate() {
-        for k in 0..keys_per_source {
+        for k in first_key..first_key + keys_per_source {
+            let mut rng = ChaCha20Rng::seed_from_u64(77);
+            rng.set_stream((si as u64) << 40 | k);
             let key = MasterKey::from_seed(rng.next_u64());
             // A registry of old and new exports: on a moving picture every layout is
             // searched, and each counts in the family.
@@ -126,11 +135,13 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     }
     let done = AtomicUsize::new(0);
     let total = plan.len();
-    let outcomes: Vec<(f64, Vec<f64>)> = plan
-        .par_iter()
-        .map(|(si, k, key, candidates)| {
-            let (name, acc) = &sources[*si];
-            let r = trace_accumulated(key, acc, candidates, &TraceConfig::new()).unwrap();
+    // One source at a time, its key-independent folds kept for its keys and dropped after.
+    let mut outcomes: Vec<(f64, Vec<f64>)> = Vec::with_capacity(total);
+    for (si, (name, mut acc)) in sources.into_iter().enumerate() {
+        acc.keep_folds();
+        let trials: Vec<_> = plan.iter().filter(|p| p.0 == si).collect();
+        outcomes.par_extend(trials.par_iter().map(|(_, k, key, candidates)| {
+            let r = trace_accumulated(key, &acc, candidates, &TraceConfig::new()).unwrap();
             let d = &r.decision;
             assert_ne!(d.verdict, Verdict::Identified, "{name} key {k}: false accusation {:?}", d.suspects);
             assert!(d.pilot_p > 1e-6, "{name} key {k}: pilot claims a mark (p = {:e})", d.pilot_p);
@@ -138,9 +149,10 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
             if n % 500 == 0 {
                 eprintln!("{n} of {total} blind null trials: nobody named so far");
             }
-            (d.pilot_p, d.candidates.iter().map(|c| c.score).collect())
-        })
-        .collect();
+            (d.pilot_p, d.candidates.iter().map(|c| c.score).collect::<Vec<f64>>())
+        }));
+        eprintln!("{name}: {} keys, {} folds kept", trials.len(), acc.kept_folds());
+    }
     let trials = outcomes.len();
     let smallest_pilot_p = outcomes.iter().map(|o| o.0).fold(1.0f64, f64::min);
     let scores: Vec<f64> = outcomes.into_iter().flat_map(|o| o.1).collect();
@@ -152,6 +164,50 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     assert!(beyond <= allowed, "{beyond} of {n} innocent scores beyond the 1% tail (allowed {allowed:.1})");
     eprintln!(
         "{trials} blind null trials: nobody named; smallest pilot p {smallest_pilot_p:.3e}; \
-         {beyond} of {n} scores beyond the 1% tail"
+         {beyond} of {n} scores beyond the 1% tail; sources made in {:.1} s, trials in {:.1} s",
+        prepared.as_secs_f64(),
+        (started.elapsed() - prepared).as_secs_f64()
     );
+}
+
+/// Keeping an accumulation's folds for the next key changes no trace: the same result for
+/// the marking key and for others, first with nothing kept, then while the folds are being
+/// kept, then from them (a mirrored still copy, and a pan whose sums follow the motion).
+#[test]
+fn kept_folds_give_the_same_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::from_seed(31_337);
+    let embedder = Arc::new(Embedder::new(&key, MarkId(0x5eed), EmbedConfig::new()).unwrap());
+    let marked = dir.path().join("marked.mp4");
+    let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
+    transcode(&testdata("vtest-4s.avi"), &marked, &cfg, embedder, &mut no_progress).unwrap();
+    let mirrored = dir.path().join("marked-hflip.mp4");
+    ffmpeg(&marked, "hflip", &mirrored);
+    let exported =
+        Candidate { mark_id: MarkId(0x5eed), recipient: "exported".into(), scheme: Scheme::default() };
+    let others = Scheme::ALL.iter().enumerate().map(|(i, &scheme)| Candidate {
+        mark_id: MarkId(0x1000 + i as u64),
+        recipient: format!("r{i}"),
+        scheme,
+    });
+    let candidates: Vec<Candidate> = std::iter::once(exported).chain(others).collect();
+    let keys = [key, MasterKey::from_seed(1), MasterKey::from_seed(2)];
+    for clip in [mirrored.clone(), testdata("pan1080-1s.mp4")] {
+        let mut acc = accumulate_blind(&clip, &TraceConfig::new(), &mut no_progress).unwrap();
+        let fresh: Vec<_> = keys
+            .iter()
+            .map(|k| trace_accumulated(k, &acc, &candidates, &TraceConfig::new()).unwrap())
+            .collect();
+        if clip == mirrored {
+            assert_eq!(fresh[0].decision.verdict, Verdict::Identified, "the marked copy");
+        }
+        acc.keep_folds();
+        for round in ["keeping", "kept"] {
+            for (k, expected) in keys.iter().zip(&fresh) {
+                let r = trace_accumulated(k, &acc, &candidates, &TraceConfig::new()).unwrap();
+                assert_eq!(&r, expected, "{} ({round})", clip.display());
+            }
+            assert!(acc.kept_folds() > 0, "{}: nothing kept", clip.display());
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Blind trace: no source. The mark's pilot is found by its own periodic structure.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
@@ -871,6 +872,68 @@ impl Pilot {
     }
 }
 
+/// Which of an accumulation's sets of views a search looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ViewSet {
+    /// The plain sums ([`BlindAccumulation::views`]).
+    Plain,
+    /// The sums moved back by a [`Tracking`] (its index).
+    Moved(usize),
+    /// Windows of the finest plain view ([`pip_windows`]).
+    Windows,
+}
+
+/// One folded spectrum of a search: the view (of which set), the map and the way of folding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FoldKey {
+    views: ViewSet,
+    view: usize,
+    map: [[u64; 2]; 2],
+    splat: bool,
+}
+
+/// What every key's search of an accumulation computes alike, kept for the next key
+/// ([`BlindAccumulation::keep_folds`]): the spectra of the coarse hypotheses (`None` for
+/// one too small to fold) and each view's lattice shapes. Fine hypotheses (around each
+/// key's own best coarse one) are not kept: they would grow with every key.
+#[derive(Default)]
+struct FoldCache {
+    spectra: Mutex<HashMap<FoldKey, Option<Arc<[Complex32]>>>>,
+    shapes: Mutex<HashMap<(ViewSet, usize), Vec<Linear>>>,
+}
+
+impl FoldCache {
+    fn get(&self, key: &FoldKey) -> Option<Option<Arc<[Complex32]>>> {
+        self.spectra.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn keep(&self, key: FoldKey, spectrum: Option<Arc<[Complex32]>>) {
+        self.spectra.lock().unwrap_or_else(|e| e.into_inner()).insert(key, spectrum);
+    }
+
+    /// [`lattice_shapes`] of view `view` of `views`, found once.
+    fn lattice_shapes(&self, views: ViewSet, view: usize, acc: &Gray) -> Vec<Linear> {
+        let kept = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&(views, view)).cloned();
+        kept.unwrap_or_else(|| {
+            let shapes = lattice_shapes(acc);
+            self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert((views, view), shapes.clone());
+            shapes
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.spectra.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Where a hypothesis's spectrum may be kept: the cache, and which view it folds.
+#[derive(Clone, Copy)]
+struct Cached<'c> {
+    cache: &'c FoldCache,
+    views: ViewSet,
+    view: usize,
+}
+
 /// Searches the pilot's correlation peak over geometries: one FFT plan and its buffers,
 /// reused for every hypothesis a thread tries.
 struct PilotSearch<'p> {
@@ -905,6 +968,24 @@ impl<'p> PilotSearch<'p> {
         Self { splat: true, ..Self::new(pilot) }
     }
 
+    /// [`PilotSearch::fold_spectrum`] through `cached`: a spectrum an earlier key's
+    /// search folded is copied instead of folded again, and a new one is kept.
+    fn fold_spectrum_cached(&mut self, acc: &Gray, map: Linear, cached: Option<Cached>) -> bool {
+        let Some(cached) = cached else { return self.fold_spectrum(acc, map) };
+        let key = FoldKey {
+            views: cached.views,
+            view: cached.view,
+            map: map.0.map(|r| r.map(f64::to_bits)),
+            splat: self.splat,
+        };
+        if let Some(kept) = cached.cache.get(&key) {
+            return kept.map(|spectrum| self.spectrum.copy_from_slice(&spectrum)).is_some();
+        }
+        let fits = self.fold_spectrum(acc, map);
+        cached.cache.keep(key, fits.then(|| self.spectrum.as_slice().into()));
+        fits
+    }
+
     /// Folds `acc` resampled by `map` and takes its spectrum; `false` when the image is
     /// too small for half a tile.
     fn fold_spectrum(&mut self, acc: &Gray, map: Linear) -> bool {
@@ -925,8 +1006,14 @@ impl<'p> PilotSearch<'p> {
 
     /// Best pilot peak of `acc` resampled by `map` over the mirrors: its z, and the
     /// mirror. `None` when the image is too small for a tile.
-    fn best_mirror(&mut self, acc: &Gray, map: Linear, mirrors: &[Mirror]) -> Option<(f64, Mirror)> {
-        if !self.fold_spectrum(acc, map) {
+    fn best_mirror(
+        &mut self,
+        acc: &Gray,
+        map: Linear,
+        mirrors: &[Mirror],
+        cached: Option<Cached>,
+    ) -> Option<(f64, Mirror)> {
+        if !self.fold_spectrum_cached(acc, map, cached) {
             return None;
         }
         let mut best = (f64::MIN, Mirror::ALL[0]);
@@ -1092,12 +1179,29 @@ pub struct BlindAccumulation {
     frames: u64,
     /// Picture size of the leaked clip.
     size: (usize, usize),
+    /// The searches' key-independent folds, once [`BlindAccumulation::keep_folds`] asked.
+    folds: Option<FoldCache>,
 }
 
 impl BlindAccumulation {
     /// Frames summed.
     pub fn frames(&self) -> u64 {
         self.frames
+    }
+
+    /// Keeps what every key's search computes alike (the spectrum of the accumulation
+    /// folded under each coarse scale, shape and window) for the next
+    /// [`trace_accumulated`] of this accumulation, which then costs about a third as much.
+    /// For searching one leaked clip with many keys; the kept spectra take 128 KiB each,
+    /// a few hundred MiB for a moving picture with a rotated lattice. Results are the same
+    /// bit for bit.
+    pub fn keep_folds(&mut self) {
+        self.folds.get_or_insert_with(FoldCache::default);
+    }
+
+    /// Spectra kept by [`BlindAccumulation::keep_folds`] so far.
+    pub fn kept_folds(&self) -> usize {
+        self.folds.as_ref().map_or(0, FoldCache::len)
     }
 }
 
@@ -1260,7 +1364,7 @@ pub fn accumulate_blind_tracking(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
-    Ok(BlindAccumulation { views, moved, frames, size: (info.width, info.height) })
+    Ok(BlindAccumulation { views, moved, frames, size: (info.width, info.height), folds: None })
 }
 
 /// Searches an accumulation for the pilot of `key` and reads the mark where it is (the
@@ -1290,12 +1394,15 @@ pub fn trace_accumulated(
         let follows = |s: Scheme| s.tracking() == Some(tracking);
         let moving: Vec<Candidate> = candidates.iter().filter(|c| follows(c.scheme)).cloned().collect();
         if !moving.is_empty() || (candidates.is_empty() && follows(Scheme::default())) {
-            plan.push(Planned { views: moved, scales: WHOLE_PICTURE, candidates: moving });
+            let set = ViewSet::Moved(tracking.index());
+            plan.push(Planned { views: moved, set, scales: WHOLE_PICTURE, candidates: moving });
         }
     }
-    plan.push(Planned { views: &acc.views, scales: WHOLE_PICTURE, candidates: candidates.to_vec() });
+    let set = ViewSet::Plain;
+    plan.push(Planned { views: &acc.views, set, scales: WHOLE_PICTURE, candidates: candidates.to_vec() });
     if !windows.is_empty() {
-        plan.push(Planned { views: &windows, scales: PICTURE_IN_PICTURE, candidates: candidates.to_vec() });
+        let (set, scales) = (ViewSet::Windows, PICTURE_IN_PICTURE);
+        plan.push(Planned { views: &windows, set, scales, candidates: candidates.to_vec() });
     }
     let mut found: Vec<(f64, SlotSums, Registration)> = Vec::with_capacity(plan.len());
     let candidates_family = plan.iter().map(|p| p.candidates.len()).sum();
@@ -1311,7 +1418,10 @@ pub fn trace_accumulated(
     };
     for (i, p) in plan.iter().enumerate() {
         let parent = p.scales.windows.then(|| &acc.views[0]);
-        found.push(search_and_read(&detector, &pilot, p.views, parent, &p.scales, acc.frames, acc.size)?);
+        let cache = acc.folds.as_ref().map(|c| (c, p.set));
+        found.push(search_and_read(
+            &detector, &pilot, p.views, cache, parent, &p.scales, acc.frames, acc.size,
+        )?);
         // Only readings that have scored every candidate can settle the trace.
         if i + 1 == plan.len() || !plan[..=i].iter().any(|p| p.candidates.len() == candidates.len()) {
             continue;
@@ -1419,10 +1529,12 @@ const WINDOW_CANDIDATES: usize = 8;
 /// over a third of the picture barely clears the noise of so many hypotheses; a read of
 /// the window fitted to the inset stands well clear. Returns the fitted window (unflipped),
 /// its scale and mirror, and the hypotheses tried; `None` when no window holds half a tile.
+/// The coarse folds go through `cache`, when given, as folds of the windows' set.
 fn search_windows(
     detector: &Detector,
     pilot: &Pilot,
     windows: &[Analysis],
+    cache: Option<(&FoldCache, ViewSet)>,
     parent: &Analysis,
     scales: &ScaleSearch,
     frames: u64,
@@ -1435,7 +1547,9 @@ fn search_windows(
         .map_init(
             || PilotSearch::splatting(pilot),
             |sync, (wi, s)| {
-                let best = sync.best_mirror(&windows[wi].acc, Linear::IDENTITY.scaled(s), scales.mirrors);
+                let cached = cache.map(|(cache, views)| Cached { cache, views, view: wi });
+                let map = Linear::IDENTITY.scaled(s);
+                let best = sync.best_mirror(&windows[wi].acc, map, scales.mirrors, cached);
                 best.map_or((f64::MIN, wi, s, Mirror::ALL[0]), |(z, m)| (z, wi, s, m))
             },
         )
@@ -1480,7 +1594,8 @@ fn refine_window(
     let identity = [vec![Linear::IDENTITY]];
     let fine: Vec<Hyp> = scales.fine_scales(scale).map(|s| (0, 0, s)).collect();
     let mut tried = fine.len();
-    let best_fine = best_hypothesis(pilot, std::slice::from_ref(window), &identity, fine, scales.mirrors);
+    let best_fine =
+        best_hypothesis(pilot, std::slice::from_ref(window), &identity, fine, scales.mirrors, None);
     let (scale, mirror) =
         if best_fine.0 > f64::MIN { (best_fine.1 .2, best_fine.2) } else { (scale, mirror) };
     let map = Linear::IDENTITY.scaled(scale);
@@ -1514,18 +1629,21 @@ type Hyp = (usize, usize, f64);
 /// The hypothesis whose best mirror has the highest pilot peak: its z, itself, the
 /// mirror. Every hypothesis is independent: they are tried in parallel, one FFT plan per
 /// thread; ties go to the earlier one, so the result does not depend on the threads.
+/// Folds go through `cache`, when given, as folds of `views`' set.
 fn best_hypothesis(
     pilot: &Pilot,
     views: &[Analysis],
     shapes: &[Vec<Linear>],
     hyps: Vec<Hyp>,
     mirrors: &[Mirror],
+    cache: Option<(&FoldCache, ViewSet)>,
 ) -> (f64, Hyp, Mirror) {
     hyps.into_par_iter()
         .map_init(
             || PilotSearch::new(pilot),
             |sync, (vi, si, scale)| {
-                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale), mirrors)
+                let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
+                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale), mirrors, cached)
                     .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
             },
         )
@@ -1677,16 +1795,20 @@ const FIT_EDGES: usize = 40;
 /// One planned search of a blind trace: where it looks, how, and whose marks it reads.
 struct Planned<'a> {
     views: &'a [Analysis],
+    set: ViewSet,
     scales: ScaleSearch,
     candidates: Vec<Candidate>,
 }
 
 /// Searches one set of accumulated views for the pilot and reads the mark where it is:
-/// the number of hypotheses searched, the slot sums, and the geometry found.
+/// the number of hypotheses searched, the slot sums, and the geometry found. The coarse
+/// hypotheses' folds go through `cache`, when given, as folds of `views`' set.
+#[allow(clippy::too_many_arguments)]
 fn search_and_read(
     detector: &Detector,
     pilot: &Pilot,
     views: &[Analysis],
+    cache: Option<(&FoldCache, ViewSet)>,
     parent: Option<&Analysis>,
     scales: &ScaleSearch,
     frames: u64,
@@ -1696,8 +1818,13 @@ fn search_and_read(
     // the mark's lattice, found without the key.
     let shapes: Vec<Vec<Linear>> = views
         .iter()
-        .map(|v| {
-            let lattice = if scales.lattice { lattice_shapes(&v.acc) } else { Vec::new() };
+        .enumerate()
+        .map(|(vi, v)| {
+            let lattice = match (scales.lattice, cache) {
+                (false, _) => Vec::new(),
+                (true, None) => lattice_shapes(&v.acc),
+                (true, Some((cache, set))) => cache.lattice_shapes(set, vi, &v.acc),
+            };
             std::iter::once(Linear::IDENTITY).chain(lattice).collect()
         })
         .collect();
@@ -1705,7 +1832,7 @@ fn search_and_read(
     let mut views = views;
     let (vi, si, scale, mirror, mut hypotheses);
     if let Some(parent) = parent {
-        let found = search_windows(detector, pilot, views, parent, scales, frames);
+        let found = search_windows(detector, pilot, views, cache, parent, scales, frames);
         let Some((window, s, m, tried)) = found else {
             return Err(Error::TooSmall {
                 width: acc_size.0,
@@ -1722,11 +1849,11 @@ fn search_and_read(
             .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
             .collect();
         hypotheses = coarse.len();
-        let best = best_hypothesis(pilot, views, &shapes, coarse, scales.mirrors);
+        let best = best_hypothesis(pilot, views, &shapes, coarse, scales.mirrors, cache);
         let (vi0, si0, s0) = best.1;
         let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
         hypotheses += fine.len();
-        let best_fine = best_hypothesis(pilot, views, &shapes, fine, scales.mirrors);
+        let best_fine = best_hypothesis(pilot, views, &shapes, fine, scales.mirrors, None);
         (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
     }
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
@@ -1956,7 +2083,7 @@ mod tests {
         }
         // The planted mirror stands out, and the search names it.
         assert!(best.0 > 10.0, "planted pilot z {}", best.0);
-        assert_eq!(search.best_mirror(&img, map, &Mirror::ALL).map(|b| b.1), Some(best.1));
+        assert_eq!(search.best_mirror(&img, map, &Mirror::ALL, None).map(|b| b.1), Some(best.1));
         assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
     }
 
