@@ -343,13 +343,14 @@ pub(super) fn warp_and_fit(src: &Gray, leak: &Gray, pw: &PairWarp, warped: &mut 
         let s_row = &src.data[j * src.w..][xr.clone()];
         let w_row = &warped.data[j * src.w..][xr.clone()];
         let u_row = &usable[j * src.w..][xr.clone()];
-        for (((r, &s), &v), _) in
-            resid[j * src.w..][xr.clone()].iter_mut().zip(s_row).zip(w_row).zip(u_row).filter(|(_, &u)| u)
+        // Every pixel computed and the unusable ones zeroed: no branch in the loop.
+        for (((r, &s), &v), &u) in resid[j * src.w..][xr.clone()].iter_mut().zip(s_row).zip(w_row).zip(u_row)
         {
             let s = s.clamp(0.0, 255.0);
             let b0 = (s as usize).min(254);
             let f = s - b0 as f32;
-            *r = v - (fit[b0] + (fit[b0 + 1] - fit[b0]) * f);
+            let d = v - (fit[b0] + (fit[b0 + 1] - fit[b0]) * f);
+            *r = if u { d } else { 0.0 };
         }
     }
 }
