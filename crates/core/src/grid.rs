@@ -159,7 +159,7 @@ pub fn downscale_area(
 /// column sums unrolled (1080p to 360 lines is 3: 2.6x faster than the loop over any width).
 pub(crate) fn downscale_integer(src: &crate::Plane, kx: usize, ky: usize, out: &mut [f32], dst_w: usize) {
     fn blocks_of<const KX: usize>(acc: &[u16], out: &mut [f32], scale: f32) {
-        for (o, block) in out.iter_mut().zip(acc.as_chunks::<KX>().0) {
+        for (o, block) in out.iter_mut().zip(acc.chunks_exact(KX)) {
             *o = block.iter().map(|&v| u32::from(v)).sum::<u32>() as f32 * scale;
         }
     }
