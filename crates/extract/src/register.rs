@@ -401,20 +401,28 @@ fn refine_masked(
             (0.0, 0.0, 0.0, dt),
             (0.0, 0.0, 0.0, -dt),
         ];
-        for (a, b, c, d) in trials {
+        let moved = |g: Geometry, (a, b, c, d): (f64, f64, f64, f64)| {
             let cand = Geometry { sx: g.sx + a, sy: g.sy + b, tx: g.tx + c, ty: g.ty + d };
             // A scale change about the picture centre should not move the centre.
-            let cand = Geometry {
-                tx: cand.tx - a * src.w as f64 / 2.0,
-                ty: cand.ty - b * src.h as f64 / 2.0,
-                ..cand
-            };
-            let v = ncc_at(src, leak, &cand, step).value();
-            if v > best + 1e-7 {
-                best = v;
-                g = cand;
-                improved = true;
-            }
+            Geometry { tx: cand.tx - a * src.w as f64 / 2.0, ty: cand.ty - b * src.h as f64 / 2.0, ..cand }
+        };
+        // The trials are taken in order, each from where the earlier ones left the
+        // geometry. They are measured ahead in parallel from the current geometry, and those
+        // after one that improves are measured again from the new one: the same steps as
+        // one trial at a time.
+        let mut next = 0;
+        while next < trials.len() {
+            let ahead: Vec<(Geometry, f64)> = trials[next..]
+                .par_iter()
+                .map(|&t| {
+                    let cand = moved(g, t);
+                    (cand, ncc_at(src, leak, &cand, step).value())
+                })
+                .collect();
+            let Some(taken) = ahead.iter().position(|&(_, v)| v > best + 1e-7) else { break };
+            (g, best) = ahead[taken];
+            improved = true;
+            next += taken + 1;
         }
         if !improved {
             ds *= 0.5;

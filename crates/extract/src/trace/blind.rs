@@ -264,6 +264,25 @@ fn fold_splatted(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
 
 /// Resamples `img` onto the mark's grid (see [`GridMap`]); outside the picture is 0.
 fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
+    /// Writes the picture.
+    struct Into<'a>(&'a mut Gray);
+    impl ResampledRows for Into<'_> {
+        fn one(&mut self, y: usize, x: usize, v: f32) {
+            self.0.data[y * self.0.w + x] = v;
+        }
+        fn lanes(&mut self, y: usize, x0: usize, v: &[f32; LANES]) {
+            self.0.data[y * self.0.w + x0..][..LANES].copy_from_slice(v);
+        }
+    }
+    let g = GridMap::new(img, map, offset);
+    let mut out = Gray::new(g.w, g.h);
+    resample_rows(img, &g, &mut Into(&mut out));
+    out
+}
+
+/// The straightforward [`resample`]: [`Gray::sample`] at every position.
+#[cfg(test)]
+fn resample_reference(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
     let g = GridMap::new(img, map, offset);
     let mut out = Gray::new(g.w, g.h);
     for y in 0..g.h {
@@ -277,29 +296,59 @@ fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
 }
 
 /// [`fold`] of [`resample`]`(img, map, (0, 0))` into `tile`, without the resampled picture:
-/// the same positions, the same bilinear taps and the same order of additions, so the
-/// result is bit-identical (the blind search runs this for every hypothesis). Returns the
-/// resampled size.
+/// the same values added in the same order, so the result is bit-identical (the blind
+/// search runs this for every hypothesis). Returns the resampled size.
 fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
+    /// Adds the picture modulo the tile.
+    struct Folded<'a>(&'a mut [f32]);
+    impl ResampledRows for Folded<'_> {
+        fn one(&mut self, y: usize, x: usize, v: f32) {
+            self.0[(y % TILE_PX) * TILE_PX + x % TILE_PX] += v;
+        }
+        fn lanes(&mut self, y: usize, x0: usize, v: &[f32; LANES]) {
+            // Lanes start on a multiple of LANES: they never wrap around the tile row.
+            let out = &mut self.0[(y % TILE_PX) * TILE_PX + x0 % TILE_PX..][..LANES];
+            for (o, v) in out.iter_mut().zip(v) {
+                *o += v;
+            }
+        }
+    }
+    const _: () = assert!(TILE_PX % LANES == 0);
     let g = GridMap::new(img, map, (0.0, 0.0));
     tile.fill(0.0);
+    resample_rows(img, &g, &mut Folded(tile));
+    (g.w, g.h)
+}
+
+/// Where [`resample_rows`] puts the resampled picture: a row at a time, and within a row
+/// in x order, a pixel or [`LANES`] pixels at once.
+trait ResampledRows {
+    fn one(&mut self, y: usize, x: usize, v: f32);
+    /// Pixels `x0..x0 + LANES` of row `y`, `x0` a multiple of [`LANES`].
+    fn lanes(&mut self, y: usize, x0: usize, v: &[f32; LANES]);
+}
+
+/// Samples `img` bilinearly at every position of the grid `g` (as [`Gray::sample`] does,
+/// outside the picture 0) into `out`. Positions safely inside the picture take an
+/// unchecked path, [`LANES`] at a time, whose arithmetic vectorises.
+#[inline(always)]
+fn resample_rows(img: &Gray, g: &GridMap, out: &mut impl ResampledRows) {
     if img.w < 2 || img.h < 2 {
         // Degenerate pictures take the general sampler's clamped edges.
         for y in 0..g.h {
-            let (start, row) = (g.row(y), &mut tile[(y % TILE_PX) * TILE_PX..][..TILE_PX]);
+            let start = g.row(y);
             for x in 0..g.w {
                 let (u, v) = g.along(start, x);
-                row[x % TILE_PX] += img.sample(u, v).unwrap_or(0.0);
+                out.one(y, x, img.sample(u, v).unwrap_or(0.0));
             }
         }
-        return (g.w, g.h);
+        return;
     }
     let (w, h) = (img.w, img.h);
     let (xmax, ymax) = ((w - 1) as f32, (h - 1) as f32);
     let (du, dv) = (g.m[0][0], g.m[1][0]);
     let edge = |u: f32, v: f32| -> f32 {
-        // Outside the picture adds 0 ([`Gray::sample`]'s `None`); adding it keeps the
-        // reference's rounding.
+        // Outside the picture is 0 ([`Gray::sample`]'s `None`).
         if u >= 0.0 && v >= 0.0 && u <= xmax && v <= ymax {
             let (xi, yi) = ((u as usize).min(w - 2), (v as usize).min(h - 2));
             bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32)
@@ -308,7 +357,7 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
         }
     };
     for y in 0..g.h {
-        let (start, row) = (g.row(y), &mut tile[(y % TILE_PX) * TILE_PX..][..TILE_PX]);
+        let start = g.row(y);
         // Output pixels at least `MARGIN` inside the picture need no bounds check and no
         // clamp (there floor(u) <= w - 2 already); the rest take the checked path.
         let (lo, hi) = inside(start, (du, dv), ((w - 1) as f64, (h - 1) as f64));
@@ -323,17 +372,15 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
             let (xi, yi) = (u as u32 as usize, v as u32 as usize);
             bilinear_at(img, xi, yi, u - xi as f32, v - yi as f32)
         };
-        // In x order, so each tile pixel adds its terms in the reference's order.
         for x in 0..a.min(g.w) {
-            row[x % TILE_PX] += at_edge(x);
+            out.one(y, x, at_edge(x));
         }
-        // Lanes of LANES pixels that start on a multiple of LANES never wrap around the
-        // tile row; the lane arithmetic (register::bilinear's, lane by lane) vectorises,
-        // the loads stay scalar.
+        // The lane arithmetic (register::bilinear's, lane by lane) vectorises; the loads
+        // stay scalar.
         let lanes_from = a.next_multiple_of(LANES).min(b);
         let lanes_to = lanes_from + (b - lanes_from) / LANES * LANES;
         for x in a..lanes_from {
-            row[x % TILE_PX] += inner(x);
+            out.one(y, x, inner(x));
         }
         for x0 in (lanes_from..lanes_to).step_by(LANES) {
             let (mut u, mut v) = ([0f32; LANES], [0f32; LANES]);
@@ -352,21 +399,21 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
                 (p[j], q[j], r[j], t[j]) =
                     (img.data[i], img.data[i + 1], img.data[i + w], img.data[i + w + 1]);
             }
-            let out = &mut row[x0 % TILE_PX..][..LANES];
+            let mut values = [0f32; LANES];
             for j in 0..LANES {
                 let top = p[j] + (q[j] - p[j]) * fx[j];
                 let bot = r[j] + (t[j] - r[j]) * fx[j];
-                out[j] += top + (bot - top) * fy[j];
+                values[j] = top + (bot - top) * fy[j];
             }
+            out.lanes(y, x0, &values);
         }
         for x in lanes_to..b {
-            row[x % TILE_PX] += inner(x);
+            out.one(y, x, inner(x));
         }
         for x in b.max(a)..g.w {
-            row[x % TILE_PX] += at_edge(x);
+            out.one(y, x, at_edge(x));
         }
     }
-    (g.w, g.h)
 }
 
 /// Bilinear sample between pixel (xi, yi) and its right and lower neighbours, as
@@ -2017,9 +2064,32 @@ mod tests {
             for map in maps {
                 let mut tile = vec![1f32; TILE_PX * TILE_PX];
                 let size = fold_resampled(&img, map, &mut tile);
-                let resampled = resample(&img, map, (0.0, 0.0));
+                let resampled = resample_reference(&img, map, (0.0, 0.0));
                 assert_eq!(size, (resampled.w, resampled.h), "{w}x{h} {map:?}");
                 assert_eq!(tile, fold(&resampled), "{w}x{h} {map:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn resampling_matches_the_per_pixel_sampler() {
+        let maps = [
+            Linear::IDENTITY,
+            Linear::IDENTITY.scaled(0.5),
+            Linear::IDENTITY.scaled(1.37),
+            rotation(4.0, 1.0).scaled(0.93),
+            rotation(-11.0, 1.3).scaled(1.08),
+            rotation(2.0, 0.8).mirrored(Mirror::ALL[1]).scaled(0.71),
+        ];
+        for (w, h, seed) in [(300, 170, 7), (129, 257, 8), (1, 40, 9), (40, 1, 10)] {
+            let img = gray(w, h, seed);
+            for map in maps {
+                for offset in [(0.0, 0.0), (3.25, 7.5)] {
+                    let (fast, slow) = (resample(&img, map, offset), resample_reference(&img, map, offset));
+                    assert_eq!((fast.w, fast.h), (slow.w, slow.h), "{w}x{h} {map:?}");
+                    let same = fast.data.iter().zip(&slow.data).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{w}x{h} {map:?} {offset:?}");
+                }
             }
         }
     }

@@ -53,8 +53,11 @@ pub(super) fn refine_work(src: &Gray, leak: &Gray, h: &Homography) -> (Homograph
     if let Some(g) = h.as_geometry() {
         let (g, v) = register::refine_robust(src, leak, g, 2);
         let axis = Homography::from_geometry(&g);
-        let q0 = register_projective::quality(src, leak, axis, 2);
-        if let (Some(q0), Some((p, q))) = (q0, register_projective::refine(src, leak, axis, 2, 30)) {
+        let (q0, projective) = rayon::join(
+            || register_projective::quality(src, leak, axis, 2),
+            || register_projective::refine(src, leak, axis, 2, 30),
+        );
+        if let (Some(q0), Some((p, q))) = (q0, projective) {
             if q > q0 + 0.002 && p.corner_distance(&axis, src.w as f64, src.h as f64) > 0.5 {
                 return (p, q);
             }
