@@ -73,9 +73,10 @@ pub fn run(
     })?;
     if std::env::var_os("TRACEMARK_TIMING").is_some() {
         eprintln!(
-            "tracemark: timing: self-check read {} frames in {:.3} s",
+            "tracemark: timing: self-check read {} frames in {:.3} s (score {:.6})",
             check.frames,
-            t0.elapsed().as_secs_f64()
+            t0.elapsed().as_secs_f64(),
+            check.decision.candidates.first().map_or(0.0, |c| c.score)
         );
     }
     if !check.identified {

@@ -7,10 +7,12 @@
 //! Only the export's own mark id is scored.
 
 use std::path::Path;
+use std::sync::mpsc;
 
 use tracemark_core::grid::Grid;
 use tracemark_core::layout::Scheme;
 use tracemark_core::motion::{displacement_by, MotionTracker, TrackedQueue};
+use tracemark_core::video::VideoReader;
 use tracemark_core::{Frame, MarkId, MasterKey};
 
 use super::open;
@@ -18,6 +20,49 @@ use crate::detect::{DetectScratch, Detector, SlotSums};
 use crate::image::Downscaler;
 use crate::verdict::{decide, Candidate, Decision, Verdict};
 use crate::{Error, Result};
+
+/// Frames decoded ahead of the reading at most.
+const AHEAD: usize = 4;
+
+/// A decoded frame and its picture on the reading grid; `None` at the end.
+type Decoded = Result<Option<(Frame, Vec<f32>)>>;
+
+/// Decodes up to `limit` frames of `reader` on a thread of `scope`, each into a frame and
+/// buffer of `pool` and through `prepare`, and hands them over in order, then `None`, or
+/// the error where it happened. Frames and buffers come back through the returned sender
+/// to be decoded into again; hanging up stops the thread.
+fn decode_ahead<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    mut reader: VideoReader,
+    limit: u64,
+    pool: Vec<(Frame, Vec<f32>)>,
+    mut prepare: impl FnMut(&Frame, &mut [f32]) + Send + 's,
+) -> (mpsc::Receiver<Decoded>, mpsc::Sender<(Frame, Vec<f32>)>) {
+    let (ahead, decoded) = mpsc::sync_channel::<Decoded>(AHEAD);
+    let (back, returned) = mpsc::channel::<(Frame, Vec<f32>)>();
+    for item in pool {
+        back.send(item).expect("the receiver is here");
+    }
+    scope.spawn(move || {
+        let mut read = 0;
+        while let Ok((mut frame, mut px)) = returned.recv() {
+            let next =
+                if read == limit { Ok(false) } else { reader.read_frame(&mut frame).map_err(Error::Video) };
+            let item = next.map(|more| {
+                more.then(|| {
+                    prepare(&frame, &mut px);
+                    (frame, px)
+                })
+            });
+            read += 1;
+            let last = !matches!(item, Ok(Some(_)));
+            if ahead.send(item).is_err() || last {
+                return;
+            }
+        }
+    });
+    (decoded, back)
+}
 
 /// What reading an export back found.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,7 +118,8 @@ pub fn check_export(
         });
     }
     let detector = Detector::new(key);
-    let (mut src, mut out) = (open(source)?, open(marked)?);
+    let (src, out) = rayon::join(|| open(source), || open(marked));
+    let (src, out) = (src?, out?);
     let (si, oi) = (src.info().clone(), out.info().clone());
     if oi.width.min(oi.height) < super::BLIND_MIN_SIDE {
         return Err(Error::TooSmall {
@@ -95,53 +141,78 @@ pub fn check_export(
     } else {
         (grid.work_w.min(oi.width), grid.work_h.min(oi.height))
     };
-    let mut down = (!grid.is_native())
-        .then(|| (Downscaler::new(si.width, si.height, w, h), Downscaler::new(oi.width, oi.height, w, h)));
-    let (mut fs, mut fo) = (Frame::new(si.width, si.height), Frame::new(oi.width, oi.height));
-    let mut marked_px = vec![0f32; w * h];
+    let mut down_src = (!grid.is_native()).then(|| Downscaler::new(si.width, si.height, w, h));
+    let mut down_out = (!grid.is_native()).then(|| Downscaler::new(oi.width, oi.height, w, h));
+    // On the working grid (downscaled), or the common top-left area (native).
+    let onto_grid = |down: &mut Option<Downscaler>, f: &Frame, px: &mut [f32]| match down {
+        Some(d) => d.run(&f.y, px),
+        None => {
+            for (y, out) in px.chunks_exact_mut(w).enumerate() {
+                for (o, &v) in out.iter_mut().zip(&f.y.row(y)[..w]) {
+                    *o = f32::from(v);
+                }
+            }
+        }
+    };
     let mut sums = SlotSums::default();
     let mut scratch = DetectScratch::default();
     // The embedder's own motion track, from the same source frames; frames wait (their
     // residual and source picture) until the tracker has made their motion final.
     let trackers = scheme.tracking().map(|t| MotionTracker::new(si.width, si.height, t));
     let mut queue: TrackedQueue<(Vec<f32>, Vec<f32>)> = TrackedQueue::new(trackers.into_iter().collect());
-    let mut spare: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    let mut spare: Vec<Vec<f32>> = Vec::new();
     let mut frames = 0u64;
-    let mut read_all = false;
-    while !read_all {
-        if frames >= max_frames || !src.read_frame(&mut fs)? || !out.read_frame(&mut fo)? {
-            read_all = true;
-            queue.finish();
-        } else {
-            frames += 1;
-            let (mut resid, mut host) = spare.pop().unwrap_or_else(|| (vec![0f32; w * h], vec![0f32; w * h]));
-            match &mut down {
-                Some((ds, dout)) => {
-                    ds.run(&fs.y, &mut host);
-                    dout.run(&fo.y, &mut marked_px);
-                }
+    std::thread::scope(|scope| -> Result<()> {
+        // Both files are decoded on threads of their own, a few frames ahead, while this one
+        // tracks and reads.
+        let pool = |(fw, fh): (usize, usize)| -> Vec<(Frame, Vec<f32>)> {
+            (0..AHEAD + 2).map(|_| (Frame::new(fw, fh), vec![0f32; w * h])).collect()
+        };
+        let limit = max_frames;
+        let (sources, src_back) =
+            decode_ahead(scope, src, limit, pool((si.width, si.height)), move |f, px| {
+                onto_grid(&mut down_src, f, px)
+            });
+        let (copies, out_back) =
+            decode_ahead(scope, out, limit, pool((oi.width, oi.height)), move |f, px| {
+                onto_grid(&mut down_out, f, px)
+            });
+        let next = |from: &mpsc::Receiver<Decoded>| from.recv().unwrap_or(Ok(None));
+        let mut read_all = false;
+        while !read_all {
+            // The copy is read only when the source has a frame, as one decoder would.
+            let pair = match next(&sources)? {
+                Some(s) => next(&copies)?.map(|o| (s, o)),
+                None => None,
+            };
+            match pair {
                 None => {
-                    for y in 0..h {
-                        let (a, b) = (&fs.y.row(y)[..w], &fo.y.row(y)[..w]);
-                        for x in 0..w {
-                            host[y * w + x] = f32::from(a[x]);
-                            marked_px[y * w + x] = f32::from(b[x]);
-                        }
+                    read_all = true;
+                    queue.finish();
+                }
+                Some(((fs, host), (fo, marked_px))) => {
+                    frames += 1;
+                    let mut resid = spare.pop().unwrap_or_else(|| vec![0f32; w * h]);
+                    for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
+                        *r = m - s;
                     }
+                    queue.push(&fs.y, (resid, host));
+                    // The decoders may have stopped already; then they need nothing back.
+                    let _ = out_back.send((fo, marked_px));
+                    let _ = src_back.send((fs, spare.pop().unwrap_or_else(|| vec![0f32; w * h])));
                 }
             }
-            for ((r, m), s) in resid.iter_mut().zip(&marked_px).zip(&host) {
-                *r = m - s;
+            while let Some(((resid, host), moved)) = queue.pop() {
+                let offset = scheme.tile_offset(&grid, displacement_by(&moved, scheme.tracking()));
+                detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
+                detector.end_frame(&mut sums);
+                spare.extend([resid, host]);
             }
-            queue.push(&fs.y, (resid, host));
         }
-        while let Some(((resid, host), moved)) = queue.pop() {
-            let offset = scheme.tile_offset(&grid, displacement_by(&moved, scheme.tracking()));
-            detector.accumulate_moved(&resid, &host, w, h, offset, &mut sums, &mut scratch);
-            detector.end_frame(&mut sums);
-            spare.push((resid, host));
-        }
-    }
+        // Hanging up stops the decoders wherever they wait.
+        drop((sources, copies, src_back, out_back));
+        Ok(())
+    })?;
     if frames == 0 {
         return Err(Error::NoFrames);
     }
