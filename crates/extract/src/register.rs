@@ -387,6 +387,8 @@ fn refine_masked(
     let ncc_at = |s: &Gray, l: &Gray, g: &Geometry, step: usize| ncc_masked(s, l, g, step, keep);
     let mut best = ncc_at(src, leak, &g, step).value();
     let (mut ds, mut dt) = (0.01 * g.sx.max(g.sy), 1.0f64);
+    let threads = rayon::current_num_threads().max(1);
+    let mut ahead: Vec<(Geometry, f64)> = Vec::with_capacity(threads);
     for _ in 0..200 {
         let mut improved = false;
         let trials = [
@@ -407,22 +409,27 @@ fn refine_masked(
             Geometry { tx: cand.tx - a * src.w as f64 / 2.0, ty: cand.ty - b * src.h as f64 / 2.0, ..cand }
         };
         // The trials are taken in order, each from where the earlier ones left the
-        // geometry. They are measured ahead in parallel from the current geometry, and those
-        // after one that improves are measured again from the new one: the same steps as
-        // one trial at a time.
+        // geometry. A thread's worth are measured ahead in parallel from the current
+        // geometry, and those after one that improves are measured again from the new one:
+        // the same steps as one trial at a time.
         let mut next = 0;
         while next < trials.len() {
-            let ahead: Vec<(Geometry, f64)> = trials[next..]
+            let upto = (next + threads).min(trials.len());
+            trials[next..upto]
                 .par_iter()
                 .map(|&t| {
                     let cand = moved(g, t);
                     (cand, ncc_at(src, leak, &cand, step).value())
                 })
-                .collect();
-            let Some(taken) = ahead.iter().position(|&(_, v)| v > best + 1e-7) else { break };
-            (g, best) = ahead[taken];
-            improved = true;
-            next += taken + 1;
+                .collect_into_vec(&mut ahead);
+            match ahead.iter().position(|&(_, v)| v > best + 1e-7) {
+                Some(taken) => {
+                    (g, best) = ahead[taken];
+                    improved = true;
+                    next += taken + 1;
+                }
+                None => next = upto,
+            }
         }
         if !improved {
             ds *= 0.5;

@@ -265,8 +265,8 @@ fn fold_splatted(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
 /// Resamples `img` onto the mark's grid (see [`GridMap`]); outside the picture is 0.
 fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
     /// Writes the picture.
-    struct Into<'a>(&'a mut Gray);
-    impl ResampledRows for Into<'_> {
+    struct Picture<'a>(&'a mut Gray);
+    impl ResampledRows for Picture<'_> {
         fn one(&mut self, y: usize, x: usize, v: f32) {
             self.0.data[y * self.0.w + x] = v;
         }
@@ -276,7 +276,7 @@ fn resample(img: &Gray, map: Linear, offset: (f64, f64)) -> Gray {
     }
     let g = GridMap::new(img, map, offset);
     let mut out = Gray::new(g.w, g.h);
-    resample_rows(img, &g, &mut Into(&mut out));
+    resample_rows(img, &g, &mut Picture(&mut out));
     out
 }
 
@@ -323,6 +323,7 @@ fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
 /// Where [`resample_rows`] puts the resampled picture: a row at a time, and within a row
 /// in x order, a pixel or [`LANES`] pixels at once.
 trait ResampledRows {
+    /// Pixel `x` of row `y`.
     fn one(&mut self, y: usize, x: usize, v: f32);
     /// Pixels `x0..x0 + LANES` of row `y`, `x0` a multiple of [`LANES`].
     fn lanes(&mut self, y: usize, x0: usize, v: &[f32; LANES]);
@@ -1237,16 +1238,18 @@ impl BlindAccumulation {
     }
 
     /// Keeps what every key's search computes alike (the spectrum of the accumulation
-    /// folded under each coarse scale, shape and window) for the next
-    /// [`trace_accumulated`] of this accumulation, which then costs about a third as much.
-    /// For searching one leaked clip with many keys; the kept spectra take 128 KiB each,
-    /// a few hundred MiB for a moving picture with a rotated lattice. Results are the same
-    /// bit for bit.
+    /// folded under each coarse scale, shape and window, and the lattice's shapes) for the
+    /// next [`trace_accumulated`] of this accumulation, which then folds only the
+    /// hypotheses around its own best ones. For searching one leaked clip with many keys;
+    /// the kept spectra take 128 KiB each: at most about 670 MiB (a moving picture of up
+    /// to 800 lines, both analysis grids, every lattice shape), a few hundred MiB usually.
+    /// Results are the same bit for bit.
     pub fn keep_folds(&mut self) {
         self.folds.get_or_insert_with(FoldCache::default);
     }
 
-    /// Spectra kept by [`BlindAccumulation::keep_folds`] so far.
+    /// Hypotheses whose fold [`BlindAccumulation::keep_folds`] has kept so far (those too
+    /// small to fold included, kept as such).
     pub fn kept_folds(&self) -> usize {
         self.folds.as_ref().map_or(0, FoldCache::len)
     }

@@ -21,7 +21,7 @@ use crate::image::Downscaler;
 use crate::verdict::{decide, Candidate, Decision, Verdict};
 use crate::{Error, Result};
 
-/// Frames decoded ahead of the reading at most.
+/// Frames waiting, decoded, for the reading at most (each decoder works on one more).
 const AHEAD: usize = 4;
 
 /// A decoded frame and its picture on the reading grid; `None` at the end.
@@ -43,24 +43,30 @@ fn decode_ahead<'s>(
     for item in pool {
         back.send(item).expect("the receiver is here");
     }
-    scope.spawn(move || {
-        let mut read = 0;
-        while let Ok((mut frame, mut px)) = returned.recv() {
-            let next =
-                if read == limit { Ok(false) } else { reader.read_frame(&mut frame).map_err(Error::Video) };
-            let item = next.map(|more| {
-                more.then(|| {
-                    prepare(&frame, &mut px);
-                    (frame, px)
-                })
-            });
-            read += 1;
-            let last = !matches!(item, Ok(Some(_)));
-            if ahead.send(item).is_err() || last {
-                return;
+    let decoder = std::thread::Builder::new().name("tracemark-check-decode".into());
+    decoder
+        .spawn_scoped(scope, move || {
+            let mut read = 0;
+            while let Ok((mut frame, mut px)) = returned.recv() {
+                let next = if read == limit {
+                    Ok(false)
+                } else {
+                    reader.read_frame(&mut frame).map_err(Error::Video)
+                };
+                let item = next.map(|more| {
+                    more.then(|| {
+                        prepare(&frame, &mut px);
+                        (frame, px)
+                    })
+                });
+                read += 1;
+                let last = !matches!(item, Ok(Some(_)));
+                if ahead.send(item).is_err() || last {
+                    return;
+                }
             }
-        }
-    });
+        })
+        .expect("spawning a decoder thread");
     (decoded, back)
 }
 
@@ -168,19 +174,19 @@ pub fn check_export(
         let pool = |(fw, fh): (usize, usize)| -> Vec<(Frame, Vec<f32>)> {
             (0..AHEAD + 2).map(|_| (Frame::new(fw, fh), vec![0f32; w * h])).collect()
         };
-        let limit = max_frames;
         let (sources, src_back) =
-            decode_ahead(scope, src, limit, pool((si.width, si.height)), move |f, px| {
+            decode_ahead(scope, src, max_frames, pool((si.width, si.height)), move |f, px| {
                 onto_grid(&mut down_src, f, px)
             });
         let (copies, out_back) =
-            decode_ahead(scope, out, limit, pool((oi.width, oi.height)), move |f, px| {
+            decode_ahead(scope, out, max_frames, pool((oi.width, oi.height)), move |f, px| {
                 onto_grid(&mut down_out, f, px)
             });
         let next = |from: &mpsc::Receiver<Decoded>| from.recv().unwrap_or(Ok(None));
         let mut read_all = false;
         while !read_all {
-            // The copy is read only when the source has a frame, as one decoder would.
+            // A frame of the copy is taken only when the source has one (its decoder may
+            // have read a few more): the same frames, ends and errors as reading in turn.
             let pair = match next(&sources)? {
                 Some(s) => next(&copies)?.map(|o| (s, o)),
                 None => None,
