@@ -6,6 +6,7 @@
 # FIRST (default 0) picks which keys: every trial draws its key from a stream of its own,
 # so a long run can be made in slices (keys 0-299, then 300-599, ...) whose "null-slice:"
 # lines add up to the same run.
+# TRACEMARK_BLIND_NULL_SOURCES=2,9 (indices) limits a slice to some sources, to finish one cut short.
 # Usage: scripts/null-calibration.sh [KEYS] [FIRST]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,8 +4,9 @@
 //! picture-in-picture, where the window search runs). Nobody may be named, the pilot's family-wise
 //! probability must not claim a mark, and the candidates' scores must stay within their
 //! stated tails. `TRACEMARK_BLIND_NULL_KEYS` (default 6 per source) sets the trials and
-//! `TRACEMARK_BLIND_NULL_FIRST` (default 0) which keys: `scripts/null-calibration.sh` runs
-//! thousands, in slices whose summary lines add up to one run.
+//! `TRACEMARK_BLIND_NULL_FIRST` (default 0) which keys, `TRACEMARK_BLIND_NULL_SOURCES`
+//! (default all) which sources: `scripts/null-calibration.sh` runs thousands, in slices
+//! whose summary lines add up to one run.
 #![cfg(feature = "video")]
 
 use std::path::{Path, PathBuf};
@@ -111,13 +112,18 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     // Long runs go in slices (keys FIRST.. of every source): each trial's key and
     // candidates come from a stream of its own, so slices add up to one seeded run.
     let first_key = env("TRACEMARK_BLIND_NULL_FIRST", 0);
+    // And which sources (indices, comma-separated; all by default), to finish a slice that
+    // was cut short.
+    let only: Option<Vec<usize>> = std::env::var("TRACEMARK_BLIND_NULL_SOURCES").ok().map(|v| {
+        v.split(',').map(|i| i.trim().parse().unwrap_or_else(|_| panic!("source index {i}?"))).collect()
+    });
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let sources = sources(dir.path());
     let prepared = started.elapsed();
     let candidates_per_trial = 8;
     let mut plan = Vec::new();
-    for (si, _) in sources.iter().enumerate() {
+    for (si, _) in sources.iter().enumerate().filter(|(si, _)| only.as_ref().is_none_or(|o| o.contains(si))) {
         for k in first_key..first_key + keys_per_source {
             let mut rng = ChaCha20Rng::seed_from_u64(77);
             rng.set_stream((si as u64) << 40 | k);
@@ -139,8 +145,11 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     // One source at a time, its key-independent folds kept for its keys and dropped after.
     let mut outcomes: Vec<(f64, Vec<f64>)> = Vec::with_capacity(total);
     for (si, (name, mut acc)) in sources.into_iter().enumerate() {
-        acc.keep_folds();
         let trials: Vec<_> = plan.iter().filter(|p| p.0 == si).collect();
+        if trials.is_empty() {
+            continue;
+        }
+        acc.keep_folds();
         let trial = |(_, k, key, candidates): &&(usize, u64, MasterKey, Vec<Candidate>)| {
             let r = trace_accumulated(key, &acc, candidates, &TraceConfig::new()).unwrap();
             let d = &r.decision;
@@ -156,7 +165,7 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
         let (first, rest) = trials.split_at(trials.len().min(1));
         outcomes.extend(first.iter().map(trial));
         outcomes.par_extend(rest.par_iter().map(trial));
-        eprintln!("{name}: {} keys, {} folds kept", trials.len(), acc.kept_folds());
+        eprintln!("source {si} ({name}): {} keys, {} folds kept", trials.len(), acc.kept_folds());
     }
     let trials = outcomes.len();
     let smallest_pilot_p = outcomes.iter().map(|o| o.0).fold(1.0f64, f64::min);
@@ -169,8 +178,9 @@ fn blind_search_over_scales_mirrors_and_shifts_accuses_nobody() {
     assert!(beyond <= allowed, "{beyond} of {n} innocent scores beyond the 1% tail (allowed {allowed:.1})");
     // One line per slice, to be added up over the slices of a long run.
     eprintln!(
-        "null-slice: first key {first_key}, {keys_per_source} keys a source, {trials} trials, \
-         {beyond} of {n} scores beyond the 1% tail, smallest pilot p {smallest_pilot_p:.3e}"
+        "null-slice: first key {first_key}, {keys_per_source} keys a source, sources {}, {trials} trials, \
+         {beyond} of {n} scores beyond the 1% tail, smallest pilot p {smallest_pilot_p:.3e}",
+        only.as_ref().map_or("all".to_string(), |o| format!("{o:?}"))
     );
     eprintln!(
         "{trials} blind null trials: nobody named; smallest pilot p {smallest_pilot_p:.3e}; \
