@@ -230,8 +230,10 @@ fn kept_folds_give_the_same_traces() {
                 kept.push(acc.kept_folds());
             }
         }
-        // The first key keeps every coarse fold; no other key adds any.
+        // The marking key settles the trace early, after some searches; the first other
+        // key searches everything, and then no key adds any fold.
         assert!(kept[0] > 0, "{}: nothing kept", clip.display());
-        assert!(kept.iter().all(|&n| n == kept[0]), "{}: the kept folds grew: {kept:?}", clip.display());
+        assert!(kept[0] <= kept[1], "{}: {kept:?}", clip.display());
+        assert!(kept[1..].iter().all(|&n| n == kept[1]), "{}: the kept folds grew: {kept:?}", clip.display());
     }
 }
