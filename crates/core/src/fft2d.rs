@@ -77,6 +77,19 @@ impl Fft2d {
         transpose(&self.columns, data, self.h, self.w);
     }
 
+    /// Inverse transform (unnormalised) that leaves its result transposed: the value at
+    /// `(x, y)` is at `[x * height + y]` of the returned slice, an internal buffer valid
+    /// until the next call. `data` is used as scratch. For callers that only read the
+    /// result once: it saves the last transpose, and the values are bit for bit those of
+    /// [`Fft2d::inverse`].
+    pub fn inverse_transposed(&mut self, data: &mut [Complex32]) -> &[Complex32] {
+        assert_eq!(data.len(), self.w * self.h);
+        self.row_inv.process_with_scratch(data, &mut self.scratch);
+        transpose(data, &mut self.columns, self.w, self.h);
+        self.col_inv.process_with_scratch(&mut self.columns, &mut self.scratch);
+        &self.columns
+    }
+
     /// In-place forward transform.
     pub fn forward(&mut self, data: &mut [Complex32]) {
         self.run(data, false);
@@ -130,6 +143,25 @@ pub fn cross_correlate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inverse_transposed_is_the_inverse_transposed_bit_for_bit() {
+        let (w, h) = (24, 16);
+        let data: Vec<Complex32> = (0..w * h)
+            .map(|i| Complex32::new(((i * 7919) % 101) as f32 - 50.0, ((i * 31) % 17) as f32))
+            .collect();
+        let mut fft = Fft2d::new(w, h);
+        let mut plain = data.clone();
+        fft.inverse(&mut plain);
+        let mut scratch = data.clone();
+        let columns = fft.inverse_transposed(&mut scratch).to_vec();
+        for y in 0..h {
+            for x in 0..w {
+                let (a, b) = (plain[y * w + x], columns[x * h + y]);
+                assert_eq!((a.re.to_bits(), a.im.to_bits()), (b.re.to_bits(), b.im.to_bits()), "({x}, {y})");
+            }
+        }
+    }
 
     #[test]
     fn finds_a_cyclic_shift() {

@@ -1103,19 +1103,9 @@ impl<'p> PilotSearch<'p> {
     /// transform: both correlation surfaces are real, so one is carried in the real part
     /// and the other in the imaginary part.
     fn correlate_mirror_pair(&mut self, a: Mirror, b: Mirror) -> (Peak, Peak) {
-        let n = TILE_PX;
         self.mirrored_product(a, false);
         self.mirrored_product(b, true);
-        self.fft.inverse(&mut self.product);
-        let scale = 1.0 / (n * n) as f32;
-        for (o, v) in self.surface.iter_mut().zip(&self.product) {
-            *o = v.re * scale;
-        }
-        let first = surface_peak(&self.surface);
-        for (o, v) in self.surface.iter_mut().zip(&self.product) {
-            *o = v.im * scale;
-        }
-        (first, surface_peak(&self.surface))
+        surface_peaks_of_pair(self.fft.inverse_transposed(&mut self.product))
     }
 
     /// The folded spectrum flipped by `mirror` times the pilot's conjugate spectrum, into
@@ -1127,10 +1117,16 @@ impl<'p> PilotSearch<'p> {
             let sy = if mirror.vertical { (n - ky) % n } else { ky };
             let (out, pilot) = (&mut self.product[ky * n..][..n], &self.pilot.conj_spectrum[ky * n..][..n]);
             let src = &self.spectrum[sy * n..][..n];
-            let at = |kx: usize| if mirror.horizontal { src[(n - kx) % n] } else { src[kx] };
             if add_imaginary {
-                for (kx, (o, &p)) in out.iter_mut().zip(pilot).enumerate() {
-                    *o += i * (at(kx) * p);
+                if mirror.horizontal {
+                    out[0] += i * (src[0] * pilot[0]);
+                    for kx in 1..n {
+                        out[kx] += i * (src[n - kx] * pilot[kx]);
+                    }
+                } else {
+                    for ((o, &a), &p) in out.iter_mut().zip(src).zip(pilot) {
+                        *o += i * (a * p);
+                    }
                 }
             } else if mirror.horizontal {
                 out[0] = src[0] * pilot[0];
@@ -1175,6 +1171,47 @@ fn surface_peak(surface: &[f32]) -> (f64, (usize, usize)) {
     let (i, v) =
         surface.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
     ((f64::from(v) - mean) / var.sqrt().max(1e-12), (i % TILE_PX, i / TILE_PX))
+}
+
+/// [`surface_peak`] of the real and of the imaginary parts of a complex surface, scaled by
+/// `1 / TILE_PX²`, given transposed (see [`Fft2d::inverse_transposed`]); bit for bit the
+/// same values, summed in the same order. The two surfaces' sums run side by side: each is
+/// one long chain of dependent additions, so two at once cost about what one did.
+fn surface_peaks_of_pair(columns: &[Complex32]) -> (Peak, Peak) {
+    let n = TILE_PX;
+    assert_eq!(columns.len(), n * n);
+    let scale = 1.0 / (n * n) as f32;
+    let count = (n * n) as f64;
+    // `Sum for f64` folds from -0.0; so do these.
+    let (mut sum_re, mut sum_im) = (-0.0f64, -0.0f64);
+    let (mut best_re, mut best_im) = ((0, f32::MIN), (0, f32::MIN));
+    for y in 0..n {
+        for x in 0..n {
+            let c = columns[x * n + y];
+            let (re, im) = (c.re * scale, c.im * scale);
+            sum_re += f64::from(re);
+            sum_im += f64::from(im);
+            if re > best_re.1 {
+                best_re = (y * n + x, re);
+            }
+            if im > best_im.1 {
+                best_im = (y * n + x, im);
+            }
+        }
+    }
+    let (mean_re, mean_im) = (sum_re / count, sum_im / count);
+    let (mut var_re, mut var_im) = (-0.0f64, -0.0f64);
+    for y in 0..n {
+        for x in 0..n {
+            let c = columns[x * n + y];
+            var_re += (f64::from(c.re * scale) - mean_re).powi(2);
+            var_im += (f64::from(c.im * scale) - mean_im).powi(2);
+        }
+    }
+    let peak = |(i, v): (usize, f32), mean: f64, var: f64| -> Peak {
+        ((f64::from(v) - mean) / (var / count).sqrt().max(1e-12), (i % n, i / n))
+    };
+    (peak(best_re, mean_re, var_re), peak(best_im, mean_im, var_im))
 }
 
 /// Smallest picture side a blind trace can read: half a tile at the largest scale searched.
@@ -2142,6 +2179,33 @@ mod tests {
         assert!(best.0 > 10.0, "planted pilot z {}", best.0);
         assert_eq!(search.best_mirror(&img, map, &Mirror::ALL, None).map(|b| b.1), Some(best.1));
         assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
+    }
+
+    /// The fused statistics of two surfaces at once give what [`surface_peak`] gives on each
+    /// surface written out, bit for bit (the null calibration's slices add up only if the
+    /// search is the same arithmetic).
+    #[test]
+    fn paired_surface_peaks_are_surface_peak_bit_for_bit() {
+        let key = MasterKey::from_bytes([7; 32]);
+        let pilot = Pilot::new(&key);
+        let mut search = PilotSearch::new(&pilot);
+        let img = gray(2 * TILE_PX + 9, TILE_PX + 40, 3);
+        assert!(search.fold_spectrum(&img, Linear::IDENTITY));
+        let n = TILE_PX;
+        for pair in Mirror::ALL.chunks_exact(2) {
+            let (a, b) = (pair[0], pair[1]);
+            search.mirrored_product(a, false);
+            search.mirrored_product(b, true);
+            let mut product = search.product.clone();
+            Fft2d::new(n, n).inverse(&mut product);
+            let scale = 1.0 / (n * n) as f32;
+            let re: Vec<f32> = product.iter().map(|v| v.re * scale).collect();
+            let im: Vec<f32> = product.iter().map(|v| v.im * scale).collect();
+            let (want_a, want_b) = (surface_peak(&re), surface_peak(&im));
+            let (got_a, got_b) = search.correlate_mirror_pair(a, b);
+            assert_eq!((got_a.0.to_bits(), got_a.1), (want_a.0.to_bits(), want_a.1), "{a:?}");
+            assert_eq!((got_b.0.to_bits(), got_b.1), (want_b.0.to_bits(), want_b.1), "{b:?}");
+        }
     }
 
     /// A picture holding the pilot's tile shrunk by `scale` (shifted by `shift` tile pixels)
