@@ -1,0 +1,128 @@
+//! The leaked frames on an analysis grid: resized, whitened (the picture taken away, the
+//! mark's noise-like residual kept) and moved back by the picture's motion, in buffers
+//! reused from frame to frame.
+
+use tracemark_core::motion::Tracking;
+
+use crate::image::{Downscaler, Gray};
+use crate::register;
+
+/// Buffers one frame needs on one analysis grid, made once and reused for every frame.
+#[derive(Default)]
+pub(super) struct FrameScratch {
+    /// The area downscaler and the (plane width, plane height, width, height) it is for.
+    down: Option<((usize, usize, usize, usize), Downscaler)>,
+    /// The downscaled plane, when it is then upscaled to the grid.
+    small: Gray,
+    med: Gray,
+    lanes: Vec<Vec<f32>>,
+    resid: Gray,
+    /// Squared residual, and its 9-row and 9x9 window sums along one row.
+    squares: Vec<f32>,
+    down_sum: Vec<f32>,
+    window_sum: Vec<f32>,
+    /// The frame on the grid, and its whitened residual (the outputs).
+    pub(super) picture: Gray,
+    pub(super) white: Gray,
+    /// Both moved back by the picture's motion since the first frame as each tracking
+    /// measures it ([`Tracking::index`]), when it moved.
+    pub(super) moved_picture: [Gray; Tracking::ALL.len()],
+    pub(super) moved_white: [Gray; Tracking::ALL.len()],
+    pub(super) moved: [bool; Tracking::ALL.len()],
+}
+
+/// `out(q) = src(q + d)`, bilinear, zero where a tap falls outside `src`.
+pub(super) fn shift_into(src: &Gray, (dx, dy): (f64, f64), out: &mut Gray) {
+    let (w, h) = (src.w, src.h);
+    out.reshape(w, h);
+    let (ix, iy) = (dx.floor(), dy.floor());
+    let (fx, fy) = ((dx - ix) as f32, (dy - iy) as f32);
+    let (ix, iy) = (ix as i64, iy as i64);
+    // Output columns whose taps x + ix and x + ix + 1 are both inside.
+    let x0 = (-ix).clamp(0, w as i64) as usize;
+    let x1 = (w as i64 - 1 - ix).clamp(x0 as i64, w as i64) as usize;
+    for y in 0..h {
+        let row = &mut out.data[y * w..][..w];
+        let sy = y as i64 + iy;
+        if sy < 0 || sy + 1 >= h as i64 || x0 >= x1 {
+            row.fill(0.0);
+            continue;
+        }
+        let (sy, sx) = (sy as usize, (x0 as i64 + ix) as usize);
+        let r0 = &src.data[sy * w + sx..][..x1 - x0 + 1];
+        let r1 = &src.data[(sy + 1) * w + sx..][..x1 - x0 + 1];
+        row[..x0].fill(0.0);
+        row[x1..].fill(0.0);
+        for (n, o) in row[x0..x1].iter_mut().enumerate() {
+            *o = register::bilinear(r0, r1, n, n + 1, fx, fy);
+        }
+    }
+}
+
+/// Whitened, locally normalised residual of one analysis image, into `out`.
+pub(super) fn whiten_into(img: &Gray, s: &mut FrameScratch, out: &mut Gray) {
+    img.median3_into(&mut s.lanes, &mut s.med);
+    let (w, h) = (img.w, img.h);
+    s.resid.reshape(w, h);
+    for (o, (a, b)) in s.resid.data.iter_mut().zip(img.data.iter().zip(&s.med.data)) {
+        *o = a - b;
+    }
+    // Local RMS over 9x9 windows (clamped at the edges): squares summed down 9 rows, then
+    // across 9 columns, whole rows at a time (the sums vectorise; no running sum drifts).
+    let r = &s.resid;
+    s.squares.clear();
+    s.squares.extend(r.data.iter().map(|v| v * v));
+    s.down_sum.resize(w, 0.0);
+    s.window_sum.resize(w, 0.0);
+    out.reshape(w, h);
+    for y in 0..h {
+        let (y0, y1) = (y.saturating_sub(4), (y + 5).min(h));
+        let col = &mut s.down_sum;
+        col.copy_from_slice(&s.squares[y0 * w..][..w]);
+        for yy in y0 + 1..y1 {
+            for (c, q) in col.iter_mut().zip(&s.squares[yy * w..][..w]) {
+                *c += q;
+            }
+        }
+        let win = &mut s.window_sum;
+        for x in (0..w.min(4)).chain(w.saturating_sub(4).max(4)..w) {
+            win[x] = col[x.saturating_sub(4)..(x + 5).min(w)].iter().sum();
+        }
+        if w > 8 {
+            let inner = &mut win[4..w - 4];
+            inner.copy_from_slice(&col[..w - 8]);
+            for k in 1..9 {
+                for (o, c) in inner.iter_mut().zip(&col[k..]) {
+                    *o += c;
+                }
+            }
+        }
+        let rows = (y1 - y0) as f32;
+        let (resid, o) = (&r.data[y * w..][..w], &mut out.data[y * w..][..w]);
+        for (x, ((o, &v), &sum)) in o.iter_mut().zip(resid).zip(win.iter()).enumerate() {
+            let n = rows * ((x + 5).min(w) - x.saturating_sub(4)) as f32;
+            // Rounding can leave a sum of squares a hair below zero.
+            *o = v / ((sum / n).max(0.0).sqrt() + 1.0);
+        }
+    }
+}
+
+/// Resizes a plane to `w` x `h` into `s.picture`: area averaging where it shrinks,
+/// bilinear where it grows.
+pub(super) fn resize_into(p: &tracemark_core::Plane, w: usize, h: usize, s: &mut FrameScratch) {
+    let (dw, dh) = (w.min(p.width()), h.min(p.height()));
+    let key = (p.width(), p.height(), dw, dh);
+    if s.down.as_ref().is_none_or(|(k, _)| *k != key) {
+        s.down = Some((key, Downscaler::new(p.width(), p.height(), dw, dh)));
+    }
+    let down = &mut s.down.as_mut().expect("just made").1;
+    if (dw, dh) == (w, h) {
+        s.picture.reshape(w, h);
+        down.run(p, &mut s.picture.data);
+    } else {
+        s.small.reshape(dw, dh);
+        down.run(p, &mut s.small.data);
+        register::scaled_into(&s.small, w as f64 / dw as f64, h as f64 / dh as f64, &mut s.picture);
+        debug_assert_eq!((s.picture.w, s.picture.h), (w, h));
+    }
+}

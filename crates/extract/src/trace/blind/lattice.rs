@@ -1,0 +1,246 @@
+//! The mark's own lattice: the rotation and stretch of a copy, found without the key from
+//! the autocorrelation of the accumulated residual.
+
+use rustfft::num_complex::Complex32;
+use tracemark_core::layout::TILE_PX;
+
+use super::pilot::MAX_LATTICE_SHAPES;
+use super::sampling::Linear;
+use crate::fft2d::Fft2d;
+use crate::image::Gray;
+
+/// Shapes (rotation, stretch) the mark's periodic lattice suggests, found without the key:
+/// the autocorrelation of the accumulated residual peaks at the tile's lattice vectors.
+/// Returns at most a few shapes that are not the identity (the plain search covers that).
+pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
+    let (w, h) = (acc.w, acc.h);
+    if w < TILE_PX / 2 || h < TILE_PX / 2 {
+        return Vec::new();
+    }
+    let mean = acc.data.iter().sum::<f32>() / acc.data.len() as f32;
+    let mut buf: Vec<Complex32> = acc.data.iter().map(|&v| Complex32::new(v - mean, 0.0)).collect();
+    let mut fft = Fft2d::new(w, h);
+    fft.forward(&mut buf);
+    for c in buf.iter_mut() {
+        *c = Complex32::new(c.norm_sqr().sqrt(), 0.0);
+    }
+    fft.inverse(&mut buf);
+    let at = |dx: i64, dy: i64| -> f64 {
+        f64::from(buf[(dy.rem_euclid(h as i64) as usize) * w + dx.rem_euclid(w as i64) as usize].re)
+    };
+    // Lattice periods the scale search covers: a tile of 128 mark pixels at 0.5-2 mark
+    // pixels per analysis pixel; directions within 12 degrees of the axes.
+    let (rmin, rmax) = (TILE_PX as f64 / 2.05, TILE_PX as f64 * 2.05);
+    let lim = (rmax.ceil() as i64).min(w as i64 / 2 - 2).min(h as i64 / 2 - 2).max(1);
+    let mut ring = Vec::new();
+    for dy in -lim..=lim {
+        for dx in -lim..=lim {
+            let r = ((dx * dx + dy * dy) as f64).sqrt();
+            if r >= rmin && r <= rmax {
+                ring.push((at(dx, dy), dx, dy));
+            }
+        }
+    }
+    if ring.len() < 100 {
+        return Vec::new();
+    }
+    let n = ring.len() as f64;
+    let mu = ring.iter().map(|v| v.0).sum::<f64>() / n;
+    let sd = (ring.iter().map(|v| (v.0 - mu).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
+    let para = |l: f64, c: f64, r: f64| {
+        let d = l - 2.0 * c + r;
+        if d.abs() > 1e-12 {
+            (0.5 * (l - r) / d).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        }
+    };
+    // Local maxima well above the ring's spread, refined to sub-pixel, by axis.
+    let mut along_x = Vec::new();
+    let mut along_y = Vec::new();
+    for &(v, dx, dy) in &ring {
+        let z = (v - mu) / sd;
+        if z < LATTICE_MIN_Z
+            || !(-2..=2).all(|ey| (-2..=2).all(|ex| (ex == 0 && ey == 0) || at(dx + ex, dy + ey) <= v))
+        {
+            continue;
+        }
+        let fx = dx as f64 + para(at(dx - 1, dy), v, at(dx + 1, dy));
+        let fy = dy as f64 + para(at(dx, dy - 1), v, at(dx, dy + 1));
+        let angle = fy.atan2(fx).to_degrees();
+        if dx > 0 && angle.abs() <= 12.0 {
+            along_x.push((z, fx, fy));
+        } else if dy > 0 && (angle - 90.0).abs() <= 12.0 {
+            along_y.push((z, fx, fy));
+        }
+    }
+    let best = |v: &mut Vec<(f64, f64, f64)>| {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+        v.truncate(2);
+    };
+    best(&mut along_x);
+    best(&mut along_y);
+    let mut shapes: Vec<Linear> = Vec::new();
+    let mut keep = |shape: Linear| {
+        let (rot, stretch) = shape.rotation_and_stretch();
+        // The plain search (square pixels, no rotation) covers what is close to it.
+        let plain = rot.abs() < 0.3 && (stretch - 1.0).abs() < 0.015;
+        let seen = shapes.iter().any(|o| {
+            let (r2, s2) = o.rotation_and_stretch();
+            (r2 - rot).abs() < 0.1 && (s2 - stretch).abs() < 0.003
+        });
+        if !plain && !seen && (0.7..=1.43).contains(&stretch) && shapes.len() < MAX_LATTICE_SHAPES {
+            shapes.push(shape);
+        }
+    };
+    // First the shape all lattice points agree on, then the single peaks' shapes: both
+    // axes found, rotation and stretch; one axis only, a rotation of square pixels.
+    if let Some(shape) = lattice_from_sums(&at, (w, h), (mu, sd)) {
+        keep(shape);
+    }
+    let rotation = |deg: f64| Linear(shape_map((deg, 1.0, 1.0)));
+    for &(_, px, py) in &along_x {
+        for &(_, qx, qy) in &along_y {
+            let det = px * qy - qx * py;
+            if det <= 0.0 {
+                continue;
+            }
+            let k = det.sqrt();
+            keep(Linear([[px / k, qx / k], [py / k, qy / k]]));
+        }
+    }
+    for &(_, px, py) in along_x.iter().take(1) {
+        keep(rotation(py.atan2(px).to_degrees()));
+    }
+    for &(_, qx, qy) in along_y.iter().take(1) {
+        keep(rotation((-qx).atan2(qy).to_degrees()));
+    }
+    shapes
+}
+
+/// The lattice shape (rotation, stretch) whose points the autocorrelation `at` (of a `w` x
+/// `h` picture; `mu`, `sd`: its mean and spread over the lattice ring) is highest at, summed over
+/// several lattice vectors at once (p, q, p + q, p - q, 2p, ...): a rotated and zoomed
+/// lattice whose single peaks are lost among the host's and the codec's is found by all
+/// of them together. Coarse steps on the autocorrelation's 3x3 maximum, then fine steps
+/// around the best few. `None` when no shape stands out.
+pub(super) fn lattice_from_sums(
+    at: &dyn Fn(i64, i64) -> f64,
+    (w, h): (usize, usize),
+    (mu, sd): (f64, f64),
+) -> Option<Linear> {
+    const POINTS: [(f64, f64); 8] =
+        [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, -1.0), (2.0, 0.0), (0.0, 2.0), (2.0, 1.0), (1.0, 2.0)];
+    let (hw, hh) = (w as f64 / 2.0 - 2.0, h as f64 / 2.0 - 2.0);
+    let bilinear = |x: f64, y: f64| {
+        let (ix, iy) = (x.floor() as i64, y.floor() as i64);
+        let (fx, fy) = (x - ix as f64, y - iy as f64);
+        let v = at(ix, iy) * (1.0 - fx) * (1.0 - fy)
+            + at(ix + 1, iy) * fx * (1.0 - fy)
+            + at(ix, iy + 1) * (1.0 - fx) * fy
+            + at(ix + 1, iy + 1) * fx * fy;
+        (v - mu) / sd
+    };
+    let widest = |x: f64, y: f64| {
+        let (ix, iy) = (x.round() as i64, y.round() as i64);
+        let mut m = f64::MIN;
+        for dy in -1..=1 {
+            for dx in -1..=1 {
+                m = m.max(at(ix + dx, iy + dy));
+            }
+        }
+        (m - mu) / sd
+    };
+    let score = |shape: (f64, f64, f64), sample: &dyn Fn(f64, f64) -> f64, points: usize| -> f64 {
+        let m = shape_map(shape);
+        let t = TILE_PX as f64;
+        let (mut sum, mut n) = (0.0, 0usize);
+        for &(i, j) in &POINTS[..points] {
+            let (x, y) = ((m[0][0] * i + m[0][1] * j) * t, (m[1][0] * i + m[1][1] * j) * t);
+            if x.abs() < hw && y.abs() < hh {
+                sum += sample(x, y);
+                n += 1;
+            }
+        }
+        if n >= 3.min(points) {
+            sum / (n as f64).sqrt()
+        } else {
+            f64::NAN
+        }
+    };
+    let grid = |lo: f64, hi: f64, step: f64| -> Vec<f64> {
+        let n = ((hi - lo) / step).ceil() as usize;
+        (0..=n).map(|k| lo + (hi - lo) * k as f64 / n.max(1) as f64).collect()
+    };
+    // Coarse, on the four shortest vectors: 0.4 degrees, 0.8% in stretch and scale (log
+    // steps), under a pixel and a half at the longest of them. Scales from 0.75: below, a
+    // lattice of 64-96 px lands on the copy's 16-px codec block grid at some rotation and
+    // stretch, which outscores the mark (seen on city). The scale search still covers them.
+    let rots = grid(-LATTICE_MAX_ROT, LATTICE_MAX_ROT, 0.4);
+    let stretches: Vec<f64> = grid(0.72f64.ln(), 1.4f64.ln(), 0.008).into_iter().map(f64::exp).collect();
+    let scales: Vec<f64> = grid(0.75f64.ln(), 2.05f64.ln(), 0.008).into_iter().map(f64::exp).collect();
+    // Every coarse score (for their spread) and the best few, in order, earlier first
+    // among equals.
+    let mut scores: Vec<f64> = Vec::with_capacity(rots.len() * stretches.len() * scales.len());
+    let mut top: Vec<(f64, (f64, f64, f64))> = Vec::with_capacity(REFINED + 1);
+    for &r in &rots {
+        for &st in &stretches {
+            for &sc in &scales {
+                let v = score((r, st, sc), &widest, 4);
+                if v.is_finite() {
+                    scores.push(v);
+                    let at = top.partition_point(|t| t.0.total_cmp(&v).is_ge());
+                    if at < REFINED {
+                        top.insert(at, (v, (r, st, sc)));
+                        top.truncate(REFINED);
+                    }
+                }
+            }
+        }
+    }
+    if scores.len() < 100 {
+        return None;
+    }
+    let n = scores.len() as f64;
+    let m = scores.iter().sum::<f64>() / n;
+    let s = (scores.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
+    let mut best: Option<(f64, (f64, f64, f64), f64)> = None;
+    for &(z, (r, st, sc)) in &top {
+        for dr in -2..=2 {
+            for ds in -2..=2 {
+                for dk in -2..=2 {
+                    let shape = (
+                        r + 0.1 * f64::from(dr),
+                        st * (0.002 * f64::from(ds)).exp(),
+                        sc * (0.002 * f64::from(dk)).exp(),
+                    );
+                    let v = score(shape, &bilinear, POINTS.len());
+                    if v.is_finite() && best.is_none_or(|b| v > b.0) {
+                        best = Some((v, shape, z));
+                    }
+                }
+            }
+        }
+    }
+    let (_, shape, coarse_v) = best?;
+    let z = (coarse_v - m) / s;
+    (z >= LATTICE_SUM_MIN_Z).then(|| Linear(shape_map((shape.0, shape.1, 1.0))))
+}
+
+/// Mark-to-analysis map of a (rotation in degrees, stretch, scale): scale x stretch on the
+/// picture's axes x rotation.
+pub(super) fn shape_map((rot, stretch, scale): (f64, f64, f64)) -> [[f64; 2]; 2] {
+    let (sn, cs) = rot.to_radians().sin_cos();
+    let (a, b) = (stretch.sqrt(), 1.0 / stretch.sqrt());
+    [[scale * a * cs, -scale * a * sn], [scale * b * sn, scale * b * cs]]
+}
+
+/// Rotations the lattice sums try, each side of none (degrees).
+pub(super) const LATTICE_MAX_ROT: f64 = 15.0;
+/// Best coarse lattice-sum shapes refined.
+pub(super) const REFINED: usize = 8;
+/// A lattice-sum shape must stand this far above all the coarse shapes to be tried.
+pub(super) const LATTICE_SUM_MIN_Z: f64 = 5.5;
+
+/// A lattice peak must stand this far above the autocorrelation's spread to be tried.
+pub(super) const LATTICE_MIN_Z: f64 = 4.5;

@@ -1,0 +1,351 @@
+//! The blind search's parts against their references and planted marks.
+
+use super::frames::{resize_into, whiten_into, FrameScratch};
+use super::lattice::{lattice_shapes, shape_map};
+use super::pilot::{surface_peak, Mirror, Pilot, PilotSearch};
+use super::sampling::{fold, fold_resampled, fold_splatted, resample, resample_reference, GridMap, Linear};
+use super::views::{best_block_rectangle, pip_windows, Analysis};
+use super::*;
+use crate::fft2d::Fft2d;
+use crate::register;
+
+/// The straightforward whitening (fresh buffers, sorting median) the reused path must
+/// reproduce exactly.
+fn whiten_reference(img: &Gray) -> Gray {
+    let med = img.median3_reference();
+    let (w, h) = (img.w, img.h);
+    let r: Vec<f32> = img.data.iter().zip(&med.data).map(|(a, b)| a - b).collect();
+    let mut out = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let (x0, x1, y0, y1) = (x.saturating_sub(4), (x + 5).min(w), y.saturating_sub(4), (y + 5).min(h));
+            let mut s = 0f64;
+            for yy in y0..y1 {
+                for xx in x0..x1 {
+                    s += f64::from(r[yy * w + xx]).powi(2);
+                }
+            }
+            let rms = (s / ((x1 - x0) * (y1 - y0)) as f64).sqrt() as f32;
+            out.data[y * w + x] = r[y * w + x] / (rms + 1.0);
+        }
+    }
+    out
+}
+
+fn plane(w: usize, h: usize, seed: u32) -> tracemark_core::Plane {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    let data = (0..w * h)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Smooth ramps plus noise: like pictures, not like white noise.
+            ((i % w) as u32 * 2 + (i / w) as u32 + (x >> 28)) as u8
+        })
+        .collect();
+    tracemark_core::Plane::from_vec(data, w, h, w).expect("sizes match")
+}
+
+/// A textured test picture (smooth ramps plus noise).
+fn gray(w: usize, h: usize, seed: u32) -> Gray {
+    Gray::from_plane(&plane(w, h, seed), w, h)
+}
+
+fn rotation(deg: f64, stretch: f64) -> Linear {
+    let (s, c) = deg.to_radians().sin_cos();
+    let (a, b) = (stretch.sqrt(), 1.0 / stretch.sqrt());
+    Linear([[c * a, -s * b], [s * a, c * b]])
+}
+
+/// A tile of noise repeated under `shape` (rotation, stretch, scale), plus fresh noise
+/// `noise` times as strong: what an accumulated residual of a rotated copy looks like.
+fn tiled(w: usize, h: usize, shape: (f64, f64, f64), noise: f32) -> Gray {
+    let mut x = 0x9E37_79B9u32;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    };
+    let tile: Vec<f32> = (0..TILE_PX * TILE_PX).map(|_| rand()).collect();
+    let m = shape_map(shape);
+    let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    let mut g = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            // Mark coordinates of this pixel: the inverse of the map.
+            let (px, py) = (x as f64, y as f64);
+            let u = (m[1][1] * px - m[0][1] * py) / det;
+            let v = (-m[1][0] * px + m[0][0] * py) / det;
+            let (iu, iv) = (
+                u.floor().rem_euclid(TILE_PX as f64) as usize,
+                v.floor().rem_euclid(TILE_PX as f64) as usize,
+            );
+            g.data[y * w + x] = tile[iv * TILE_PX + iu] + noise * rand();
+        }
+    }
+    g
+}
+
+#[test]
+fn lattice_sums_find_a_rotated_zoomed_tile_under_noise() {
+    // 1.5 degrees and 8% zoom under noise four times the tile's: the tilt-zoom a TV
+    // channel does, on a picture the size of an SD copy.
+    let acc = tiled(720, 404, (1.5, 1.0, 1.08), 4.0);
+    let shapes = lattice_shapes(&acc);
+    let found = shapes
+        .iter()
+        .map(|l| l.rotation_and_stretch())
+        .find(|&(r, s)| (r - 1.5).abs() < 0.25 && (s - 1.0).abs() < 0.01);
+    assert!(
+        found.is_some(),
+        "shapes found: {:?}",
+        shapes.iter().map(|l| l.rotation_and_stretch()).collect::<Vec<_>>()
+    );
+    // Plain noise suggests no shape.
+    let noise = tiled(720, 404, (0.0, 1.0, 1.0), 1e4);
+    assert!(lattice_shapes(&noise).is_empty(), "{:?}", lattice_shapes(&noise).len());
+}
+
+/// The fast resampler and the fused fold against the per-pixel sampler, bit for bit.
+#[test]
+fn resampling_and_the_fused_fold_match_the_per_pixel_sampler() {
+    let maps = [
+        Linear::IDENTITY,
+        Linear::IDENTITY.scaled(0.5),
+        Linear::IDENTITY.scaled(1.37),
+        rotation(4.0, 1.0).scaled(0.93),
+        rotation(-11.0, 1.3).scaled(1.08),
+        rotation(2.0, 0.8).mirrored(Mirror::ALL[1]).scaled(0.71),
+    ];
+    for (w, h, seed) in [(300, 170, 7), (129, 257, 8), (1, 40, 9), (40, 1, 10)] {
+        let img = gray(w, h, seed);
+        for map in maps {
+            let mut tile = vec![1f32; TILE_PX * TILE_PX];
+            let size = fold_resampled(&img, map, &mut tile);
+            let resampled = resample_reference(&img, map, (0.0, 0.0));
+            assert_eq!(size, (resampled.w, resampled.h), "{w}x{h} {map:?}");
+            assert_eq!(tile, fold(&resampled), "{w}x{h} {map:?}");
+            for offset in [(0.0, 0.0), (3.25, 7.5)] {
+                let (fast, slow) = (resample(&img, map, offset), resample_reference(&img, map, offset));
+                assert_eq!((fast.w, fast.h), (slow.w, slow.h), "{w}x{h} {map:?}");
+                let same = fast.data.iter().zip(&slow.data).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{w}x{h} {map:?} {offset:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn mirrors_on_the_spectrum_match_mirrors_of_the_folded_tile() {
+    let key = MasterKey::from_bytes([5; 32]);
+    let pilot = Pilot::new(&key);
+    let mut search = PilotSearch::new(&pilot);
+    // A picture that holds the pilot tile (mirrored, shifted) under texture.
+    let (w, h) = (3 * TILE_PX + 17, 2 * TILE_PX + 5);
+    let mut img = gray(w, h, 11);
+    for y in 0..h {
+        for x in 0..w {
+            let (tx, ty) = ((w - x + 37) % TILE_PX, (y + 90) % TILE_PX);
+            img.data[y * w + x] = 0.05 * img.data[y * w + x] + 4.0 * pilot.tile[ty * TILE_PX + tx];
+        }
+    }
+    let map = Linear::IDENTITY;
+    assert!(search.fold_spectrum(&img, map));
+    let folded = fold(&resample(&img, map, (0.0, 0.0)));
+    let mut best = (f64::MIN, Mirror::ALL[0]);
+    for m in Mirror::ALL {
+        let mut reflected = vec![0f32; TILE_PX * TILE_PX];
+        m.reflect_folded(&folded, &mut reflected);
+        let (mut ba, mut bb, mut surface) = (Vec::new(), Vec::new(), vec![0f32; TILE_PX * TILE_PX]);
+        let mut fft = Fft2d::new(TILE_PX, TILE_PX);
+        crate::fft2d::cross_correlate(
+            &mut fft,
+            &reflected,
+            &pilot.tile,
+            false,
+            &mut ba,
+            &mut bb,
+            &mut surface,
+        );
+        let want = surface_peak(&surface);
+        let got = search.correlate_mirrored(m);
+        // Two mirrors through one inverse transform give the same two surfaces.
+        let partner = Mirror::ALL[(Mirror::ALL.iter().position(|&x| x == m).unwrap() + 2) % 4];
+        let (paired, other) = search.correlate_mirror_pair(m, partner);
+        let alone = search.correlate_mirrored(partner);
+        assert_eq!((paired.1, other.1), (got.1, alone.1), "{m:?} with {partner:?}");
+        assert!((paired.0 - got.0).abs() < 1e-3 * got.0.abs().max(1.0), "{m:?}: {} vs {}", paired.0, got.0);
+        assert!(
+            (other.0 - alone.0).abs() < 1e-3 * alone.0.abs().max(1.0),
+            "{partner:?}: {} vs {}",
+            other.0,
+            alone.0
+        );
+        assert_eq!(got.1, want.1, "{m:?}");
+        assert!((got.0 - want.0).abs() < 1e-3 * want.0.abs().max(1.0), "{m:?}: {} vs {}", got.0, want.0);
+        if want.0 > best.0 {
+            best = (want.0, m);
+        }
+    }
+    // The planted mirror stands out, and the search names it.
+    assert!(best.0 > 10.0, "planted pilot z {}", best.0);
+    assert_eq!(search.best_mirror(&img, map, &Mirror::ALL, None).map(|b| b.1), Some(best.1));
+    assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
+}
+
+/// The fused statistics of two surfaces at once give what [`surface_peak`] gives on each
+/// surface written out, bit for bit (the null calibration's slices add up only if the
+/// search is the same arithmetic).
+#[test]
+fn paired_surface_peaks_are_surface_peak_bit_for_bit() {
+    let key = MasterKey::from_bytes([7; 32]);
+    let pilot = Pilot::new(&key);
+    let mut search = PilotSearch::new(&pilot);
+    let img = gray(2 * TILE_PX + 9, TILE_PX + 40, 3);
+    assert!(search.fold_spectrum(&img, Linear::IDENTITY));
+    let n = TILE_PX;
+    for pair in Mirror::ALL.chunks_exact(2) {
+        let (a, b) = (pair[0], pair[1]);
+        search.mirrored_product(a, false);
+        search.mirrored_product(b, true);
+        let mut product = search.product.clone();
+        Fft2d::new(n, n).inverse(&mut product);
+        let scale = 1.0 / (n * n) as f32;
+        let re: Vec<f32> = product.iter().map(|v| v.re * scale).collect();
+        let im: Vec<f32> = product.iter().map(|v| v.im * scale).collect();
+        let (want_a, want_b) = (surface_peak(&re), surface_peak(&im));
+        let (got_a, got_b) = search.correlate_mirror_pair(a, b);
+        assert_eq!((got_a.0.to_bits(), got_a.1), (want_a.0.to_bits(), want_a.1), "{a:?}");
+        assert_eq!((got_b.0.to_bits(), got_b.1), (want_b.0.to_bits(), want_b.1), "{b:?}");
+    }
+}
+
+/// A picture holding the pilot's tile shrunk by `scale` (shifted by `shift` tile pixels)
+/// under texture.
+fn shrunk_pilot(pilot: &Pilot, (w, h): (usize, usize), scale: f64, shift: (f64, f64)) -> Gray {
+    let mut img = gray(w, h, 12);
+    let map = Linear::IDENTITY.scaled(scale);
+    let g = GridMap::new(&img, map, (0.0, 0.0));
+    let n = TILE_PX as f64;
+    for y in 0..h {
+        for x in 0..w {
+            // The grid position of this pixel, then the tile pixel it shows.
+            let u = (x as f64 - g.ic.0) / scale - g.c.0 - shift.0;
+            let v = (y as f64 - g.ic.1) / scale - g.c.1 - shift.1;
+            let (tu, tv) = (u.rem_euclid(n) as usize, v.rem_euclid(n) as usize);
+            img.data[y * w + x] = 0.05 * img.data[y * w + x] + 4.0 * pilot.tile[tv * TILE_PX + tu];
+        }
+    }
+    img
+}
+
+#[test]
+fn splatting_finds_the_pilot_where_resampling_does() {
+    let pilot = Pilot::new(&MasterKey::from_bytes([7; 32]));
+    for (scale, shift) in [(0.5, (30.0, 77.0)), (0.37, (101.0, 5.0)), (1.3, (64.0, 12.0))] {
+        let img = shrunk_pilot(&pilot, (300, 200), scale, shift);
+        let map = Linear::IDENTITY.scaled(scale);
+        let (mut resampled, mut splatted) = (PilotSearch::new(&pilot), PilotSearch::splatting(&pilot));
+        let (a, b) = (resampled.peak(&img, map).unwrap(), splatted.peak(&img, map).unwrap());
+        let d = |p: usize, q: usize| {
+            (p as i64 - q as i64)
+                .rem_euclid(TILE_PX as i64)
+                .min((q as i64 - p as i64).rem_euclid(TILE_PX as i64))
+        };
+        assert!(d(a.1 .0, b.1 .0) <= 1 && d(a.1 .1, b.1 .1) <= 1, "scale {scale}: {a:?} vs {b:?}");
+        assert!(b.0 > 8.0, "scale {scale}: splatted pilot z {}", b.0);
+        // Every picture pixel lands on the tile once, whole.
+        let mut tile = vec![0f32; TILE_PX * TILE_PX];
+        fold_splatted(&img, map, &mut tile);
+        let (total, want) = (
+            tile.iter().map(|&v| f64::from(v)).sum::<f64>(),
+            img.data.iter().map(|&v| f64::from(v)).sum::<f64>(),
+        );
+        assert!((total - want).abs() < 1e-3 * want.abs().max(1.0), "scale {scale}: {total} vs {want}");
+    }
+}
+
+#[test]
+fn the_best_block_rectangle_is_the_planted_one() {
+    // Noise blocks, and a 12x9 patch of blocks that all agree with the pilot.
+    let (bx, by) = (60, 40);
+    let mut x = 0x2545_F491u32;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        f64::from(x >> 8) / f64::from(1u32 << 24) - 0.5
+    };
+    let mut blocks: Vec<[f64; 2]> = (0..bx * by).map(|_| [rand(), 1.0 / 12.0]).collect();
+    for j in 20..29 {
+        for i in 33..45 {
+            blocks[j * bx + i][0] += 0.3;
+        }
+    }
+    let (r, tried) = best_block_rectangle(&blocks, bx, by).unwrap();
+    assert!(tried > 1000, "{tried}");
+    let err = [r[0] as i64 - 33, r[1] as i64 - 20, r[2] as i64 - 45, r[3] as i64 - 29];
+    assert!(err.iter().all(|e| e.abs() <= 2), "{r:?}");
+    // Too small a picture for a window: no rectangle.
+    assert!(best_block_rectangle(&blocks[..7 * 7], 7, 7).is_none());
+}
+
+#[test]
+fn windows_cover_the_picture_and_hold_any_quarter_inset_mostly() {
+    let view = Analysis {
+        factor: (1.0, 1.0),
+        acc: Gray::new(1280, 720),
+        host: Gray::new(1280, 720),
+        origin: (0, 0),
+    };
+    let windows = pip_windows(&view);
+    assert_eq!(windows.len(), 25);
+    // An inset a quarter of the picture wide and high, anywhere: some window holds at
+    // least two thirds of it on each axis.
+    for (x, y) in [(0, 0), (955, 30), (500, 260), (960, 540), (130, 400)] {
+        let (iw, ih) = (320usize, 180usize);
+        let held = windows
+            .iter()
+            .map(|w| {
+                let ox = (x + iw).min(w.origin.0 + w.acc.w).saturating_sub(x.max(w.origin.0));
+                let oy = (y + ih).min(w.origin.1 + w.acc.h).saturating_sub(y.max(w.origin.1));
+                (ox as f64 / iw as f64).min(oy as f64 / ih as f64)
+            })
+            .fold(0f64, f64::max);
+        assert!(held >= 2.0 / 3.0, "inset at {x},{y}: {held}");
+    }
+}
+
+#[test]
+fn reused_buffers_give_what_fresh_ones_give() {
+    let mut s = FrameScratch::default();
+    // Shrinking, same size, growing (a small picture shown on a larger grid), and back.
+    for (pw, ph, w, h, seed) in [
+        (96, 64, 48, 32, 1),
+        (96, 64, 48, 32, 2),
+        (40, 30, 40, 30, 3),
+        (40, 30, 64, 48, 4),
+        (96, 64, 48, 32, 5),
+        // Narrower than two half-windows, and just wider.
+        (12, 10, 6, 5, 6),
+        (18, 10, 9, 5, 7),
+    ] {
+        let p = plane(pw, ph, seed);
+        resize_into(&p, w, h, &mut s);
+        let (dw, dh) = (w.min(pw), h.min(ph));
+        let mut want = Gray::from_plane(&p, dw, dh);
+        if (dw, dh) != (w, h) {
+            want = register::scaled(&want, w as f64 / dw as f64, h as f64 / dh as f64);
+        }
+        assert_eq!(s.picture.data, want.data, "{pw}x{ph} -> {w}x{h}");
+        let picture = std::mem::take(&mut s.picture);
+        let mut white = std::mem::take(&mut s.white);
+        whiten_into(&picture, &mut s, &mut white);
+        let reference = whiten_reference(&picture);
+        let worst = white.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // The integral image and the direct window sums round differently in the last bits.
+        assert!(worst < 1e-4, "{pw}x{ph} -> {w}x{h}: {worst}");
+        (s.picture, s.white) = (picture, white);
+    }
+}
