@@ -2,7 +2,7 @@
 //! scales, shapes, mirrors and cyclic shifts, and the cache of key-independent folds.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustfft::num_complex::Complex32;
 use tracemark_core::layout::{PILOT, TILE_PX};
@@ -191,9 +191,10 @@ pub(super) struct FoldKey {
 }
 
 /// What every key's search of an accumulation computes alike, kept for the next key
-/// ([`BlindAccumulation::keep_folds`](super::BlindAccumulation::keep_folds)): the spectra of the coarse hypotheses (`None` for
-/// one too small to fold) and each view's lattice shapes. Fine hypotheses (around each
-/// key's own best coarse one) are not kept: they would grow with every key.
+/// ([`BlindAccumulation::keep_folds`](super::BlindAccumulation::keep_folds)): the spectra
+/// of the coarse hypotheses (`None` for one too small to fold) and each view's lattice
+/// shapes. Fine hypotheses (around each key's own best coarse one) are not kept: they
+/// would grow with every key.
 #[derive(Default)]
 pub(super) struct FoldCache {
     spectra: Mutex<HashMap<FoldKey, Option<Arc<[Complex32]>>>>,
@@ -202,26 +203,32 @@ pub(super) struct FoldCache {
 
 impl FoldCache {
     fn get(&self, key: &FoldKey) -> Option<Option<Arc<[Complex32]>>> {
-        self.spectra.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        locked(&self.spectra).get(key).cloned()
     }
 
     fn keep(&self, key: FoldKey, spectrum: Option<Arc<[Complex32]>>) {
-        self.spectra.lock().unwrap_or_else(|e| e.into_inner()).insert(key, spectrum);
+        locked(&self.spectra).insert(key, spectrum);
     }
 
     /// [`lattice_shapes`] of view `view` of `views`, found once.
     pub(super) fn lattice_shapes(&self, views: ViewSet, view: usize, acc: &Gray) -> Vec<Linear> {
-        let kept = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&(views, view)).cloned();
+        let kept = locked(&self.shapes).get(&(views, view)).cloned();
         kept.unwrap_or_else(|| {
             let shapes = lattice_shapes(acc);
-            self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert((views, view), shapes.clone());
+            locked(&self.shapes).insert((views, view), shapes.clone());
             shapes
         })
     }
 
     pub(super) fn len(&self) -> usize {
-        self.spectra.lock().unwrap_or_else(|e| e.into_inner()).len()
+        locked(&self.spectra).len()
     }
+}
+
+/// Locks `m`, also after a panic in another thread: the maps only ever hold finished
+/// values, so a poisoned lock holds nothing half-written.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where a hypothesis's spectrum may be kept: the cache, and which view it folds.
