@@ -4,7 +4,7 @@
 use rustfft::num_complex::Complex32;
 use tracemark_core::layout::TILE_PX;
 
-use super::pilot::MAX_LATTICE_SHAPES;
+use super::pilot::{parabola_vertex, MAX_LATTICE_SHAPES};
 use super::sampling::Linear;
 use crate::fft2d::Fft2d;
 use crate::image::Gray;
@@ -47,14 +47,7 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
     let n = ring.len() as f64;
     let mu = ring.iter().map(|v| v.0).sum::<f64>() / n;
     let sd = (ring.iter().map(|v| (v.0 - mu).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
-    let para = |l: f64, c: f64, r: f64| {
-        let d = l - 2.0 * c + r;
-        if d.abs() > 1e-12 {
-            (0.5 * (l - r) / d).clamp(-0.5, 0.5)
-        } else {
-            0.0
-        }
-    };
+    let para = parabola_vertex;
     // Local maxima well above the ring's spread, refined to sub-pixel, by axis.
     let mut along_x = Vec::new();
     let mut along_y = Vec::new();

@@ -402,18 +402,22 @@ impl<'p> PilotSearch<'p> {
     /// [`PilotSearch::peak`] for the same image and scale.
     pub(super) fn subpixel(&self, (dx, dy): (usize, usize)) -> (f64, f64) {
         let at = |x: usize, y: usize| f64::from(self.surface[(y % TILE_PX) * TILE_PX + x % TILE_PX]);
-        let para = |l: f64, c: f64, r: f64| {
-            let d = l - 2.0 * c + r;
-            if d.abs() > 1e-12 {
-                (0.5 * (l - r) / d).clamp(-0.5, 0.5)
-            } else {
-                0.0
-            }
-        };
+        let para = parabola_vertex;
         (
             dx as f64 + para(at(dx + TILE_PX - 1, dy), at(dx, dy), at(dx + 1, dy)),
             dy as f64 + para(at(dx, dy + TILE_PX - 1), at(dx, dy), at(dx, dy + 1)),
         )
+    }
+}
+
+/// Where the parabola through three equally spaced values `l`, `c`, `r` peaks, relative to
+/// the middle one, within half a step either side (0 when they are collinear).
+pub(super) fn parabola_vertex(l: f64, c: f64, r: f64) -> f64 {
+    let d = l - 2.0 * c + r;
+    if d.abs() > 1e-12 {
+        (0.5 * (l - r) / d).clamp(-0.5, 0.5)
+    } else {
+        0.0
     }
 }
 
