@@ -23,7 +23,7 @@ use tracemark_core::output::{check_output, write_new_file};
 use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
 use tracemark_extract::trace::{
-    trace_blind, trace_informed, Registration, TraceConfig, TraceResult, DEFAULT_MEMORY_BUDGET,
+    trace_blind, trace_informed, RecordSource, Registration, TraceConfig, TraceResult, DEFAULT_MEMORY_BUDGET,
 };
 use tracemark_extract::Candidate;
 
@@ -741,7 +741,9 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
     let scheme = Scheme::parse(&format!("tracemark/{}", a.scheme)).context("--scheme")?;
     let embed_config = EmbedConfig::new().with_target_psnr_db(a.target_psnr).with_scheme(scheme);
     embed_config.validate().context("--target-psnr")?;
-    let embedder = Arc::new(Embedder::new(&key, mark_id, embed_config)?);
+    let recording = Arc::new(selfcheck::recording(&a.input)?);
+    let embedder =
+        Arc::new(RecordSource::new(Embedder::new(&key, mark_id, embed_config)?, Arc::clone(&recording)));
     let source_sha256 = sha256_file(&a.input)?;
     let approved = check_approval(&a, &reg, &source_sha256)?;
 
@@ -809,7 +811,7 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
             record = Some(rec);
             // The row is pending: read the mark back before anything is delivered. A copy
             // whose own mark cannot be found is refused (the row is then marked failed).
-            selfcheck::run(&key, &a.input, tmp, (mark_id, scheme), &selfcheck::Settings::of(&a, rep))
+            selfcheck::run(&key, &recording, tmp, (mark_id, scheme), &selfcheck::Settings::of(&a, rep))
                 .map_err(|e| tracemark_core::Error::Commit(format!("{e:#}")))?;
             Ok(())
         };

@@ -1,7 +1,8 @@
 //! Every export checks itself: once the marked copy is encoded (still under its temporary
 //! name, its registry row pending), its first seconds are decoded beside the source and its
 //! own mark id must be identified at the trace threshold. A copy whose mark cannot be found
-//! is never delivered: the error says what to change.
+//! is never delivered: the error says what to change. The source side of the check is
+//! recorded while the copy is made ([`recording`]), so only the copy is decoded again.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use anyhow::{bail, Result};
 use tracemark_core::layout::Scheme;
 use tracemark_core::video::TranscodeReport;
 use tracemark_core::{MarkId, MasterKey};
-use tracemark_extract::trace::check_export;
+use tracemark_extract::trace::{check_recorded, SourceRecording};
 
 /// Seconds of the copy read back.
 pub const SECONDS: f64 = 2.0;
@@ -56,16 +57,23 @@ impl Settings {
     }
 }
 
-/// Reads the mark of `marked` (the export of `source` with `mark_id`) back.
+/// An empty recording of `source`'s first [`SECONDS`], to be filled by the embedding pass.
+pub fn recording(source: &Path) -> Result<SourceRecording> {
+    SourceRecording::open(source, SECONDS)
+        .map_err(|e| anyhow::anyhow!("{}: {}", source.display(), crate::error_chain(&e)))
+}
+
+/// Reads the mark of `marked` (the export, with `mark_id`, of the source `recording` was
+/// made of) back.
 pub fn run(
     key: &MasterKey,
-    source: &Path,
+    recording: &SourceRecording,
     marked: &Path,
     (mark_id, scheme): (MarkId, Scheme),
     s: &Settings,
 ) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let check = check_export(key, source, marked, mark_id, scheme, SECONDS, THRESHOLD).map_err(|e| {
+    let check = check_recorded(key, recording, marked, mark_id, scheme, THRESHOLD).map_err(|e| {
         anyhow::anyhow!(
             "self-check: the marked copy could not be read back ({}); nothing was delivered",
             crate::error_chain(&e)

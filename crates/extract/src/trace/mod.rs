@@ -24,7 +24,7 @@ pub use blind::{
     accumulate_blind, accumulate_blind_tracking, trace_accumulated, trace_blind, BlindAccumulation,
     BLIND_MIN_SIDE,
 };
-pub use check::{check_export, ExportCheck};
+pub use check::{check_export, check_recorded, ExportCheck, RecordSource, SourceRecording};
 pub use informed::trace_informed;
 
 /// The ways a picture's motion must be measured to read the candidates' layouts (with no
