@@ -1,7 +1,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 //! The embed kernel alone (no decode, no encode) on real frames, at 720x576 and 1920x1080,
 //! with 1 and 2 threads. Each iteration marks a batch of frames in parallel, one scratch per
-//! frame slot, as the pipeline does.
+//! frame slot, as the pipeline does; and a frame whose picture has moved, on one thread.
 mod common;
 
 use common::first_frame;
@@ -45,6 +45,26 @@ fn kernel(c: &mut Criterion) {
     g.finish();
 }
 
+/// A frame whose picture has moved (the mark follows it: sub-pixel resampling on both
+/// grids), one thread.
+fn moved(c: &mut Criterion) {
+    let embedder = Embedder::new(&MasterKey::from_seed(1), MarkId(0xfeed), EmbedConfig::new()).unwrap();
+    let sd = crop(&first_frame("vtest-4s.avi"), 720, 576);
+    let hd = first_frame("pan1080-1s.mp4");
+    let mut g = c.benchmark_group("embed_kernel_moved");
+    g.throughput(Throughput::Elements(1));
+    for (name, frame) in [("720x576", &sd), ("1920x1080", &hd)] {
+        let (mut f, mut s) = (frame.clone(), embedder.new_scratch());
+        g.bench_function(BenchmarkId::new(name, "1t"), |b| {
+            b.iter(|| {
+                f.y.clone_from(&frame.y);
+                embedder.embed_at(&mut f, (13.25, -7.5), &mut s);
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The copy that restores each frame is part of the measured loop; measure it alone too so
 /// the kernel's own cost can be read off.
 fn restore_only(c: &mut Criterion) {
@@ -53,5 +73,5 @@ fn restore_only(c: &mut Criterion) {
     c.bench_function("restore_copy_1920x1080", |b| b.iter(|| f.y.clone_from(&hd.y)));
 }
 
-criterion_group!(benches, kernel, restore_only);
+criterion_group!(benches, kernel, moved, restore_only);
 criterion_main!(benches);

@@ -24,8 +24,9 @@ for clip in "$@"; do
   : >"$work/ff"; : >"$work/tm"
   for r in $(seq "$rounds"); do
     t0=$(now)
-    ffmpeg -nostdin -y -v error -i "$clip" -map 0:v:0 -map '0:a?' -c:v libx264 -crf $crf -preset $preset \
-      -pix_fmt yuv420p -c:a copy "$work/ff.mp4"
+    # An odd size loses its last row or column, as tracemark's H.264 output does.
+    ffmpeg -nostdin -y -v error -i "$clip" -map 0:v:0 -map '0:a?' -vf 'crop=trunc(iw/2)*2:trunc(ih/2)*2' \
+      -c:v libx264 -crf $crf -preset $preset -pix_fmt yuv420p -c:a copy "$work/ff.mp4"
     t1=$(now)
     rm -f "$work/tm.mp4" "$work/reg.db"
     if [ "$mode" = embed ]; then

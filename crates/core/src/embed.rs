@@ -97,12 +97,11 @@ fn add_interpolated(
     wide: &mut [f32],
 ) {
     let fw = frame.width();
+    // Same-scale taps (a native grid moved by a fraction) read consecutive pairs with one
+    // fraction: those runs go as slices (vectorised), the clamped ends tap by tap.
+    let run = same_fraction_run(&ux.taps, ww);
     for (wr, rr) in wide.chunks_exact_mut(fw).zip(resid.chunks_exact(ww)) {
-        for (o, &(j0, fx)) in wr.iter_mut().zip(&ux.taps) {
-            let j0 = j0 as usize;
-            let (a, b) = (rr[j0], rr[(j0 + 1).min(ww - 1)]);
-            *o = a + (b - a) * fx;
-        }
+        widen_row(rr, &ux.taps, run.clone(), wr);
     }
     for (y, &(i0, fy)) in uy.taps.iter().enumerate() {
         let i0 = i0 as usize;
@@ -111,6 +110,57 @@ fn add_interpolated(
         for ((px, &a), &b) in frame.y.row_mut(y).iter_mut().zip(w0).zip(w1) {
             *px = to_pixel(f32::from(*px) + a + (b - a) * fy);
         }
+    }
+}
+
+/// The longest range of outputs whose taps read consecutive inputs `(j, j + 1)`, `j + 1`
+/// inside the row of `len`, all with the same fraction (empty when there is none longer
+/// than a few taps).
+fn same_fraction_run(taps: &[(u32, f32)], len: usize) -> std::ops::Range<usize> {
+    let (mut best, mut start) = (0..0, 0);
+    for o in 1..=taps.len() {
+        let continues = o < taps.len()
+            && taps[o].0 == taps[o - 1].0 + 1
+            && taps[o].1.to_bits() == taps[o - 1].1.to_bits()
+            && (taps[o].0 as usize) + 1 < len;
+        if !continues {
+            if o - start > best.len() && (taps[start].0 as usize) + 1 < len {
+                best = start..o;
+            }
+            start = o;
+        }
+    }
+    if best.len() >= 16 {
+        best
+    } else {
+        0..0
+    }
+}
+
+/// One row of [`add_interpolated`]'s horizontal pass: `out[o] = a + (b - a) * f` for the
+/// tap `(j, f)` of `o`, `a = row[j]`, `b = row[min(j + 1, last)]`; outputs in `run` (see
+/// [`same_fraction_run`]) as slices.
+fn widen_row(row: &[f32], taps: &[(u32, f32)], run: std::ops::Range<usize>, out: &mut [f32]) {
+    let last = row.len() - 1;
+    let tap = |o: usize| {
+        let (j, f) = taps[o];
+        let j = j as usize;
+        let (a, b) = (row[j], row[(j + 1).min(last)]);
+        a + (b - a) * f
+    };
+    for (o, v) in out.iter_mut().enumerate().take(run.start) {
+        *v = tap(o);
+    }
+    if !run.is_empty() {
+        let (j, f) = (taps[run.start].0 as usize, taps[run.start].1);
+        let n = run.len();
+        let (a, b) = (&row[j..j + n], &row[j + 1..j + 1 + n]);
+        for ((v, &a), &b) in out[run.clone()].iter_mut().zip(a).zip(b) {
+            *v = a + (b - a) * f;
+        }
+    }
+    for (o, v) in out.iter_mut().enumerate().skip(run.end.max(run.start)) {
+        *v = tap(o);
     }
 }
 
@@ -125,10 +175,24 @@ fn shift_onto_blocks(
 ) {
     let (x0, y0) = (start.0.floor() as usize, start.1.floor() as usize);
     let (fx, fy) = ((start.0 - x0 as f64) as f32, (start.1 - y0 as f64) as f32);
+    // Columns whose right tap is inside the row go as slices (vectorised); the rest repeat
+    // the last column.
+    let inner = ow.min((w - 1).saturating_sub(x0));
     for (y, o) in out.chunks_exact_mut(ow).take(oh).enumerate() {
         let r0 = &src[(y + y0).min(h - 1) * w..][..w];
         let r1 = &src[(y + y0 + 1).min(h - 1) * w..][..w];
-        for (x, o) in o.iter_mut().enumerate() {
+        let (o_in, o_edge) = o.split_at_mut(inner);
+        if inner > 0 {
+            let (a0, b0) = (&r0[x0..x0 + inner], &r0[x0 + 1..x0 + 1 + inner]);
+            let (a1, b1) = (&r1[x0..x0 + inner], &r1[x0 + 1..x0 + 1 + inner]);
+            for (o, ((&a0, &b0), (&a1, &b1))) in o_in.iter_mut().zip(a0.iter().zip(b0).zip(a1.iter().zip(b1)))
+            {
+                let top = a0 + (b0 - a0) * fx;
+                let bottom = a1 + (b1 - a1) * fx;
+                *o = top + (bottom - top) * fy;
+            }
+        }
+        for (x, o) in (inner..).zip(o_edge) {
             let (a, b) = ((x + x0).min(w - 1), (x + x0 + 1).min(w - 1));
             let top = r0[a] + (r0[b] - r0[a]) * fx;
             let bottom = r1[a] + (r1[b] - r1[a]) * fx;
@@ -364,12 +428,22 @@ impl Embedder {
         // mark covers them up to the picture's edge (the strip before the first stays
         // unmarked, as the partial blocks at a still grid's edges do).
         let (px, py) = phase;
+        // Block k of a row reads the tile row from (px + sx + 8k) mod TILE_PX: with the row
+        // turned to start at px + sx, every block's 8 taps are consecutive.
+        let turn = (px + sx) % TILE_PX;
+        let mut turned = [0f32; TILE_PX];
         for y in py..(py + by * 8).min(g.work_h) {
             let trow = &self.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
+            turned[..TILE_PX - turn].copy_from_slice(&trow[turn..]);
+            turned[TILE_PX - turn..].copy_from_slice(&trow[..turn]);
             let mrow = &s.mask[((y - py) / 8) * bx..][..bx];
             let out = &mut s.resid[y * ww + px..(y + 1) * ww];
-            for (x, o) in (px..).zip(out.iter_mut().take(bx * 8)) {
-                *o = strength * mrow[(x - px) / 8] * trow[(x + sx) % TILE_PX];
+            let n = out.len().min(bx * 8);
+            for ((o, &m), k) in out[..n].chunks_mut(8).zip(mrow).zip(0..) {
+                let a = strength * m;
+                for (o, &t) in o.iter_mut().zip(&turned[(k * 8) % TILE_PX..]) {
+                    *o = a * t;
+                }
             }
         }
         s.moved_x.refill(ww, g.frame_w, fx);
@@ -536,5 +610,114 @@ impl FrameTransform for Embedder {
     ) -> std::result::Result<(), Self::Error> {
         self.embed_at(frame, at.motion, scratch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sliced loops of the moved mark against their plain per-pixel form (the code they
+    //! replaced), bit for bit.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn widen_reference(row: &[f32], taps: &[(u32, f32)], out: &mut [f32]) {
+        for (o, &(j0, fx)) in out.iter_mut().zip(taps) {
+            let j0 = j0 as usize;
+            let (a, b) = (row[j0], row[(j0 + 1).min(row.len() - 1)]);
+            *o = a + (b - a) * fx;
+        }
+    }
+
+    fn shift_reference(
+        src: &[f32],
+        (w, h): (usize, usize),
+        start: (f64, f64),
+        (ow, oh): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let (x0, y0) = (start.0.floor() as usize, start.1.floor() as usize);
+        let (fx, fy) = ((start.0 - x0 as f64) as f32, (start.1 - y0 as f64) as f32);
+        for (y, o) in out.chunks_exact_mut(ow).take(oh).enumerate() {
+            let r0 = &src[(y + y0).min(h - 1) * w..][..w];
+            let r1 = &src[(y + y0 + 1).min(h - 1) * w..][..w];
+            for (x, o) in o.iter_mut().enumerate() {
+                let (a, b) = ((x + x0).min(w - 1), (x + x0 + 1).min(w - 1));
+                let top = r0[a] + (r0[b] - r0[a]) * fx;
+                let bottom = r1[a] + (r1[b] - r1[a]) * fx;
+                *o = top + (bottom - top) * fy;
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 7.0 - 140.0).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn widened_rows_are_the_per_tap_rows(src in 8usize..400, dst in 8usize..900, native: bool, shift in -40.0f64..40.0, seed in 0u64..1000) {
+            // Native grids (the same size, moved by a fraction) have the sliced runs.
+            let dst = if native { src } else { dst };
+            let row = noise(src, seed);
+            let mut taps = LinearTaps::new(src, dst);
+            taps.refill(src, dst, shift);
+            let (mut fast, mut slow) = (vec![0f32; dst], vec![0f32; dst]);
+            widen_row(&row, &taps.taps, same_fraction_run(&taps.taps, src), &mut fast);
+            widen_reference(&row, &taps.taps, &mut slow);
+            prop_assert_eq!(bits(&fast), bits(&slow));
+        }
+
+        #[test]
+        fn shifted_blocks_are_the_per_pixel_shift(w in 9usize..120, h in 9usize..60, sx in 0.0f64..20.0, sy in 0.0f64..9.0, seed in 0u64..1000) {
+            let src = noise(w * h, seed);
+            let (ow, oh) = ((w / 8) * 8, (h / 8) * 8);
+            let (mut fast, mut slow) = (vec![0f32; ow * oh], vec![0f32; ow * oh]);
+            shift_onto_blocks(&src, (w, h), (sx, sy), (ow, oh), &mut fast);
+            shift_reference(&src, (w, h), (sx, sy), (ow, oh), &mut slow);
+            prop_assert_eq!(bits(&fast), bits(&slow));
+        }
+    }
+
+    /// The moved tile, as a residual, against the per-pixel form of the code it replaced.
+    #[test]
+    fn moved_residual_is_the_per_pixel_residual() {
+        let e = Embedder::new(&MasterKey::from_seed(5), MarkId(77), EmbedConfig::new()).unwrap();
+        for (w, h) in [(720usize, 576usize), (1920, 1080), (330, 250)] {
+            let mut frame = Frame::new(w, h);
+            for (y, row) in frame.y.rows_mut().enumerate() {
+                for (x, p) in row.iter_mut().enumerate() {
+                    *p = ((x * 7 + y * 13 + x * y / 5) % 200 + 30) as u8;
+                }
+            }
+            for offset in [(13.25f64, -7.5f64), (-200.6, 31.1), (0.4, 0.0), (129.0, 250.75)] {
+                let mut s = e.new_scratch();
+                let g = s.prepare(w, h);
+                let (bx, by) = (g.blocks_x(), g.blocks_y());
+                s.mask.iter_mut().enumerate().for_each(|(i, m)| *m = 0.25 + (i % 7) as f32 * 0.3);
+                let phase =
+                    (offset.0.floor().rem_euclid(8.0) as usize, offset.1.floor().rem_euclid(8.0) as usize);
+                e.add_moved(&mut frame.clone(), &g, 1.7, offset, phase, &mut s);
+                // The residual as the per-pixel loop wrote it.
+                let ww = g.work_w;
+                let (ix, iy) = (offset.0.floor(), offset.1.floor());
+                let (sx, sy) =
+                    ((-ix).rem_euclid(TILE_PX as f64) as usize, (-iy).rem_euclid(TILE_PX as f64) as usize);
+                let mut slow = vec![0f32; ww * g.work_h];
+                let (px, py) = phase;
+                for y in py..(py + by * 8).min(g.work_h) {
+                    let trow = &e.tile[((y + sy) % TILE_PX) * TILE_PX..][..TILE_PX];
+                    let mrow = &s.mask[((y - py) / 8) * bx..][..bx];
+                    let out = &mut slow[y * ww + px..(y + 1) * ww];
+                    for (x, o) in (px..).zip(out.iter_mut().take(bx * 8)) {
+                        *o = 1.7 * mrow[(x - px) / 8] * trow[(x + sx) % TILE_PX];
+                    }
+                }
+                assert_eq!(bits(&s.resid), bits(&slow), "{w}x{h} moved {offset:?}");
+            }
+        }
     }
 }
