@@ -39,7 +39,7 @@ for clip in "$@"; do
     awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}' >>"$work/ff"
     awk -v a="$t1" -v b="$t2" 'BEGIN {print b - a}' >>"$work/tm"
   done
-  frames=$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets -of csv=p=0 "$clip")
+  frames=$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets -of csv=p=0 "$clip" | tr -dc 0-9)
   f=$(median <"$work/ff"); t=$(median <"$work/tm")
   printf "| %s | %s | %.2f | %.2f | %.3f |\n" "$(basename "$clip")" "$frames" "$f" "$t" "$(awk -v a="$t" -v b="$f" 'BEGIN {print a / b}')"
 done
