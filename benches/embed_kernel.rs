@@ -18,10 +18,14 @@ fn crop(f: &Frame, w: usize, h: usize) -> Frame {
     Frame::from_luma(y)
 }
 
-fn kernel(c: &mut Criterion) {
+/// The embedder and the two frames every case marks.
+fn fixtures() -> (Embedder, Frame, Frame) {
     let embedder = Embedder::new(&MasterKey::from_seed(1), MarkId(0xfeed), EmbedConfig::new()).unwrap();
-    let sd = crop(&first_frame("vtest-4s.avi"), 720, 576);
-    let hd = first_frame("pan1080-1s.mp4");
+    (embedder, crop(&first_frame("vtest-4s.avi"), 720, 576), first_frame("pan1080-1s.mp4"))
+}
+
+fn kernel(c: &mut Criterion) {
+    let (embedder, sd, hd) = fixtures();
     const BATCH: usize = 8;
     let mut g = c.benchmark_group("embed_kernel");
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -48,9 +52,7 @@ fn kernel(c: &mut Criterion) {
 /// A frame whose picture has moved (the mark follows it: sub-pixel resampling on both
 /// grids), one thread.
 fn moved(c: &mut Criterion) {
-    let embedder = Embedder::new(&MasterKey::from_seed(1), MarkId(0xfeed), EmbedConfig::new()).unwrap();
-    let sd = crop(&first_frame("vtest-4s.avi"), 720, 576);
-    let hd = first_frame("pan1080-1s.mp4");
+    let (embedder, sd, hd) = fixtures();
     let mut g = c.benchmark_group("embed_kernel_moved");
     g.throughput(Throughput::Elements(1));
     for (name, frame) in [("720x576", &sd), ("1920x1080", &hd)] {

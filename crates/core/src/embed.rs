@@ -159,7 +159,7 @@ fn widen_row(row: &[f32], taps: &[(u32, f32)], run: std::ops::Range<usize>, out:
             *v = a + (b - a) * f;
         }
     }
-    for (o, v) in out.iter_mut().enumerate().skip(run.end.max(run.start)) {
+    for (o, v) in out.iter_mut().enumerate().skip(run.end) {
         *v = tap(o);
     }
 }

@@ -241,7 +241,7 @@ pub fn check_recorded(
             });
         for k in 0..recorded {
             let Some((fo, marked_px)) = next(&copies)? else { break };
-            let motion = recording.picture(k, (w, h), &mut host);
+            let motion = recording.picture(k, w, &mut host);
             residual(&marked_px, &host, &mut resid);
             reading.add(&resid, &host, motion);
             // The decoder may have stopped already; then it needs nothing back.
@@ -368,10 +368,10 @@ impl Reading {
     }
 }
 
-/// A source picture as recorded: the luma itself on a native grid (exact, a quarter of the
-/// memory), else on the working grid.
+/// A source picture as recorded: the luma plane itself on a native grid (exact, a quarter
+/// of the memory), else on the working grid.
 enum Picture {
-    Native(Vec<u8>),
+    Native(Plane),
     Work(Vec<f32>),
 }
 
@@ -416,9 +416,7 @@ impl SourceRecording {
             return; // not this source's frame: nothing to compare with
         }
         let picture = if g.is_native() {
-            let mut luma = Vec::with_capacity(g.frame_w * g.frame_h);
-            frame.y.rows().for_each(|r| luma.extend_from_slice(&r[..g.frame_w]));
-            Picture::Native(luma)
+            Picture::Native(frame.y.clone())
         } else {
             let mut down = locked(&self.downscalers)
                 .pop()
@@ -431,21 +429,14 @@ impl SourceRecording {
         *locked(slot) = Some((picture, at.motion));
     }
 
-    /// Writes recorded frame `k` onto a `w` x `h` reading area into `out` and returns its
-    /// motion.
-    fn picture(&self, k: u64, (w, h): (usize, usize), out: &mut [f32]) -> (f64, f64) {
+    /// Writes recorded frame `k` onto a reading area `w` wide (`out`, as [`onto_grid`] does
+    /// for a decoded frame) and returns its motion.
+    fn picture(&self, k: u64, w: usize, out: &mut [f32]) -> (f64, f64) {
         let slot = locked(&self.frames[k as usize]);
         let (picture, motion) = slot.as_ref().expect("only recorded frames are read");
         match picture {
             Picture::Work(px) => out.copy_from_slice(px),
-            Picture::Native(luma) => {
-                let fw = self.grid.frame_w;
-                for (row, o) in out.chunks_exact_mut(w).take(h).enumerate() {
-                    for (o, &v) in o.iter_mut().zip(&luma[row * fw..row * fw + w]) {
-                        *o = f32::from(v);
-                    }
-                }
-            }
+            Picture::Native(luma) => onto_grid(&mut None, luma, w, out),
         }
         *motion
     }
