@@ -729,3 +729,10 @@ fn an_export_made_with_the_fixed_mark_is_still_traced() {
 fn an_export_made_with_the_v2_moving_mark_is_still_traced() {
     trace_old_export("v2", "old-export-v2");
 }
+
+/// An export whose mark followed every clean translation, however slow (`tracemark/v3`, by
+/// the build of commit 3593af3), is still traced, with and without the source.
+#[test]
+fn an_export_made_with_the_v3_moving_mark_is_still_traced() {
+    trace_old_export("v3", "old-export-v3");
+}
