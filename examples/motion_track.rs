@@ -1,12 +1,12 @@
-//! Prints the global motion track the embedder follows (`tracemark/v3` marks move with it):
+//! Prints the global motion track the embedder follows (`tracemark/v4` marks move with it):
 //! one line per frame, the displacement of the picture since the first frame in pixels.
 //!
 //! ```text
-//! cargo run --release --example motion_track -- [--v2] clip.mp4 [more.mp4 ...]
+//! cargo run --release --example motion_track -- [--v2 | --v3] clip.mp4 [more.mp4 ...]
 //! ```
 //! With several clips the tracks are printed side by side (a copy's track against its
 //! source's, say). The first clip is tracked as the embedder tracks a source, the others
-//! as a detector tracks a copy. `--v2` measures as `tracemark/v2` exports did.
+//! as a detector tracks a copy. `--v2` and `--v3` measure as `tracemark/v2` and `v3` exports did.
 
 use anyhow::{Context, Result};
 use tracemark::core::motion::{MotionTracker, Tracking};
@@ -31,13 +31,15 @@ fn track(path: &str, copy: bool, tracking: Tracking) -> Result<Vec<(f64, f64)>> 
 
 fn main() -> Result<()> {
     let mut paths: Vec<String> = std::env::args().skip(1).collect();
-    let tracking = if paths.first().is_some_and(|p| p == "--v2") {
-        paths.remove(0);
-        Tracking::SharedWindow
-    } else {
-        Tracking::OverlapWindow
+    let tracking = match paths.first().map(String::as_str) {
+        Some("--v2") => Tracking::SharedWindow,
+        Some("--v3") => Tracking::OverlapWindow,
+        _ => Tracking::PansOnly,
     };
-    anyhow::ensure!(!paths.is_empty(), "usage: motion_track [--v2] CLIP [CLIP ...]");
+    if tracking != Tracking::PansOnly {
+        paths.remove(0);
+    }
+    anyhow::ensure!(!paths.is_empty(), "usage: motion_track [--v2 | --v3] CLIP [CLIP ...]");
     let tracks =
         paths.iter().enumerate().map(|(i, p)| track(p, i > 0, tracking)).collect::<Result<Vec<_>>>()?;
     let n = tracks.iter().map(Vec::len).max().unwrap_or(0);

@@ -572,10 +572,12 @@ struct EmbedArgs {
     /// Mark strength as the luma PSNR of the mark alone (higher = fainter).
     #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
     target_psnr: f64,
-    /// Mark layout: `v1` keeps the mark fixed on the screen, `v3` moves it with the
-    /// picture's global motion (far cheaper for the encoder on pans; the same on still
-    /// shots), `v2` as v3 with the older motion measure that lets the mark slide on long pans.
-    #[arg(long, default_value = "v3", value_parser = ["v1", "v2", "v3"])]
+    /// Mark layout: `v4` moves the mark with the picture's global motion on a pan (far
+    /// cheaper for the encoder) and keeps it still on a still camera; `v3` also follows
+    /// the fractions of a pixel a still camera's measure drifts by as people cross the
+    /// picture; `v1` keeps the mark fixed on the screen; `v2` as v3 with the older motion
+    /// measure that lets the mark slide on long pans.
+    #[arg(long, default_value = "v4", value_parser = ["v1", "v2", "v3", "v4"])]
     scheme: String,
     /// Print the export record as JSON.
     #[arg(long)]

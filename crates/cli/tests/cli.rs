@@ -654,7 +654,7 @@ fn traces_through_real_ffmpeg_mirrors_rotations_and_perspective() {
     }
 }
 
-/// New exports' marks move with the picture (`tracemark/v3`): on a pan the marked file is
+/// New exports' marks move with the picture on a pan (`tracemark/v4`): the marked file is
 /// far smaller than with the mark fixed on the screen, and the copy is traced with and
 /// without the source, mirrored and rescaled too.
 #[test]
@@ -666,7 +666,7 @@ fn a_pan_exported_with_the_moving_mark_is_small_and_traced() {
     let list: Value =
         serde_json::from_str(&ok(&["registry", "list", "--registry", "reg.db", "--json"], s.p())).unwrap();
     let params: Value = serde_json::from_str(list[0]["embed_params"].as_str().unwrap()).unwrap();
-    assert_eq!(params["scheme"], "tracemark/v3", "{params}");
+    assert_eq!(params["scheme"], "tracemark/v4", "{params}");
     // The same export with the mark fixed on the screen (the older layout).
     assert!(s.embed_with("channel-C", &src, "c.mp4", &["--scheme", "v1"]).status.success());
     let size = |f: &str| std::fs::metadata(s.p().join(f)).unwrap().len() as f64;

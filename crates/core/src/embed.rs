@@ -234,7 +234,7 @@ pub struct EmbedScratch {
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
     /// The working image moved so the moved tile's block corners sit on multiples of 8
-    /// ([`Scheme::FollowsMotionExactly`]).
+    /// ([`Scheme::mask_moves_with_tile`]).
     moved_work: Vec<f32>,
 }
 
@@ -355,11 +355,11 @@ impl Embedder {
             grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
         }
         let offset = self.config.scheme.tile_offset(&g, motion);
-        // Under v3 a moved tile is scaled by the mask of its own blocks (as many as the grid
+        // Under v3 and v4 a moved tile is scaled by the mask of its own blocks (as many as the grid
         // has), so each block's strength travels with the picture under it and the encoder
         // sees one mark, moved; otherwise by the grid's blocks. `phase`: where the first
         // mask block starts on the working grid.
-        let phase = if offset != (0.0, 0.0) && self.config.scheme == Scheme::FollowsMotionExactly {
+        let phase = if offset != (0.0, 0.0) && self.config.scheme.mask_moves_with_tile() {
             let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
             shift_onto_blocks(&s.work, (g.work_w, g.work_h), start, (bx * 8, by * 8), &mut s.moved_work);
             mask::compute(&self.config.mask, &s.moved_work, bx * 8, bx, by, &mut s.mask_raw, &mut s.mask);
@@ -519,8 +519,8 @@ impl Embedder {
         let offset = self.config.scheme.tile_offset(&g, motion);
         let (ix, iy) = (offset.0.floor(), offset.1.floor());
         let frac = (offset.0 - ix, offset.1 - iy);
-        let on_tile = offset != (0.0, 0.0) && self.config.scheme == Scheme::FollowsMotionExactly;
-        // The mask of the tile's own blocks when it moves under v3, else of the grid's.
+        let on_tile = offset != (0.0, 0.0) && self.config.scheme.mask_moves_with_tile();
+        // The mask of the tile's own blocks when it moves under v3 or v4, else of the grid's.
         let (m, phase) = if on_tile {
             let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
             (block_mask(start, bx, by), (ix.rem_euclid(8.0) as usize, iy.rem_euclid(8.0) as usize))

@@ -35,15 +35,20 @@ pub enum Scheme {
     /// steady pan ([`Tracking::SharedWindow`]), so the mark slides against the picture.
     FollowsMotion,
     /// `tracemark/v3`: as `FollowsMotion`, with the motion measured without that bias
-    /// ([`Tracking::OverlapWindow`]): the mark stays on the picture through a pan. What
-    /// new exports use.
-    #[default]
+    /// ([`Tracking::OverlapWindow`]): the mark stays on the picture through a pan. On a
+    /// still camera it drifts with the measure as people cross the picture.
     FollowsMotionExactly,
+    /// `tracemark/v4`: as `FollowsMotionExactly` on a pan, and still on a still camera
+    /// ([`Tracking::PansOnly`]: motion slower than a thumbnail pixel over eight frames is
+    /// not followed). What new exports use.
+    #[default]
+    FollowsPans,
 }
 
 impl Scheme {
     /// Every scheme, oldest first.
-    pub const ALL: [Scheme; 3] = [Scheme::Fixed, Scheme::FollowsMotion, Scheme::FollowsMotionExactly];
+    pub const ALL: [Scheme; 4] =
+        [Scheme::Fixed, Scheme::FollowsMotion, Scheme::FollowsMotionExactly, Scheme::FollowsPans];
 
     /// The name recorded in the registry.
     pub fn as_str(self) -> &'static str {
@@ -51,6 +56,7 @@ impl Scheme {
             Scheme::Fixed => "tracemark/v1",
             Scheme::FollowsMotion => "tracemark/v2",
             Scheme::FollowsMotionExactly => "tracemark/v3",
+            Scheme::FollowsPans => "tracemark/v4",
         }
     }
 
@@ -61,6 +67,7 @@ impl Scheme {
             Scheme::Fixed => None,
             Scheme::FollowsMotion => Some(Tracking::SharedWindow),
             Scheme::FollowsMotionExactly => Some(Tracking::OverlapWindow),
+            Scheme::FollowsPans => Some(Tracking::PansOnly),
         }
     }
 
@@ -70,8 +77,16 @@ impl Scheme {
     pub fn tile_offset(self, grid: &crate::grid::Grid, motion: (f64, f64)) -> (f64, f64) {
         match self {
             Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion | Scheme::FollowsMotionExactly => grid.to_work(motion),
+            Scheme::FollowsMotion | Scheme::FollowsMotionExactly | Scheme::FollowsPans => {
+                grid.to_work(motion)
+            }
         }
+    }
+
+    /// Whether a moved tile is scaled by the mask of its own blocks (v3 on), so each block's
+    /// strength travels with the picture under it, rather than by the grid's blocks (v2).
+    pub fn mask_moves_with_tile(self) -> bool {
+        matches!(self, Scheme::FollowsMotionExactly | Scheme::FollowsPans)
     }
 
     /// The scheme of a recorded name, `None` for one this build does not know.
@@ -164,7 +179,7 @@ mod tests {
             assert_eq!(Scheme::parse(s.as_str()), Some(s));
         }
         assert_eq!(Scheme::parse("tracemark/v9"), None);
-        assert_eq!(Scheme::default(), Scheme::FollowsMotionExactly);
+        assert_eq!(Scheme::default(), Scheme::FollowsPans);
         assert_eq!(Scheme::Fixed.tracking(), None);
     }
 

@@ -43,6 +43,15 @@ const MIN_RIGID_NCC_COPY: f64 = 0.5;
 const RUN_TO_FOLLOW: u32 = 8;
 /// How far above the correlation surface's RMS a peak must stand to count as a match.
 const PEAK_OVER_RMS: f64 = 12.0;
+/// [`Tracking::PansOnly`]: thumbnail pixels the picture must travel over the last
+/// [`RUN_TO_FOLLOW`] frames for its motion to be followed. Slower, a mark left still slides
+/// under the picture by at most an eighth of a thumbnail pixel a frame; a still camera's
+/// measure, pulled about by people crossing the picture, stays well under it.
+const PAN_TRAVEL: f64 = 1.0;
+/// [`Tracking::PansOnly`]: displacements under this many thumbnail pixels keep the fixed
+/// window's estimate (the overlap refit corrects a bias of 2-3% of the displacement: a
+/// hundredth of a pixel here), which spares a still picture two transforms a frame.
+const REFIT_FROM: f64 = 0.5;
 
 /// How a tracker measures the displacement below a pixel: part of the mark layout (the
 /// embedder and the informed detector must measure alike).
@@ -57,17 +66,39 @@ pub enum Tracking {
     /// laid over their overlap *in picture coordinates* (it moves with the estimate), where
     /// the two windowed pictures are exact translates: unbiased.
     OverlapWindow,
+    /// `tracemark/v4`: as [`Tracking::OverlapWindow`], but a run of clean translations is
+    /// followed only while the picture travels at least [`PAN_TRAVEL`] thumbnail pixels over
+    /// [`RUN_TO_FOLLOW`] frames. A still camera's measure drifts by fractions of a pixel
+    /// as people cross the picture; under v3 the mark drifted with it (on the CCTV clip in
+    /// 61 jumps, up to 1.6 px), each jump a new mark for the encoder. Here it stays still.
+    PansOnly,
 }
 
 impl Tracking {
     /// Every tracking, oldest first.
-    pub const ALL: [Tracking; 2] = [Tracking::SharedWindow, Tracking::OverlapWindow];
+    pub const ALL: [Tracking; 3] = [Tracking::SharedWindow, Tracking::OverlapWindow, Tracking::PansOnly];
+
+    /// The trackings a detector runs on a copy ([`Tracking::copy_measure`]), oldest first.
+    pub const COPY: [Tracking; 2] = [Tracking::SharedWindow, Tracking::OverlapWindow];
 
     /// Position in [`Tracking::ALL`] (for per-tracking tables).
     pub fn index(self) -> usize {
         match self {
             Tracking::SharedWindow => 0,
             Tracking::OverlapWindow => 1,
+            Tracking::PansOnly => 2,
+        }
+    }
+
+    /// How a detector measures a copy's motion to read marks laid out with this tracking.
+    /// A copy's tracker is lenient ([`MotionTracker::for_copy`]) and follows every run of
+    /// clean translations, so [`Tracking::PansOnly`] is measured as
+    /// [`Tracking::OverlapWindow`]: on a pan the two agree, and a mark left still is read
+    /// from the unmoved sums a detector always takes.
+    pub fn copy_measure(self) -> Tracking {
+        match self {
+            Tracking::PansOnly => Tracking::OverlapWindow,
+            t => t,
         }
     }
 }
@@ -144,6 +175,10 @@ pub struct MotionTracker {
     output: (f64, f64),
     /// No frames will follow.
     finished: bool,
+    /// [`Tracking::PansOnly`]: the steps of the current run's last [`RUN_TO_FOLLOW`]
+    /// frames popped, and whether the run travels far enough to be followed.
+    recent_steps: std::collections::VecDeque<(f64, f64)>,
+    panning: bool,
 }
 
 impl std::fmt::Debug for Fft2d {
@@ -176,7 +211,7 @@ impl MotionTracker {
         let (tw, th) = (width / k, height / k);
         let usable = tw >= MIN_THUMB && th >= MIN_THUMB;
         let n = if usable { tw * th } else { 0 };
-        let overlap = if tracking == Tracking::OverlapWindow { n } else { 0 };
+        let overlap = if tracking == Tracking::SharedWindow { 0 } else { n };
         Self {
             k,
             tw,
@@ -205,6 +240,8 @@ impl MotionTracker {
             pending: std::collections::VecDeque::with_capacity(Self::MAX_LAG + 1),
             output: (0.0, 0.0),
             finished: false,
+            recent_steps: std::collections::VecDeque::with_capacity(RUN_TO_FOLLOW as usize),
+            panning: false,
         }
     }
 
@@ -233,7 +270,7 @@ impl MotionTracker {
             (Tracking::SharedWindow, Measured::Nothing) => {
                 Pending { delta: (0.0, 0.0), run: 0, known: Some(self.last) }
             }
-            (Tracking::OverlapWindow, Measured::Nothing) => {
+            (_, Measured::Nothing) => {
                 self.run = 0;
                 Pending { delta: (0.0, 0.0), run: 0, known: None }
             }
@@ -248,7 +285,7 @@ impl MotionTracker {
                 self.last = at;
                 Pending { delta: (0.0, 0.0), run: 0, known: Some(at) }
             }
-            (Tracking::OverlapWindow, Measured::Moved(dx, dy)) => {
+            (_, Measured::Moved(dx, dy)) => {
                 // The picture's own track; whether a frame's step is followed is decided
                 // when its run of clean translations is known to be long enough, or over.
                 self.run = self.run.saturating_add(1);
@@ -298,11 +335,53 @@ impl MotionTracker {
             }
             longest >= RUN_TO_FOLLOW
         };
+        let run = front.run;
         let delta = self.pending.pop_front().expect("front exists").delta;
-        if followed {
-            self.output = (self.output.0 + delta.0, self.output.1 + delta.1);
+        let step = match self.tracking {
+            Tracking::PansOnly => self.pan_step(run, delta, followed),
+            _ => followed.then_some(delta),
+        };
+        if let Some(step) = step {
+            self.output = (self.output.0 + step.0, self.output.1 + step.1);
         }
         Some(self.output)
+    }
+
+    /// [`Tracking::PansOnly`]: how far the mark follows the frame just popped, whose step is
+    /// `delta` (its place in its run `run`; `long` when the run is long enough to follow).
+    /// A run is followed while it travels [`PAN_TRAVEL`] thumbnail pixels over
+    /// [`RUN_TO_FOLLOW`] frames: its first ones (still pending) when the frame opens the run
+    /// (the rest of the opening frames take that decision), the last ones popped later in
+    /// it. A pan that starts within a run (a still shot panning away) is caught up with
+    /// at once: the mark takes the window's steps it did not follow, then moves with it.
+    fn pan_step(&mut self, run: u32, delta: (f64, f64), long: bool) -> Option<(f64, f64)> {
+        let window = RUN_TO_FOLLOW as usize;
+        if run <= 1 {
+            self.recent_steps.clear();
+        }
+        if run >= 1 {
+            if self.recent_steps.len() == window {
+                self.recent_steps.pop_front();
+            }
+            self.recent_steps.push_back(delta);
+        }
+        if !long {
+            self.panning = false;
+            return None;
+        }
+        let far = |(x, y): (f64, f64)| x.hypot(y) >= PAN_TRAVEL * self.k as f64;
+        let add = |a: (f64, f64), d: &(f64, f64)| (a.0 + d.0, a.1 + d.1);
+        let mut step = delta;
+        if run == 1 {
+            self.panning = far(self.pending.iter().take(window - 1).fold(delta, |a, p| add(a, &p.delta)));
+        } else if run >= RUN_TO_FOLLOW {
+            let travel = self.recent_steps.iter().fold((0.0, 0.0), add);
+            if !self.panning && far(travel) {
+                step = travel;
+            }
+            self.panning = far(travel);
+        }
+        self.panning.then_some(step)
     }
 
     /// Declares the clip over: every frame pushed becomes final.
@@ -346,7 +425,8 @@ impl MotionTracker {
             .displacement()
             .map(|d| match self.tracking {
                 Tracking::SharedWindow => d,
-                Tracking::OverlapWindow => self.refit_over_overlap(d),
+                Tracking::PansOnly if d.0.hypot(d.1) < REFIT_FROM => d,
+                Tracking::OverlapWindow | Tracking::PansOnly => self.refit_over_overlap(d),
             })
             .filter(|&d| self.rigid_match(d) >= self.min_ncc);
         match found {
@@ -877,7 +957,7 @@ mod tests {
         // moves it as the picture moves; v3 follows the pan from its first frame.
         let start = match tracking {
             Tracking::SharedWindow => RUN_TO_FOLLOW - 1,
-            Tracking::OverlapWindow => 0,
+            Tracking::OverlapWindow | Tracking::PansOnly => 0,
         };
         let mut worst = 0f64;
         for (f, got) in (0..frames).zip(got) {
@@ -929,20 +1009,73 @@ mod tests {
         frames.push(noise(w, h, 12345));
         let pan_start = frames.len();
         frames.extend((0..12).map(|f| view(w, h, 40.0, 2.0 * f64::from(f))));
-        let got = track_all(&mut MotionTracker::new(w, h, Tracking::OverlapWindow), &frames);
-        // The cut frame and the pan's first (a new picture: no match) stay where the short
-        // move left the mark: where it started.
-        for (f, d) in got.iter().enumerate().take(pan_start + 1) {
-            assert_eq!(*d, (0.0, 0.0), "frame {f}");
-        }
-        for (i, d) in got[pan_start..].iter().enumerate() {
-            assert!(d.0.abs() < 0.1 && (d.1 - 2.0 * i as f64).abs() < 0.1, "pan frame {i}: {d:?}");
+        for tracking in [Tracking::OverlapWindow, Tracking::PansOnly] {
+            let got = track_all(&mut MotionTracker::new(w, h, tracking), &frames);
+            // The cut frame and the pan's first (a new picture: no match) stay where the
+            // short move left the mark: where it started.
+            for (f, d) in got.iter().enumerate().take(pan_start + 1) {
+                assert_eq!(*d, (0.0, 0.0), "{tracking:?} frame {f}");
+            }
+            for (i, d) in got[pan_start..].iter().enumerate() {
+                let ok = d.0.abs() < 0.1 && (d.1 - 2.0 * i as f64).abs() < 0.1;
+                assert!(ok, "{tracking:?} pan frame {i}: {d:?}");
+            }
         }
         // v2 holds still for the first RUN_TO_FOLLOW - 1 frames of the pan.
         let v2 = track_all(&mut MotionTracker::new(w, h, Tracking::SharedWindow), &frames);
         let held = f64::from(RUN_TO_FOLLOW - 1) * 2.0;
         let last = v2.last().unwrap();
         assert!((last.1 - (2.0 * 11.0 - held)).abs() < 0.2, "{last:?}");
+    }
+
+    /// A still shot of `view` with a square of other texture (a quarter of the height on a
+    /// side) crossing it, `speed` pixels a frame to the right.
+    fn still_shot_with_a_crossing(w: usize, h: usize, frames: u32, speed: f64) -> Vec<Plane> {
+        let (background, other) = (view(w, h, 0.0, 0.0), view(w, h, 97.0, 41.0));
+        let side = h / 4;
+        (0..frames)
+            .map(|f| {
+                let mut p = background.clone();
+                let x0 = (10.0 + speed * f64::from(f)) as usize;
+                for y in h / 3..h / 3 + side {
+                    let (row, src) = (&mut p.rows_mut().nth(y).unwrap()[x0..x0 + side], other.row(y));
+                    row.copy_from_slice(&src[x0..x0 + side]);
+                }
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn v4_keeps_a_still_camera_still_where_v3_drifts_with_what_crosses_it() {
+        let (w, h) = (320, 240);
+        let frames = still_shot_with_a_crossing(w, h, 24, 3.0);
+        let v3 = track_all(&mut MotionTracker::new(w, h, Tracking::OverlapWindow), &frames);
+        let v4 = track_all(&mut MotionTracker::new(w, h, Tracking::PansOnly), &frames);
+        assert!(v3.iter().any(|&d| d != (0.0, 0.0)), "v3 was expected to drift: {v3:?}");
+        assert!(v4.iter().all(|&d| d == (0.0, 0.0)), "{v4:?}");
+    }
+
+    #[test]
+    fn v4_leaves_a_slow_drift_and_follows_a_pan_that_starts_from_a_still_shot() {
+        let (w, h) = (320, 240);
+        // A twentieth of a pixel a frame: 0.4 px over eight frames, under PAN_TRAVEL.
+        let drift: Vec<Plane> = (0..24).map(|f| view(w, h, 0.05 * f64::from(f), 0.0)).collect();
+        let v4 = track_all(&mut MotionTracker::new(w, h, Tracking::PansOnly), &drift);
+        assert!(v4.iter().all(|&d| d == (0.0, 0.0)), "{v4:?}");
+        let v3 = track_all(&mut MotionTracker::new(w, h, Tracking::OverlapWindow), &drift);
+        assert!((v3[23].0 - 1.15).abs() < 0.1, "{:?}", v3[23]);
+        // Ten still frames, then a pan of 0.3 px a frame down with no cut (one run): it has
+        // travelled PAN_TRAVEL four frames in, and from then on the mark is where the
+        // picture is, the steps it missed caught up with.
+        let still_then_pan: Vec<Plane> =
+            (0..30u32).map(|f| view(w, h, 0.0, 0.3 * f64::from(f.saturating_sub(9)))).collect();
+        let got = track_all(&mut MotionTracker::new(w, h, Tracking::PansOnly), &still_then_pan);
+        for (f, d) in got.iter().enumerate() {
+            let want = 0.3 * f.saturating_sub(9) as f64;
+            let lag = if f < 9 + 5 { 1.0 } else { 0.15 };
+            assert!(d.0.abs() < 0.1 && (d.1 - want).abs() < lag, "frame {f}: {d:?}, want {want}");
+        }
     }
 
     #[test]
@@ -955,7 +1088,7 @@ mod tests {
             let before = got[11];
             let followed = match tracking {
                 Tracking::SharedWindow => 2.0 * f64::from(12 - RUN_TO_FOLLOW),
-                Tracking::OverlapWindow => 22.0,
+                Tracking::OverlapWindow | Tracking::PansOnly => 22.0,
             };
             assert!((before.0 - followed).abs() < 0.2, "{tracking:?}: {before:?}");
             // After the cut the picture is new: no motion until it pans again.

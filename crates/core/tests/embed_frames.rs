@@ -174,8 +174,8 @@ fn moving_embedder() -> Embedder {
 
 #[test]
 fn moved_mark_agrees_with_scalar_reference() {
-    // v2 scales the moved tile by the grid's blocks' mask, v3 by its own blocks'.
-    for scheme in [Scheme::FollowsMotion, Scheme::FollowsMotionExactly] {
+    // v2 scales the moved tile by the grid's blocks' mask, v3 and v4 by its own blocks'.
+    for scheme in [Scheme::FollowsMotion, Scheme::FollowsMotionExactly, Scheme::FollowsPans] {
         let e = embedder_with(scheme);
         let mut scratch = e.new_scratch();
         for clip in CLIPS {

@@ -123,11 +123,12 @@ pub fn accumulate_blind(
     config: &TraceConfig,
     progress: &mut ProgressFn<'_>,
 ) -> Result<BlindAccumulation> {
-    accumulate_blind_tracking(leaked, &Tracking::ALL, config, progress)
+    accumulate_blind_tracking(leaked, &Tracking::COPY, config, progress)
 }
 
-/// [`accumulate_blind`] with the copy's motion measured only the ways in `trackings`
-/// (marks of other layouts that follow motion are then read from the unmoved sums only).
+/// [`accumulate_blind`] with the copy's motion measured only the ways in `trackings`, each
+/// as [`Tracking::copy_measure`] says (marks of other layouts that follow motion are then
+/// read from the unmoved sums only).
 pub fn accumulate_blind_tracking(
     leaked: &Path,
     trackings: &[Tracking],
@@ -135,6 +136,9 @@ pub fn accumulate_blind_tracking(
     progress: &mut ProgressFn<'_>,
 ) -> Result<BlindAccumulation> {
     config.validate()?;
+    let trackings: Vec<Tracking> =
+        Tracking::COPY.into_iter().filter(|t| trackings.iter().any(|u| u.copy_measure() == *t)).collect();
+    let trackings = trackings.as_slice();
     let mut r = open(leaked)?;
     let info = r.info().clone();
     let total = info.frames_estimate;
@@ -300,9 +304,9 @@ pub fn trace_accumulated(
     let windows = pip_windows(&acc.views[0]);
     let mut plan: Vec<Planned> = Vec::new();
     // Newest layout first. With no registry the mark is decoded blind, as new exports lay it out.
-    for tracking in Tracking::ALL.into_iter().rev() {
+    for tracking in Tracking::COPY.into_iter().rev() {
         let Some(moved) = &acc.moved[tracking.index()] else { continue };
-        let follows = |s: Scheme| s.tracking() == Some(tracking);
+        let follows = |s: Scheme| s.tracking().map(Tracking::copy_measure) == Some(tracking);
         let moving: Vec<Candidate> = candidates.iter().filter(|c| follows(c.scheme)).cloned().collect();
         if !moving.is_empty() || (candidates.is_empty() && follows(Scheme::default())) {
             let set = ViewSet::Moved(tracking.index());
