@@ -690,6 +690,33 @@ fn a_pan_exported_with_the_moving_mark_is_small_and_traced() {
     }
 }
 
+/// A still camera with people crossing it, where a v3 mark drifted with them and a v4 mark
+/// stays still: an export of each layout is traced after a re-encode, with and without the
+/// source.
+#[test]
+fn still_camera_exports_of_both_moving_layouts_are_traced() {
+    let s = Setup::new();
+    let src = testdata("vtest-54s-4s.avi");
+    assert!(s.embed("desk-v4", &src, "v4.mp4").status.success());
+    assert!(s.embed_with("desk-v3", &src, "v3.mp4", &["--scheme", "v3"]).status.success());
+    for (file, recipient) in [("v4.mp4", "desk-v4"), ("v3.mp4", "desk-v3")] {
+        let out = format!("re-{file}");
+        ffmpeg(
+            &[
+                "-i", file, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+                &out,
+            ],
+            s.p(),
+        );
+        for original in [Some(src.as_path()), None] {
+            let r = s.trace(&out, original);
+            assert_eq!(r["verdict"], "identified", "{file} {original:?}: {r}");
+            assert_eq!(r["suspects"][0]["recipient"], recipient, "{file} {original:?}: {r}");
+            assert_eq!(r["suspects"].as_array().unwrap().len(), 1, "{file} {original:?}: {r}");
+        }
+    }
+}
+
 /// Traces an export made by an older build (`testdata/PROVENANCE.md`): its key, registry
 /// and marked copy of `pan1080-1s.mp4`, with and without the source.
 fn trace_old_export(version: &str, recipient: &str) {
