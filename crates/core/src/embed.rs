@@ -424,7 +424,7 @@ impl Embedder {
         // Tile pixel of working pixel x is (x - ix) mod TILE_PX.
         let (sx, sy) = ((-ix).rem_euclid(TILE_PX as f64) as usize, (-iy).rem_euclid(TILE_PX as f64) as usize);
         s.resid.fill(0.0);
-        // The mask's blocks start at `phase` (the whole pixels of a v3 move, modulo 8): the
+        // The mask's blocks start at `phase` (the whole pixels of a v3 or v4 move, modulo 8): the
         // mark covers them up to the picture's edge (the strip before the first stays
         // unmarked, as the partial blocks at a still grid's edges do).
         let (px, py) = phase;

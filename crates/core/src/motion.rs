@@ -13,7 +13,8 @@
 //! The embedder runs it on the source; the informed detector runs the same code on the
 //! same decoded source frames (the same numbers, as long as the source file is the one
 //! exported and the FFT rounds alike), the blind detector on the leaked clip. The constants
-//! below are part of layout `tracemark/v2`: changing them needs a new layout version.
+//! below are part of the layouts that follow motion (`tracemark/v2` on; [`PAN_TRAVEL`] and
+//! [`REFIT_FROM`] of `tracemark/v4`): changing them needs a new layout version.
 
 use rustfft::num_complex::Complex32;
 
@@ -45,8 +46,9 @@ const RUN_TO_FOLLOW: u32 = 8;
 const PEAK_OVER_RMS: f64 = 12.0;
 /// [`Tracking::PansOnly`]: thumbnail pixels the picture must travel over the last
 /// [`RUN_TO_FOLLOW`] frames for its motion to be followed. Slower, a mark left still slides
-/// under the picture by at most an eighth of a thumbnail pixel a frame; a still camera's
-/// measure, pulled about by people crossing the picture, stays well under it.
+/// under the picture by under an eighth of a thumbnail pixel a frame on average (and for as
+/// long as the motion stays that slow); a still camera's measure, pulled about by people
+/// crossing the picture, stays well under it.
 const PAN_TRAVEL: f64 = 1.0;
 /// [`Tracking::PansOnly`]: displacements under this many thumbnail pixels keep the fixed
 /// window's estimate (the overlap refit corrects a bias of 2-3% of the displacement: a
@@ -153,7 +155,7 @@ pub struct MotionTracker {
     /// How the sub-pixel displacement is measured.
     tracking: Tracking,
     /// The current and reference thumbnails under the overlap window
-    /// ([`Tracking::OverlapWindow`] only; empty otherwise).
+    /// ([`Tracking::OverlapWindow`] and [`Tracking::PansOnly`]; empty otherwise).
     overlap_current: Vec<Complex32>,
     overlap_reference: Vec<Complex32>,
     /// The overlap window's two axes.
@@ -167,17 +169,18 @@ pub struct MotionTracker {
     /// Displacement of the reference frame since the first frame (picture pixels).
     anchor: (f64, f64),
     /// The last displacement measured: the mark's under [`Tracking::SharedWindow`], the
-    /// picture's under [`Tracking::OverlapWindow`].
+    /// picture's under the others.
     last: (f64, f64),
     /// Frames pushed and not yet popped (at most [`MotionTracker::MAX_LAG`] + 1).
     pending: std::collections::VecDeque<Pending>,
-    /// The last displacement popped ([`Tracking::OverlapWindow`]).
+    /// The last displacement popped (all but [`Tracking::SharedWindow`]).
     output: (f64, f64),
     /// No frames will follow.
     finished: bool,
     /// [`Tracking::PansOnly`]: the steps of the current run's last [`RUN_TO_FOLLOW`]
-    /// frames popped, and whether the run travels far enough to be followed.
-    recent_steps: std::collections::VecDeque<(f64, f64)>,
+    /// frames popped, each with whether the mark took it, and whether the run travels far
+    /// enough to be followed.
+    recent_steps: std::collections::VecDeque<((f64, f64), bool)>,
     panning: bool,
 }
 
@@ -261,8 +264,9 @@ impl MotionTracker {
     /// frame, in picture pixels (content at `p` in the first frame is at
     /// `p + displacement` now), comes out of [`MotionTracker::pop`] once it is final: at
     /// once under [`Tracking::SharedWindow`], up to [`MotionTracker::MAX_LAG`] frames later
-    /// under [`Tracking::OverlapWindow`], which follows a pan from its first frame once it
-    /// has lasted long enough to be one.
+    /// under [`Tracking::OverlapWindow`] and [`Tracking::PansOnly`], which follow a pan from
+    /// its first frame once it has lasted long enough to be one (`PansOnly`: and travelled
+    /// far enough; one that picks up within a run is caught up with when it has).
     pub fn push(&mut self, luma: &Plane) {
         let measured = self.measure(luma);
         let k = self.k as f64;
@@ -353,7 +357,7 @@ impl MotionTracker {
     /// [`RUN_TO_FOLLOW`] frames: its first ones (still pending) when the frame opens the run
     /// (the rest of the opening frames take that decision), the last ones popped later in
     /// it. A pan that starts within a run (a still shot panning away) is caught up with
-    /// at once: the mark takes the window's steps it did not follow, then moves with it.
+    /// at once: the mark takes the window's steps it has not taken, then moves with it.
     fn pan_step(&mut self, run: u32, delta: (f64, f64), long: bool) -> Option<(f64, f64)> {
         let window = RUN_TO_FOLLOW as usize;
         if run <= 1 {
@@ -363,25 +367,31 @@ impl MotionTracker {
             if self.recent_steps.len() == window {
                 self.recent_steps.pop_front();
             }
-            self.recent_steps.push_back(delta);
+            self.recent_steps.push_back((delta, false));
         }
         if !long {
             self.panning = false;
             return None;
         }
         let far = |(x, y): (f64, f64)| x.hypot(y) >= PAN_TRAVEL * self.k as f64;
-        let add = |a: (f64, f64), d: &(f64, f64)| (a.0 + d.0, a.1 + d.1);
-        let mut step = delta;
+        let add = |a: (f64, f64), d: (f64, f64)| (a.0 + d.0, a.1 + d.1);
         if run == 1 {
-            self.panning = far(self.pending.iter().take(window - 1).fold(delta, |a, p| add(a, &p.delta)));
+            self.panning = far(self.pending.iter().take(window - 1).fold(delta, |a, p| add(a, p.delta)));
         } else if run >= RUN_TO_FOLLOW {
-            let travel = self.recent_steps.iter().fold((0.0, 0.0), add);
-            if !self.panning && far(travel) {
-                step = travel;
-            }
+            let travel = self.recent_steps.iter().fold((0.0, 0.0), |a, &(d, _)| add(a, d));
             self.panning = far(travel);
         }
-        self.panning.then_some(step)
+        if !self.panning {
+            return None;
+        }
+        // The window's steps not taken yet: this frame's, and on a pan picked up within the
+        // run the earlier ones left behind while it was too slow.
+        let mut step = (0.0, 0.0);
+        for (d, taken) in self.recent_steps.iter_mut().filter(|(_, taken)| !*taken) {
+            step = add(step, *d);
+            *taken = true;
+        }
+        Some(step)
     }
 
     /// Declares the clip over: every frame pushed becomes final.
@@ -1076,6 +1086,25 @@ mod tests {
             let lag = if f < 9 + 5 { 1.0 } else { 0.15 };
             assert!(d.0.abs() < 0.1 && (d.1 - want).abs() < lag, "frame {f}: {d:?}, want {want}");
         }
+    }
+
+    #[test]
+    fn v4_never_takes_a_step_twice_on_a_pan_that_slows_and_picks_up_again() {
+        let (w, h) = (320, 240);
+        // A pan just fast enough, a pause, a spurt, then just fast enough again: following
+        // stops and starts, and each restart takes only the steps not yet taken.
+        let steps: Vec<f64> = [[0.13; 8].as_slice(), &[0.0, 0.2, 0.2], &[0.13; 12]].concat();
+        let mut truth = vec![0.0];
+        for s in &steps {
+            truth.push(truth.last().unwrap() + s);
+        }
+        let frames: Vec<Plane> = truth.iter().map(|&x| view(w, h, x, 0.0)).collect();
+        let got = track_all(&mut MotionTracker::new(w, h, Tracking::PansOnly), &frames);
+        for (f, (d, want)) in got.iter().zip(&truth).enumerate() {
+            // Never ahead of the picture; behind it by at most what one window travels.
+            assert!(d.0 <= want + 0.1 && d.0 >= want - 1.2, "frame {f}: {d:?}, picture at {want}");
+        }
+        assert!((got.last().unwrap().0 - truth.last().unwrap()).abs() < 0.2, "{got:?}");
     }
 
     #[test]
