@@ -6,7 +6,8 @@
 //! ```
 //! With several clips the tracks are printed side by side (a copy's track against its
 //! source's, say). The first clip is tracked as the embedder tracks a source, the others
-//! as a detector tracks a copy (for v4 as for v3: `Tracking::copy_measure`). `--v2` and `--v3` measure as `tracemark/v2` and `v3` exports did.
+//! as a detector tracks a copy (for v4 as for v3: `Tracking::copy_measure`). `--v2` and
+//! `--v3` measure as `tracemark/v2` and `v3` exports did.
 
 use anyhow::{Context, Result};
 use tracemark::core::motion::{MotionTracker, Tracking};

@@ -178,10 +178,8 @@ pub struct MotionTracker {
     /// No frames will follow.
     finished: bool,
     /// [`Tracking::PansOnly`]: the steps of the current run's last [`RUN_TO_FOLLOW`]
-    /// frames popped, each with whether the mark took it, and whether the run travels far
-    /// enough to be followed.
+    /// frames popped, each with whether the mark took it.
     recent_steps: std::collections::VecDeque<((f64, f64), bool)>,
-    panning: bool,
 }
 
 impl std::fmt::Debug for Fft2d {
@@ -244,7 +242,6 @@ impl MotionTracker {
             output: (0.0, 0.0),
             finished: false,
             recent_steps: std::collections::VecDeque::with_capacity(RUN_TO_FOLLOW as usize),
-            panning: false,
         }
     }
 
@@ -370,18 +367,19 @@ impl MotionTracker {
             self.recent_steps.push_back((delta, false));
         }
         if !long {
-            self.panning = false;
             return None;
         }
         let far = |(x, y): (f64, f64)| x.hypot(y) >= PAN_TRAVEL * self.k as f64;
         let add = |a: (f64, f64), d: (f64, f64)| (a.0 + d.0, a.1 + d.1);
-        if run == 1 {
-            self.panning = far(self.pending.iter().take(window - 1).fold(delta, |a, p| add(a, p.delta)));
+        let panning = if run == 1 {
+            far(self.pending.iter().take(window - 1).fold(delta, |a, p| add(a, p.delta)))
         } else if run >= RUN_TO_FOLLOW {
-            let travel = self.recent_steps.iter().fold((0.0, 0.0), |a, &(d, _)| add(a, d));
-            self.panning = far(travel);
-        }
-        if !self.panning {
+            far(self.recent_steps.iter().fold((0.0, 0.0), |a, &(d, _)| add(a, d)))
+        } else {
+            // The opening's decision: whether the mark took the frame before this one.
+            self.recent_steps.iter().rev().nth(1).is_some_and(|&(_, taken)| taken)
+        };
+        if !panning {
             return None;
         }
         // The window's steps not taken yet: this frame's, and on a pan picked up within the
