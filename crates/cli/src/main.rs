@@ -573,11 +573,13 @@ struct EmbedArgs {
     #[arg(long = "target-psnr", default_value_t = EmbedConfig::new().target_psnr_db)]
     target_psnr: f64,
     /// Mark layout: `v4` moves the mark with the picture's global motion on a pan (far
-    /// cheaper for the encoder) and keeps it still on a still camera; `v3` also follows
+    /// cheaper for the encoder) and keeps it still on a still camera; `v5` as v4 with
+    /// every frequency of the mark at the same amplitude (more of it survives a small
+    /// picture-in-picture and heavy downscaling, as faint by PSNR); `v3` also follows
     /// the fractions of a pixel a still camera's measure drifts by as people cross the
     /// picture; `v1` keeps the mark fixed on the screen; `v2` as v3 with the older motion
     /// measure that lets the mark slide on long pans.
-    #[arg(long, default_value = "v4", value_parser = ["v1", "v2", "v3", "v4"])]
+    #[arg(long, default_value = "v4", value_parser = ["v1", "v2", "v3", "v4", "v5"])]
     scheme: String,
     /// Print the export record as JSON.
     #[arg(long)]

@@ -717,6 +717,55 @@ fn still_camera_exports_of_both_moving_layouts_are_traced() {
     }
 }
 
+/// A `tracemark/v5` export (every band at the same amplitude) is recorded as such and traced
+/// from a small picture-in-picture of it (a 0.375x inset on a 1280x720 background), the
+/// attack its low frequencies are for, and from a plain re-encode without the source.
+#[test]
+fn an_even_band_export_is_traced_from_a_small_picture_in_picture() {
+    let s = Setup::new();
+    let src = testdata("vtest-4s.avi");
+    assert!(s.embed_with("desk-v5", &src, "v5.mp4", &["--scheme", "v5"]).status.success());
+    assert!(s.embed("desk-v4", &src, "v4.mp4").status.success());
+    let list: Value =
+        serde_json::from_str(&ok(&["registry", "list", "--registry", "reg.db", "--json"], s.p())).unwrap();
+    let schemes: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e["embed_params"].as_str().unwrap()).unwrap()["scheme"].to_string()
+        })
+        .collect();
+    assert!(schemes.contains(&"\"tracemark/v5\"".to_string()), "{schemes:?}");
+    let pip = "color=c=0x406080:s=1280x720:r=10[bg];[0:v]scale=288:216,setsar=1[fg];\
+               [bg][fg]overlay=x=W-w-32:y=32:shortest=1,format=yuv420p[v]";
+    ffmpeg(
+        &[
+            "-i",
+            "v5.mp4",
+            "-filter_complex",
+            pip,
+            "-map",
+            "[v]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "23",
+            "pip.mp4",
+        ],
+        s.p(),
+    );
+    ffmpeg(&["-i", "v5.mp4", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "re.mp4"], s.p());
+    for (file, original) in [("pip.mp4", Some(src.as_path())), ("re.mp4", None)] {
+        let r = s.trace(file, original);
+        assert_eq!(r["verdict"], "identified", "{file}: {r}");
+        assert_eq!(r["suspects"][0]["recipient"], "desk-v5", "{file}: {r}");
+        assert_eq!(r["suspects"].as_array().unwrap().len(), 1, "{file}: {r}");
+    }
+}
+
 /// Traces an export made by an older build (`testdata/PROVENANCE.md`): its key, registry
 /// and marked copy of `pan1080-1s.mp4`, with and without the source.
 fn trace_old_export(version: &str, recipient: &str) {

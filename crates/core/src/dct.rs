@@ -35,10 +35,18 @@ pub fn basis(v: usize, u: usize) -> [f64; 64] {
 }
 
 /// The band's weights: [`BAND_THRESHOLDS`] normalised so a block carrying every band
-/// coefficient at unit amplitude has unit energy. Embedder and detector share them.
+/// coefficient at unit amplitude has unit energy. The detector reads every layout with
+/// them; layouts `tracemark/v1` to `v4` are written with them.
 pub fn band_weights() -> [f32; 9] {
     let norm = BAND_THRESHOLDS.iter().map(|t| t * t).sum::<f32>().sqrt();
     BAND_THRESHOLDS.map(|t| t / norm)
+}
+
+/// Equal weights of unit total energy: every band coefficient at the same amplitude (layout
+/// `tracemark/v5`). Watson's thresholds put the most of the mark in the highest
+/// coefficients of the band, the first that downscaling and heavy compression remove.
+pub fn even_band_weights() -> [f32; 9] {
+    [1.0 / 3.0; 9]
 }
 
 /// The band's basis images in f32, computed once.

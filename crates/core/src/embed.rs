@@ -289,7 +289,7 @@ impl Embedder {
         config.validate()?;
         let layout = TileLayout::new(key);
         let codeword = Codebook::new(key).codeword(mark_id);
-        let pattern = layout.block_patterns(|slot| {
+        let pattern = layout.block_patterns(config.scheme.band_weights(), |slot| {
             if slot.role == PILOT {
                 1.0
             } else {
@@ -515,7 +515,7 @@ impl Embedder {
             mask::smooth(&raw, nx, ny, &mut m);
             m
         };
-        let weights = dct::band_weights();
+        let weights = self.config.scheme.band_weights();
         let offset = self.config.scheme.tile_offset(&g, motion);
         let (ix, iy) = (offset.0.floor(), offset.1.floor());
         let frac = (offset.0 - ix, offset.1 - iy);

@@ -43,12 +43,22 @@ pub enum Scheme {
     /// not followed). What new exports use.
     #[default]
     FollowsPans,
+    /// `tracemark/v5`: as `FollowsPans`, with every band coefficient at the same amplitude
+    /// ([`dct::even_band_weights`]) instead of in proportion to Watson's thresholds, so the
+    /// lowest frequencies, which survive a small picture-in-picture, a broadcast chain's
+    /// downscaling and heavy compression, carry as much of the mark as the highest.
+    FollowsPansEvenBands,
 }
 
 impl Scheme {
     /// Every scheme, oldest first.
-    pub const ALL: [Scheme; 4] =
-        [Scheme::Fixed, Scheme::FollowsMotion, Scheme::FollowsMotionExactly, Scheme::FollowsPans];
+    pub const ALL: [Scheme; 5] = [
+        Scheme::Fixed,
+        Scheme::FollowsMotion,
+        Scheme::FollowsMotionExactly,
+        Scheme::FollowsPans,
+        Scheme::FollowsPansEvenBands,
+    ];
 
     /// The name recorded in the registry.
     pub fn as_str(self) -> &'static str {
@@ -57,6 +67,7 @@ impl Scheme {
             Scheme::FollowsMotion => "tracemark/v2",
             Scheme::FollowsMotionExactly => "tracemark/v3",
             Scheme::FollowsPans => "tracemark/v4",
+            Scheme::FollowsPansEvenBands => "tracemark/v5",
         }
     }
 
@@ -67,7 +78,7 @@ impl Scheme {
             Scheme::Fixed => None,
             Scheme::FollowsMotion => Some(Tracking::SharedWindow),
             Scheme::FollowsMotionExactly => Some(Tracking::OverlapWindow),
-            Scheme::FollowsPans => Some(Tracking::PansOnly),
+            Scheme::FollowsPans | Scheme::FollowsPansEvenBands => Some(Tracking::PansOnly),
         }
     }
 
@@ -77,16 +88,25 @@ impl Scheme {
     pub fn tile_offset(self, grid: &crate::grid::Grid, motion: (f64, f64)) -> (f64, f64) {
         match self {
             Scheme::Fixed => (0.0, 0.0),
-            Scheme::FollowsMotion | Scheme::FollowsMotionExactly | Scheme::FollowsPans => {
-                grid.to_work(motion)
-            }
+            Scheme::FollowsMotion
+            | Scheme::FollowsMotionExactly
+            | Scheme::FollowsPans
+            | Scheme::FollowsPansEvenBands => grid.to_work(motion),
         }
     }
 
     /// Whether a moved tile is scaled by the mask of its own blocks (v3 on), so each block's
     /// strength travels with the picture under it, rather than by the grid's blocks (v2).
     pub fn mask_moves_with_tile(self) -> bool {
-        matches!(self, Scheme::FollowsMotionExactly | Scheme::FollowsPans)
+        matches!(self, Scheme::FollowsMotionExactly | Scheme::FollowsPans | Scheme::FollowsPansEvenBands)
+    }
+
+    /// The amplitude of each band coefficient in this layout's mark (unit total energy).
+    pub fn band_weights(self) -> [f32; 9] {
+        match self {
+            Scheme::FollowsPansEvenBands => dct::even_band_weights(),
+            _ => dct::band_weights(),
+        }
     }
 
     /// The scheme of a recorded name, `None` for one this build does not know.
@@ -135,11 +155,11 @@ impl TileLayout {
     }
 
     /// The pixel pattern (row-major 8x8) of every block of the tile, for slot signs given
-    /// by `sign` (times each slot's chip and band weight): the embedder's mark with
-    /// `sign` = codeword bit or 1 for pilots, the detector's pilot reference with 0 for
-    /// codeword slots.
-    pub fn block_patterns(&self, sign: impl Fn(Slot) -> f32) -> Vec<[f32; 64]> {
-        let (basis, weights) = (dct::band_basis(), dct::band_weights());
+    /// by `sign` (times each slot's chip and its band's weight in `weights`): the
+    /// embedder's mark with `sign` = codeword bit or 1 for pilots, the detector's pilot
+    /// reference with 0 for codeword slots.
+    pub fn block_patterns(&self, weights: [f32; 9], sign: impl Fn(Slot) -> f32) -> Vec<[f32; 64]> {
+        let basis = dct::band_basis();
         self.slots
             .chunks_exact(BAND.len())
             .map(|block| {
@@ -181,6 +201,33 @@ mod tests {
         assert_eq!(Scheme::parse("tracemark/v9"), None);
         assert_eq!(Scheme::default(), Scheme::FollowsPans);
         assert_eq!(Scheme::Fixed.tracking(), None);
+    }
+
+    /// Each slot's coefficient in a block pattern is its chip times its band's weight, and
+    /// nothing lies outside the band: equal amplitudes for v5, Watson's for v4.
+    #[test]
+    fn block_patterns_carry_each_band_at_its_layouts_weight() {
+        let l = TileLayout::new(&MasterKey::from_seed(4));
+        for scheme in [Scheme::FollowsPans, Scheme::FollowsPansEvenBands] {
+            let weights = scheme.band_weights();
+            assert!((weights.iter().map(|w| w * w).sum::<f32>() - 1.0).abs() < 1e-6, "{scheme:?}");
+            let patterns = l.block_patterns(weights, |_| 1.0);
+            for (b, p) in patterns.iter().enumerate().step_by(37) {
+                let coefs = dct::forward_reference(&p.map(f64::from));
+                for (k, &(v, u)) in BAND.iter().enumerate() {
+                    let want = f64::from(weights[k] * f32::from(l.slots[b * BAND.len() + k].chip));
+                    assert!((coefs[v * 8 + u] - want).abs() < 1e-5, "{scheme:?} block {b} band {k}");
+                }
+                let outside: f64 = coefs.iter().map(|c| c * c).sum::<f64>()
+                    - BAND.iter().map(|&(v, u)| coefs[v * 8 + u].powi(2)).sum::<f64>();
+                assert!(outside < 1e-9, "{scheme:?} block {b}: {outside}");
+            }
+        }
+        let (even, watson) =
+            (Scheme::FollowsPansEvenBands.band_weights(), Scheme::FollowsPans.band_weights());
+        assert!(even.iter().all(|&w| w == even[0]));
+        // Watson's thresholds give the highest coefficients (0,3) and (3,0) 1.64x the lowest.
+        assert!((watson[5] / watson[0] - 1.66 / 1.01).abs() < 1e-4);
     }
 
     #[test]

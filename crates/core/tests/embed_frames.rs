@@ -70,6 +70,19 @@ fn fast_kernel_agrees_with_scalar_reference() {
 }
 
 #[test]
+fn even_band_kernel_agrees_with_scalar_reference() {
+    let e = embedder_with(Scheme::FollowsPansEvenBands);
+    let mut scratch = e.new_scratch();
+    for clip in CLIPS {
+        let f = frames(clip, 1).remove(0);
+        let (mut fast, mut slow) = (f.clone(), f.clone());
+        let a = e.embed(&mut fast, &mut scratch);
+        let b = e.embed_reference(&mut slow);
+        assert_agree(&format!("{clip} v5"), &f, (&fast, a), (&slow, b));
+    }
+}
+
+#[test]
 fn mark_is_invisible_by_psnr_and_ssim() {
     let e = embedder();
     let mut scratch = e.new_scratch();
@@ -175,7 +188,12 @@ fn moving_embedder() -> Embedder {
 #[test]
 fn moved_mark_agrees_with_scalar_reference() {
     // v2 scales the moved tile by the grid's blocks' mask, v3 and v4 by its own blocks'.
-    for scheme in [Scheme::FollowsMotion, Scheme::FollowsMotionExactly, Scheme::FollowsPans] {
+    for scheme in [
+        Scheme::FollowsMotion,
+        Scheme::FollowsMotionExactly,
+        Scheme::FollowsPans,
+        Scheme::FollowsPansEvenBands,
+    ] {
         let e = embedder_with(scheme);
         let mut scratch = e.new_scratch();
         for clip in CLIPS {

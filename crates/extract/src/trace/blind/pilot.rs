@@ -17,9 +17,13 @@ use crate::image::Gray;
 /// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
 pub(super) fn pilot_tile(key: &MasterKey) -> Vec<f32> {
     let layout = tracemark_core::layout::TileLayout::new(key);
-    tracemark_core::layout::tile_image(
-        &layout.block_patterns(|slot| if slot.role == PILOT { 1.0 } else { 0.0 }),
-    )
+    tracemark_core::layout::tile_image(&layout.block_patterns(tracemark_core::dct::band_weights(), |slot| {
+        if slot.role == PILOT {
+            1.0
+        } else {
+            0.0
+        }
+    }))
 }
 
 /// The scales (and shapes) one pilot search tries: coarse steps over a range, then fine
