@@ -812,3 +812,11 @@ fn an_export_made_with_the_v2_moving_mark_is_still_traced() {
 fn an_export_made_with_the_v3_moving_mark_is_still_traced() {
     trace_old_export("v3", "old-export-v3");
 }
+
+/// An export whose mark follows pans only, every band at Watson's relative amplitude
+/// (`tracemark/v4`, by the build of commit 6cda208), is still traced, with and without the
+/// source.
+#[test]
+fn an_export_made_with_the_v4_watson_band_mark_is_still_traced() {
+    trace_old_export("v4", "old-export-v4");
+}

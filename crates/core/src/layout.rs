@@ -101,6 +101,16 @@ impl Scheme {
         matches!(self, Scheme::FollowsMotionExactly | Scheme::FollowsPans | Scheme::FollowsPansEvenBands)
     }
 
+    /// The layout a detector reads this one as: v5 as v4. They differ only in the band's
+    /// amplitudes, and the detector weighs the band alike for every layout, so reading
+    /// both would read the same sums twice (and count the search twice).
+    pub fn read_as(self) -> Scheme {
+        match self {
+            Scheme::FollowsPansEvenBands => Scheme::FollowsPans,
+            s => s,
+        }
+    }
+
     /// The amplitude of each band coefficient in this layout's mark (unit total energy).
     pub fn band_weights(self) -> [f32; 9] {
         match self {
@@ -201,6 +211,18 @@ mod tests {
         assert_eq!(Scheme::parse("tracemark/v9"), None);
         assert_eq!(Scheme::default(), Scheme::FollowsPans);
         assert_eq!(Scheme::Fixed.tracking(), None);
+    }
+
+    #[test]
+    fn a_layout_is_read_as_one_that_moves_its_tile_the_same_way() {
+        let g = crate::grid::Grid::for_frame(1920, 1080);
+        for s in Scheme::ALL {
+            let r = s.read_as();
+            assert_eq!(r.tracking(), s.tracking(), "{s:?}");
+            assert_eq!(r.tile_offset(&g, (3.5, -2.25)), s.tile_offset(&g, (3.5, -2.25)), "{s:?}");
+            assert_eq!(r.read_as(), r, "{s:?}");
+        }
+        assert_eq!(Scheme::FollowsPansEvenBands.read_as(), Scheme::FollowsPans);
     }
 
     /// Each slot's coefficient in a block pattern is its chip times its band's weight, and

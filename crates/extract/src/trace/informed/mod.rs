@@ -147,14 +147,14 @@ pub fn trace_informed(
     let still = src.motion.iter().flatten().all(|&m| m == (0.0, 0.0));
     let mut groups: Vec<(Scheme, Vec<Candidate>)> = Vec::new();
     for c in candidates {
-        let scheme = if still { Scheme::Fixed } else { c.scheme };
+        let scheme = if still { Scheme::Fixed } else { c.scheme.read_as() };
         match groups.iter_mut().find(|g| g.0 == scheme) {
             Some(g) => g.1.push(c.clone()),
             None => groups.push((scheme, vec![c.clone()])),
         }
     }
     if groups.is_empty() {
-        groups.push((if still { Scheme::Fixed } else { Scheme::default() }, Vec::new()));
+        groups.push((if still { Scheme::Fixed } else { Scheme::default().read_as() }, Vec::new()));
     }
     let schemes: Vec<Scheme> = groups.iter().map(|g| g.0).collect();
     let ctx = Informed {
