@@ -728,15 +728,11 @@ fn an_even_band_export_is_traced_from_a_small_picture_in_picture() {
     assert!(s.embed("desk-v4", &src, "v4.mp4").status.success());
     let list: Value =
         serde_json::from_str(&ok(&["registry", "list", "--registry", "reg.db", "--json"], s.p())).unwrap();
-    let schemes: Vec<String> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<Value>(e["embed_params"].as_str().unwrap()).unwrap()["scheme"].to_string()
-        })
-        .collect();
-    assert!(schemes.contains(&"\"tracemark/v5\"".to_string()), "{schemes:?}");
+    let scheme_of = |e: &Value| {
+        serde_json::from_str::<Value>(e["embed_params"].as_str().unwrap()).unwrap()["scheme"].clone()
+    };
+    let schemes: Vec<Value> = list.as_array().unwrap().iter().map(scheme_of).collect();
+    assert!(schemes.contains(&Value::from("tracemark/v5")), "{schemes:?}");
     let pip = "color=c=0x406080:s=1280x720:r=10[bg];[0:v]scale=288:216,setsar=1[fg];\
                [bg][fg]overlay=x=W-w-32:y=32:shortest=1,format=yuv420p[v]";
     ffmpeg(

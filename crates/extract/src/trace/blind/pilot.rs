@@ -14,10 +14,13 @@ use super::views::{FIT_EDGES, WINDOW_CANDIDATES};
 use crate::fft2d::Fft2d;
 use crate::image::Gray;
 
-/// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like.
+/// The pilot's reference tile in pixels: what a unit-mask mark's pilot looks like. The
+/// search does not know the copy's layout, so it looks for the pilot as v1-v4 draw it (a
+/// v5 pilot, every band at one amplitude, correlates with it at 0.984).
 pub(super) fn pilot_tile(key: &MasterKey) -> Vec<f32> {
     let layout = tracemark_core::layout::TileLayout::new(key);
-    tracemark_core::layout::tile_image(&layout.block_patterns(tracemark_core::dct::band_weights(), |slot| {
+    let weights = tracemark_core::dct::band_weights();
+    tracemark_core::layout::tile_image(&layout.block_patterns(weights, |slot| {
         if slot.role == PILOT {
             1.0
         } else {
