@@ -345,25 +345,31 @@ impl Embedder {
         if bx == 0 || by == 0 {
             return EmbedStats::default();
         }
-        if g.is_native() {
+        let offset = self.config.scheme.tile_offset(&g, motion);
+        // Under v3 and v4 a moved tile is scaled by the mask of its own blocks (as many as the grid
+        // has), so each block's strength travels with the picture under it and the encoder
+        // sees one mark, moved; otherwise by the grid's blocks.
+        let mask_moves = offset != (0.0, 0.0) && self.config.scheme.mask_moves_with_tile();
+        if !g.is_native() {
+            grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
+        } else if mask_moves {
             for (d, row) in s.work.chunks_exact_mut(w).zip(frame.y.rows()) {
                 for (o, &p) in d.iter_mut().zip(row) {
                     *o = f32::from(p);
                 }
             }
-        } else {
-            grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
         }
-        let offset = self.config.scheme.tile_offset(&g, motion);
-        // Under v3 and v4 a moved tile is scaled by the mask of its own blocks (as many as the grid
-        // has), so each block's strength travels with the picture under it and the encoder
-        // sees one mark, moved; otherwise by the grid's blocks. `phase`: where the first
-        // mask block starts on the working grid.
-        let phase = if offset != (0.0, 0.0) && self.config.scheme.mask_moves_with_tile() {
+        // `phase`: where the first mask block starts on the working grid.
+        let phase = if mask_moves {
             let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
             shift_onto_blocks(&s.work, (g.work_w, g.work_h), start, (bx * 8, by * 8), &mut s.moved_work);
             mask::compute(&self.config.mask, &s.moved_work, bx * 8, bx, by, &mut s.mask_raw, &mut s.mask);
             (offset.0.floor().rem_euclid(8.0) as usize, offset.1.floor().rem_euclid(8.0) as usize)
+        } else if g.is_native() {
+            // The picture's bytes are the working image: no float copy of it to write and read.
+            let (img, stride) = (frame.y.samples(), frame.y.stride());
+            mask::compute(&self.config.mask, img, stride, bx, by, &mut s.mask_raw, &mut s.mask);
+            (0, 0)
         } else {
             mask::compute(&self.config.mask, &s.work, g.work_w, bx, by, &mut s.mask_raw, &mut s.mask);
             (0, 0)

@@ -42,6 +42,10 @@ impl Plane {
     pub fn stride(&self) -> usize {
         self.stride
     }
+    /// All rows, [`Plane::stride`] bytes apart (the bytes past the width included).
+    pub fn samples(&self) -> &[u8] {
+        &self.data
+    }
     /// Row `y` (picture bytes only).
     pub fn row(&self, y: usize) -> &[u8] {
         let start = y * self.stride;

@@ -88,12 +88,13 @@ pub fn texture_std(px: &[f64; 64]) -> f64 {
     var.sqrt()
 }
 
-/// Computes the mask of every whole block of a working-grid image (`w` wide, row-major)
-/// into `mask` (`bx * by`), using `raw` as scratch of the same size. Contrast is measured
-/// about each block's plane ([`texture_std`]).
-pub fn compute(
+/// Computes the mask of every whole block of a working-grid image (rows `w` apart: floats,
+/// or the bytes of a picture on its native grid) into `mask` (`bx * by`), using `raw` as
+/// scratch of the same size. Contrast is measured about each block's plane
+/// ([`texture_std`]).
+pub fn compute<T: Copy + Into<f32>>(
     params: &MaskParams,
-    img: &[f32],
+    img: &[T],
     w: usize,
     bx: usize,
     by: usize,
@@ -101,26 +102,58 @@ pub fn compute(
     mask: &mut [f32],
 ) {
     for j in 0..by {
-        for i in 0..bx {
-            let (mut s, mut s2, mut gx, mut gy) = (0f32, 0f32, 0f32, 0f32);
-            for y in 0..8 {
-                let row = &img[(j * 8 + y) * w + i * 8..(j * 8 + y) * w + i * 8 + 8];
-                let (mut r, mut rx) = (0f32, 0f32);
-                for (&p, &c) in row.iter().zip(&CENTRED) {
-                    r += p;
-                    s2 += p * p;
-                    rx += p * c;
-                }
-                s += r;
-                gx += rx;
-                gy += r * CENTRED[y];
-            }
-            let mean = s / 64.0;
-            let var = (s2 / 64.0 - mean * mean - (gx * gx + gy * gy) * PLANE_NORM).max(0.0);
-            raw[j * bx + i] = params.block_value(mean, var.sqrt());
+        let rows = &img[j * 8 * w..];
+        let out = &mut raw[j * bx..(j + 1) * bx];
+        let mut i0 = 0;
+        while i0 + LANES <= bx {
+            block_stats::<LANES, T>(params, &rows[i0 * 8..], w, &mut out[i0..i0 + LANES]);
+            i0 += LANES;
+        }
+        for i in i0..bx {
+            block_stats::<1, T>(params, &rows[i * 8..], w, &mut out[i..=i]);
         }
     }
     smooth(raw, bx, by, mask);
+}
+
+/// Blocks side by side whose sums run together: each sum is still added pixel by pixel in
+/// the block's own order (the result is bit for bit one block at a time, see
+/// `compute_one_by_one`), but the blocks' sums are independent chains the processor
+/// overlaps, where one block's 64 dependent additions wait on each other.
+const LANES: usize = 16;
+
+/// The raw mask of the `N` blocks side by side whose top-left pixel is `rows[0]` (rows of
+/// `w`), into `out`.
+#[inline(always)]
+fn block_stats<const N: usize, T: Copy + Into<f32>>(
+    params: &MaskParams,
+    rows: &[T],
+    w: usize,
+    out: &mut [f32],
+) {
+    let (mut s, mut s2, mut gx, mut gy) = ([0f32; N], [0f32; N], [0f32; N], [0f32; N]);
+    for (y, &cy) in CENTRED.iter().enumerate() {
+        let row = &rows[y * w..][..N * 8];
+        let (mut r, mut rx) = ([0f32; N], [0f32; N]);
+        for (x, &c) in CENTRED.iter().enumerate() {
+            for l in 0..N {
+                let p: f32 = row[l * 8 + x].into();
+                r[l] += p;
+                s2[l] += p * p;
+                rx[l] += p * c;
+            }
+        }
+        for l in 0..N {
+            s[l] += r[l];
+            gx[l] += rx[l];
+            gy[l] += r[l] * cy;
+        }
+    }
+    for (l, o) in out.iter_mut().enumerate() {
+        let mean = s[l] / 64.0;
+        let var = (s2[l] / 64.0 - mean * mean - (gx[l] * gx[l] + gy[l] * gy[l]) * PLANE_NORM).max(0.0);
+        *o = params.block_value(mean, var.sqrt());
+    }
 }
 
 /// Blends each block with its 4-neighbours (weight 1/2 own, 1/2 neighbours' mean), taking
@@ -182,6 +215,64 @@ mod tests {
         assert!((texture_std(&ramp_checker) - 12.0).abs() < 1e-9);
         let checker = p.block_value(raw_mean(&ramp_checker), 12.0);
         assert!((raw[1] - checker).abs() < 1e-3 * checker, "{} vs {checker}", raw[1]);
+    }
+
+    /// [`compute`] one block at a time, as it was written first: the reference the
+    /// side-by-side sums must match bit for bit.
+    fn compute_one_by_one(params: &MaskParams, img: &[f32], w: usize, bx: usize, by: usize, raw: &mut [f32]) {
+        for j in 0..by {
+            for i in 0..bx {
+                let (mut s, mut s2, mut gx, mut gy) = (0f32, 0f32, 0f32, 0f32);
+                for y in 0..8 {
+                    let row = &img[(j * 8 + y) * w + i * 8..(j * 8 + y) * w + i * 8 + 8];
+                    let (mut r, mut rx) = (0f32, 0f32);
+                    for (&p, &c) in row.iter().zip(&CENTRED) {
+                        r += p;
+                        s2 += p * p;
+                        rx += p * c;
+                    }
+                    s += r;
+                    gx += rx;
+                    gy += r * CENTRED[y];
+                }
+                let mean = s / 64.0;
+                let var = (s2 / 64.0 - mean * mean - (gx * gx + gy * gy) * PLANE_NORM).max(0.0);
+                raw[j * bx + i] = params.block_value(mean, var.sqrt());
+            }
+        }
+    }
+
+    #[test]
+    fn side_by_side_sums_are_the_one_block_sums_bit_for_bit() {
+        let p = MaskParams::default();
+        // Widths with and without a partial group of blocks, and pixels past the last
+        // whole block (ignored).
+        for (bx, by, extra) in [(1, 1, 0), (16, 2, 3), (37, 3, 7), (96, 4, 0)] {
+            let w = bx * 8 + extra;
+            let mut state = 0x2545_f491_u32 ^ (bx as u32);
+            let img: Vec<f32> = (0..w * by * 8)
+                .map(|k| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    // Smooth ramps, texture and saturated highlights side by side.
+                    let base = (k % w) as f32 * 0.7 + (k / w) as f32 * 0.3;
+                    (base + (state % 64) as f32 * ((k / 8 % 4) as f32 * 0.5)).min(255.0)
+                })
+                .collect();
+            let (mut raw, mut mask, mut want) =
+                (vec![0f32; bx * by], vec![0f32; bx * by], vec![0f32; bx * by]);
+            compute(&p, &img, w, bx, by, &mut raw, &mut mask);
+            compute_one_by_one(&p, &img, w, bx, by, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&raw), bits(&want), "{bx} x {by} blocks");
+            // A picture's bytes, read as they are, give the mask of their floats.
+            let bytes: Vec<u8> = img.iter().map(|&v| v as u8).collect();
+            let whole: Vec<f32> = bytes.iter().map(|&b| f32::from(b)).collect();
+            compute(&p, &bytes, w, bx, by, &mut raw, &mut mask);
+            compute_one_by_one(&p, &whole, w, bx, by, &mut want);
+            assert_eq!(bits(&raw), bits(&want), "{bx} x {by} blocks of bytes");
+        }
     }
 
     fn raw_mean(px: &[f64; 64]) -> f32 {
