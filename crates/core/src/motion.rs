@@ -507,10 +507,11 @@ impl MotionTracker {
             let m = (p.re * p.re + p.im * p.im).sqrt();
             *s = if m > 1e-20 { p / m } else { Complex32::default() };
         }
-        fft.inverse(&mut self.surface);
-        // The peak (the first of equals) and the surface's RMS, in eight lanes.
+        // Read once, so left transposed (one transpose fewer): (x, y) is at [x * th + y].
+        let surface = fft.inverse_transposed(&mut self.surface);
+        // The peak and the surface's RMS, in eight lanes.
         let (mut best, mut sq) = ([f32::MIN; 8], [0f32; 8]);
-        let chunks = self.surface.chunks_exact(8);
+        let chunks = surface.chunks_exact(8);
         let tail = chunks.remainder();
         for c in chunks {
             for (l, v) in c.iter().enumerate() {
@@ -524,7 +525,14 @@ impl MotionTracker {
             best = best.max(v.re);
             sq += f64::from(v.re * v.re);
         }
-        let at = self.surface.iter().position(|v| v.re == best).unwrap_or(0);
+        // The first of equal peaks in row-major order, as a row-major surface reads it.
+        let at = surface
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.re == best)
+            .map(|(k, _)| (k % th) * tw + k / th)
+            .min()
+            .unwrap_or(0);
         let rms = (sq / n as f64).sqrt();
         if f64::from(best) < PEAK_OVER_RMS * rms {
             return None;
