@@ -733,9 +733,19 @@ impl<T> TrackedQueue<T> {
     }
 }
 
-/// Odd minimax polynomial of the arctangent on [0, 1] (coefficients of a, a^3, ...).
-const ATAN_POLY: [f32; 7] =
-    [0.999_996_6, -0.333_182_44, 0.198_128_77, -0.132_466_03, 0.079_798_18, -0.033_716_71, 0.006_840_037];
+/// The arctangent of `a` in [0, 1]: an odd minimax polynomial (its coefficients of a,
+/// a^3, ...), evaluated in Horner form.
+#[inline(always)]
+fn atan_unit(a: f32) -> f32 {
+    const C: [f32; 7] =
+        [0.999_996_6, -0.333_182_44, 0.198_128_77, -0.132_466_03, 0.079_798_18, -0.033_716_71, 0.006_840_037];
+    let s = a * a;
+    let mut r = C[6];
+    for &c in C[..6].iter().rev() {
+        r = r * s + c;
+    }
+    r * a
+}
 
 /// Bins side by side in [`fit_row`].
 const FIT_LANES: usize = 8;
@@ -794,13 +804,7 @@ fn atan2_lanes(y: &[f32; FIT_LANES], x: &[f32; FIT_LANES]) -> [f32; FIT_LANES] {
         let (ax, ay) = (x[l].abs(), y[l].abs());
         let lo = if ax < ay { ax } else { ay };
         let hi = if ax < ay { ay } else { ax };
-        let a = lo / hi;
-        let s = a * a;
-        let mut r = ATAN_POLY[6];
-        for &c in ATAN_POLY[..6].iter().rev() {
-            r = r * s + c;
-        }
-        r *= a;
+        let mut r = atan_unit(lo / hi);
         r = if ay > ax { std::f32::consts::FRAC_PI_2 - r } else { r };
         r = if x[l] < 0.0 { std::f32::consts::PI - r } else { r };
         r = if y[l] < 0.0 { -r } else { r };
@@ -1229,13 +1233,7 @@ mod tests {
         if hi == 0.0 {
             return 0.0;
         }
-        let a = lo / hi;
-        let s = a * a;
-        let mut r = ATAN_POLY[6];
-        for &c in ATAN_POLY[..6].iter().rev() {
-            r = r * s + c;
-        }
-        r *= a;
+        let mut r = atan_unit(lo / hi);
         if ay > ax {
             r = std::f32::consts::FRAC_PI_2 - r;
         }
