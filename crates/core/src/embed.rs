@@ -354,9 +354,9 @@ impl Embedder {
             return EmbedStats::default();
         }
         let offset = self.config.scheme.tile_offset(&g, motion);
-        // Under v3 and v4 a moved tile is scaled by the mask of its own blocks (as many as the grid
-        // has), so each block's strength travels with the picture under it and the encoder
-        // sees one mark, moved; otherwise by the grid's blocks.
+        // From v3 on a moved tile is scaled by the mask of its own blocks (as many as the grid
+        // has; `Scheme::mask_moves_with_tile`), so each block's strength travels with the
+        // picture under it and the encoder sees one mark, moved; otherwise by the grid's blocks.
         let mask_moves = offset != (0.0, 0.0) && self.config.scheme.mask_moves_with_tile();
         if !g.is_native() {
             grid::downscale_area(&frame.y, &s.hx, &s.vy, &mut s.tmp, &mut s.work, g.work_w);
@@ -443,7 +443,7 @@ impl Embedder {
         // Tile pixel of working pixel x is (x - ix) mod TILE_PX.
         let (sx, sy) = ((-ix).rem_euclid(TILE_PX as f64) as usize, (-iy).rem_euclid(TILE_PX as f64) as usize);
         s.resid.fill(0.0);
-        // The mask's blocks start at `phase` (the whole pixels of a v3 or v4 move, modulo 8): the
+        // The mask's blocks start at `phase` (the whole pixels of a move from v3 on, modulo 8): the
         // mark covers them up to the picture's edge (the strip before the first stays
         // unmarked, as the partial blocks at a still grid's edges do).
         let (px, py) = phase;
@@ -539,7 +539,7 @@ impl Embedder {
         let (ix, iy) = (offset.0.floor(), offset.1.floor());
         let frac = (offset.0 - ix, offset.1 - iy);
         let on_tile = offset != (0.0, 0.0) && self.config.scheme.mask_moves_with_tile();
-        // The mask of the tile's own blocks when it moves under v3 or v4, else of the grid's.
+        // The mask of the tile's own blocks when it moves, from v3 on, else of the grid's.
         let (m, phase) = if on_tile {
             let start = (offset.0.rem_euclid(8.0), offset.1.rem_euclid(8.0));
             (block_mask(start, bx, by), (ix.rem_euclid(8.0) as usize, iy.rem_euclid(8.0) as usize))
