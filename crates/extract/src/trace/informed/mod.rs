@@ -215,12 +215,48 @@ mod tests {
     use super::*;
 
     fn view_of(src: &Gray, leak_size: (usize, usize), g: &Geometry) -> (Gray, WarpTaps) {
-        let taps = WarpTaps::new((src.w, src.h), leak_size, g);
         let view = LeakView::new((src.w, src.h), leak_size, g);
+        let seen = seen_through(&view, src);
+        (seen, view.taps)
+    }
+
+    fn seen_through(view: &LeakView, src: &Gray) -> Gray {
         let (mut between, mut on_leak, mut seen) =
-            (vec![0f32; src.h * leak_size.0], Gray::new(leak_size.0, leak_size.1), Gray::new(src.w, src.h));
-        view.apply(src, &taps, &mut between, &mut on_leak, &mut seen);
-        (seen, taps)
+            (vec![0f32; src.h * view.size.0], Gray::new(view.size.0, view.size.1), Gray::new(src.w, src.h));
+        view.apply(src, &mut between, &mut on_leak, &mut seen);
+        seen
+    }
+
+    fn checkerboard(w: usize, h: usize) -> Gray {
+        let mut checker = Gray::new(w, h);
+        for (n, v) in checker.data.iter_mut().enumerate() {
+            *v = if (n % w + n / w) % 2 == 0 { 100.0 } else { 140.0 };
+        }
+        checker
+    }
+
+    #[test]
+    fn a_turned_coarser_copy_sees_the_source_through_a_view_too() {
+        // A 0.4x copy turned by half a degree: a projective warp, and still a coarser view.
+        let (w, h) = (160, 120);
+        let h_work = Homography::about_centre(64.0, 48.0, 0.5f64.to_radians(), false)
+            .then_after(&Homography::from_geometry(&Geometry { sx: 0.4, sy: 0.4, tx: 0.0, ty: 0.0 }));
+        let checker = checkerboard(w, h);
+        let warp = PairWarp::new((w, h), (64, 48), &h_work, &checker, &Gray::new(64, 48));
+        assert!(matches!(warp.warp, Warp::Projective(_)));
+        let view = warp.view.expect("a coarser copy has a view");
+        let seen = seen_through(&view, &checker);
+        for j in 8..h - 8 {
+            for i in 8..w - 8 {
+                let v = seen.data[j * w + i];
+                assert!((v - 120.0).abs() < 1.0, "checker at {i},{j}: {v}");
+            }
+        }
+        // As large as the source or larger: nothing is lost, no view.
+        let up = Homography::about_centre(320.0, 240.0, 0.5f64.to_radians(), false)
+            .then_after(&Homography::from_geometry(&Geometry { sx: 2.0, sy: 2.0, tx: 0.0, ty: 0.0 }));
+        let warp = PairWarp::new((w, h), (320, 240), &up, &checker, &Gray::new(320, 240));
+        assert!(matches!(warp.warp, Warp::Projective(_)) && warp.view.is_none());
     }
 
     #[test]
@@ -241,11 +277,7 @@ mod tests {
             }
         }
         // A one-pixel checkerboard cannot pass through pixels twice as large: the view is flat.
-        let mut checker = Gray::new(w, h);
-        for (n, v) in checker.data.iter_mut().enumerate() {
-            *v = if (n % w + n / w) % 2 == 0 { 100.0 } else { 140.0 };
-        }
-        let (seen, taps) = view_of(&checker, leak_size, &g);
+        let (seen, taps) = view_of(&checkerboard(w, h), leak_size, &g);
         for j in taps.y_range.start + 3..taps.y_range.end - 3 {
             for i in taps.x_range.start + 3..taps.x_range.end - 3 {
                 assert!(

@@ -205,8 +205,8 @@ pub(super) fn read_pairs(
                 src: Gray::new(w, h),
                 leak: Gray::new(leak_size.0, leak_size.1),
                 seen: Gray::new(w, h),
-                on_leak: Gray::new(leak_size.0, leak_size.1),
-                between: vec![0f32; h * leak_size.0],
+                on_leak: view.as_ref().map_or_else(|| Gray::new(0, 0), |v| Gray::new(v.size.0, v.size.1)),
+                between: view.as_ref().map_or_else(Vec::new, |v| vec![0f32; h * v.size.0]),
                 warped: Gray::new(w, h),
                 resid: vec![0f32; w * h],
                 detect: DetectScratch::default(),
@@ -214,12 +214,12 @@ pub(super) fn read_pairs(
             |s, PairToRead { k, src, leak, offsets }| {
                 src.load(&mut s.src);
                 leak.load(&mut s.leak);
-                let compared = match (view, &warp.warp) {
-                    (Some(v), Warp::Axis(taps)) => {
-                        v.apply(&s.src, taps, &mut s.between, &mut s.on_leak, &mut s.seen);
+                let compared = match view {
+                    Some(v) => {
+                        v.apply(&s.src, &mut s.between, &mut s.on_leak, &mut s.seen);
                         &s.seen
                     }
-                    _ => &s.src,
+                    None => &s.src,
                 };
                 warp_and_fit(compared, &s.leak, warp, &mut s.warped, &mut s.resid);
                 // The mask is the embedder's: computed from the source itself.

@@ -82,8 +82,7 @@ pub(super) struct PairWarp {
     pub(super) src_size: (usize, usize),
     pub(super) leak_size: (usize, usize),
     pub(super) warp: Warp,
-    /// For a leaked picture coarser than the working grid, how it sees the source
-    /// (axis-aligned geometries).
+    /// For a leaked picture coarser than the working grid, how it sees the source.
     pub(super) view: Option<LeakView>,
     /// Source pixels that are covered and not under an overlay (logo, ticker, black bar):
     /// only these enter the tone fit and the residual.
@@ -106,6 +105,18 @@ impl PairWarp {
         let view = match (&warp, h_work.as_geometry()) {
             (Warp::Axis(_), Some(g)) if g.sx < 1.0 && g.sy < 1.0 => {
                 Some(LeakView::new(src_size, leak_size, &g))
+            }
+            // A turned, mirrored or keystoned copy loses the same detail: the source is
+            // averaged on a grid of the map's scale at the picture's centre and brought
+            // back (a small picture-in-picture registers with a hair of rotation, and
+            // compared at full detail its scores fell to half).
+            (Warp::Projective(_), _) => {
+                let (sx, sy) = h_work.local_scale(src_size.0 as f64, src_size.1 as f64);
+                (sx < 1.0 && sy < 1.0).then(|| {
+                    let size =
+                        ((src_size.0 as f64 * sx).ceil() as usize, (src_size.1 as f64 * sy).ceil() as usize);
+                    LeakView::new(src_size, size, &Geometry { sx, sy, tx: 0.0, ty: 0.0 })
+                })
             }
             _ => None,
         };
@@ -188,6 +199,10 @@ pub(super) fn overlay_free(src: &Gray, leak: &Gray, warp: &Warp) -> Vec<bool> {
 pub(super) struct LeakView {
     pub(super) cols: Vec<Vec<(usize, f32)>>,
     pub(super) rows: Vec<Vec<(usize, f32)>>,
+    /// Size of the coarser grid the source is averaged onto.
+    pub(super) size: (usize, usize),
+    /// Back from that grid onto the working grid.
+    pub(super) taps: WarpTaps,
 }
 
 impl LeakView {
@@ -219,19 +234,15 @@ impl LeakView {
         Self {
             cols: axis(src_size.0, leak_size.0, g.sx, g.tx),
             rows: axis(src_size.1, leak_size.1, g.sy, g.ty),
+            size: leak_size,
+            taps: WarpTaps::new(src_size, leak_size, g),
         }
     }
 
     /// Writes the source as the leaked pixels see it into `seen` (working-grid size), using
-    /// `between` (source rows x leaked columns) and `on_leak` (leaked size).
-    pub(super) fn apply(
-        &self,
-        src: &Gray,
-        taps: &WarpTaps,
-        between: &mut [f32],
-        on_leak: &mut Gray,
-        seen: &mut Gray,
-    ) {
+    /// `between` (source rows x the view's columns) and `on_leak` (the view's size).
+    pub(super) fn apply(&self, src: &Gray, between: &mut [f32], on_leak: &mut Gray, seen: &mut Gray) {
+        let taps = &self.taps;
         let lw = on_leak.w;
         for (row, out) in src.data.chunks_exact(src.w).zip(between.chunks_exact_mut(lw)) {
             for (o, col) in out.iter_mut().zip(&self.cols) {
