@@ -26,9 +26,13 @@ use tracemark_core::{Frame, MasterKey};
 
 use self::frames::{resize_into, shift_into, whiten_into, FrameScratch};
 use self::lattice::lattice_shapes;
-use self::pilot::{FoldCache, Pilot, PilotSearch, ScaleSearch, ViewSet, PICTURE_IN_PICTURE, WHOLE_PICTURE};
+use self::pilot::{
+    FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, ViewSet, PICTURE_IN_PICTURE, WHOLE_PICTURE,
+};
 use self::sampling::{resample, Linear};
-use self::views::{analyses, best_hypothesis, pip_windows, search_windows, Analysis, Hyp};
+use self::views::{
+    analyses, best_hypothesis, distinct_peaks, pip_windows, ranked_hypotheses, search_windows, Analysis, Hyp,
+};
 use super::{open, tick, Registration, TraceConfig, TraceResult};
 use crate::detect::{DetectScratch, Detector, SlotSums};
 use crate::image::Gray;
@@ -319,11 +323,12 @@ pub fn trace_accumulated(
         let (set, scales) = (ViewSet::Windows, PICTURE_IN_PICTURE);
         plan.push(Planned { views: &windows, set, scales, candidates: candidates.to_vec() });
     }
-    let mut found: Vec<(f64, SlotSums, Registration)> = Vec::with_capacity(plan.len());
-    let candidates_family = plan.iter().map(|p| p.candidates.len()).sum();
+    let mut found: Vec<(f64, Vec<(SlotSums, Registration)>)> = Vec::with_capacity(plan.len());
+    // Every peak a search reads scores its candidates.
+    let candidates_family = plan.iter().map(|p| p.scales.peaks * p.candidates.len()).sum();
     // The pilot's family: the searches made, and for a search skipped the most it could
     // have tried.
-    let family_after = |found: &[(f64, SlotSums, Registration)]| Family {
+    let family_after = |found: &[(f64, Vec<(SlotSums, Registration)>)]| Family {
         candidates: candidates_family,
         sync_hypotheses: plan
             .iter()
@@ -344,8 +349,7 @@ pub fn trace_accumulated(
         // Readings that already name someone far beyond the threshold (with every planned
         // search in their family) make the next ones pointless; those still count.
         let so_far = family_after(&found);
-        let readings: Vec<(&SlotSums, &[Candidate])> =
-            found.iter().zip(&plan).map(|(f, p)| (&f.1, p.candidates.as_slice())).collect();
+        let readings = readings_of(&found, &plan);
         let decided = decide_readings(&detector, &readings, so_far, config.threshold);
         let decisive = decided
             .suspects
@@ -356,13 +360,22 @@ pub fn trace_accumulated(
         }
     }
     let family = family_after(&found);
-    let readings: Vec<(&SlotSums, &[Candidate])> =
-        found.iter().zip(&plan).map(|(f, p)| (&f.1, p.candidates.as_slice())).collect();
+    let readings = readings_of(&found, &plan);
     let decision = decide_readings(&detector, &readings, family, config.threshold);
-    let strongest = (0..found.len())
-        .max_by(|&a, &b| detector.pilot_z(&found[a].1).total_cmp(&detector.pilot_z(&found[b].1)))
-        .expect("at least one search");
-    let (_, _, registration) = found.swap_remove(strongest);
+    let all: Vec<&(SlotSums, Registration)> = found.iter().flat_map(|f| &f.1).collect();
+    // The geometry reported is the reading's that names the suspect, or with none the
+    // strongest pilot's.
+    let suspect_score = |r: &(SlotSums, Registration)| {
+        decision.suspects.first().map(|s| detector.score(&detector.soft_bits(&r.0), s.mark_id))
+    };
+    let chosen = if decision.suspects.is_empty() {
+        (0..all.len()).max_by(|&a, &b| detector.pilot_z(&all[a].0).total_cmp(&detector.pilot_z(&all[b].0)))
+    } else {
+        (0..all.len())
+            .max_by(|&a, &b| suspect_score(all[a]).partial_cmp(&suspect_score(all[b])).expect("finite"))
+    }
+    .expect("at least one reading");
+    let registration = all[chosen].1.clone();
     Ok(TraceResult {
         decision,
         informed: false,
@@ -372,6 +385,14 @@ pub fn trace_accumulated(
         per_second: Vec::new(),
         example_frames: None,
     })
+}
+
+/// Every reading of the searches made so far, each with its search's candidates.
+fn readings_of<'a>(
+    found: &'a [(f64, Vec<(SlotSums, Registration)>)],
+    plan: &'a [Planned<'_>],
+) -> Vec<(&'a SlotSums, &'a [Candidate])> {
+    found.iter().zip(plan).flat_map(|(f, p)| f.1.iter().map(|r| (&r.0, p.candidates.as_slice()))).collect()
 }
 
 /// A view resampled onto the mark's grid where the pilot put it, ready to read.
@@ -455,7 +476,7 @@ fn search_and_read(
     scales: &ScaleSearch,
     frames: u64,
     acc_size: (usize, usize),
-) -> Result<(f64, SlotSums, Registration)> {
+) -> Result<(f64, Vec<(SlotSums, Registration)>)> {
     // Coarse scales, then fine ones around the best. Shapes (rotation, stretch) come from
     // the mark's lattice, found without the key.
     let shapes: Vec<Vec<Linear>> = views
@@ -472,7 +493,9 @@ fn search_and_read(
         .collect();
     let fitted;
     let mut views = views;
-    let (vi, si, scale, mirror, mut hypotheses);
+    let mut hypotheses;
+    // The peaks to read: (view, shape, scale, mirror).
+    let mut peaks: Vec<(usize, usize, f64, Mirror)> = Vec::with_capacity(scales.peaks);
     if let Some(parent) = parent {
         let found = search_windows(detector, pilot, views, cache, parent, scales, frames);
         let Some((window, s, m, tried)) = found else {
@@ -484,20 +507,55 @@ fn search_and_read(
             });
         };
         fitted = [window];
-        (views, vi, si, scale, mirror, hypotheses) = (&fitted, 0, 0, s, m, tried);
+        (views, hypotheses) = (&fitted, tried);
+        peaks.push((0, 0, s, m));
     } else {
         let coarse: Vec<Hyp> = (0..views.len())
             .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
             .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
             .collect();
         hypotheses = coarse.len();
-        let best = best_hypothesis(pilot, views, &shapes, coarse, scales.mirrors, cache);
-        let (vi0, si0, s0) = best.1;
-        let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
-        hypotheses += fine.len();
-        let best_fine = best_hypothesis(pilot, views, &shapes, fine, scales.mirrors, None);
-        (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+        let ranked = ranked_hypotheses(pilot, views, &shapes, coarse, scales.mirrors, cache);
+        for best in distinct_peaks(&ranked, scales.peaks, scales.coarse_step) {
+            let (vi0, si0, s0) = best.1;
+            let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
+            hypotheses += fine.len();
+            let best_fine = best_hypothesis(pilot, views, &shapes, fine, scales.mirrors, None);
+            let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+            peaks.push((vi, si, scale, mirror));
+        }
     }
+    let hypotheses = (hypotheses * scales.mirrors.len() * TILE_PX * TILE_PX) as f64;
+    let mut readings = Vec::with_capacity(peaks.len());
+    for (vi, si, scale, mirror) in peaks {
+        readings.push(read_peak(
+            detector,
+            pilot,
+            views,
+            &shapes,
+            (vi, si, scale, mirror),
+            scales,
+            frames,
+            acc_size,
+            hypotheses,
+        )?);
+    }
+    Ok((hypotheses, readings))
+}
+
+/// Reads one peak of a search: view `vi` under shape `si` at `scale`, flipped by `mirror`.
+#[allow(clippy::too_many_arguments)]
+fn read_peak(
+    detector: &Detector,
+    pilot: &Pilot,
+    views: &[Analysis],
+    shapes: &[Vec<Linear>],
+    (vi, si, scale, mirror): (usize, usize, f64, Mirror),
+    scales: &ScaleSearch,
+    frames: u64,
+    acc_size: (usize, usize),
+    hypotheses: f64,
+) -> Result<(SlotSums, Registration)> {
     // Read the mirrored copy the right way round: flipping the accumulated pictures is
     // exact (the shape is seen flipped too), and the shift is then found afresh.
     let flipped;
@@ -521,7 +579,6 @@ fn search_and_read(
             min: BLIND_MIN_SIDE,
             what: "trace without the original (blind); pass --original",
         })?;
-    let hypotheses = (hypotheses * scales.mirrors.len() * TILE_PX * TILE_PX) as f64;
     let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
     // A window of the picture: where it is, in leaked pixels.
     let window = scales.windows.then(|| {
@@ -538,5 +595,5 @@ fn search_and_read(
         stretch,
         window,
     };
-    Ok((hypotheses, sums, registration))
+    Ok((sums, registration))
 }

@@ -35,7 +35,7 @@ pub(super) fn pilot_tile(key: &MasterKey) -> Vec<f32> {
 pub(super) struct ScaleSearch {
     /// Coarse scales are `(1 + coarse_step)^k` for `k` in this range.
     coarse: (i32, i32),
-    coarse_step: f64,
+    pub(super) coarse_step: f64,
     /// Fine scales: the best coarse one times `1 + fine_step * k`, `0 < |k| <= fine_half`.
     pub(super) fine_half: i32,
     pub(super) fine_step: f64,
@@ -45,6 +45,12 @@ pub(super) struct ScaleSearch {
     pub(super) windows: bool,
     /// The mirrors tried, in pairs (one inverse transform per pair).
     pub(super) mirrors: &'static [Mirror],
+    /// How many of the best coarse peaks (distinct: not the same shape, mirror and a
+    /// neighbouring scale) are refined and read. A faint pilot can lose the top place to
+    /// the highest of the search's null peaks and still be second or third; its reading
+    /// then names the export where the best peak alone would not. Each read peak's
+    /// candidates count in the family.
+    pub(super) peaks: usize,
 }
 
 impl ScaleSearch {
@@ -67,6 +73,7 @@ impl ScaleSearch {
         // and reads of the fitted window at fine scales.
         let pairs = FIT_EDGES * (FIT_EDGES + 1) / 2;
         let fine = 2 * self.fine_half as usize;
+        let scales = scales + (self.peaks - 1) * fine;
         let fitting = if self.windows { WINDOW_CANDIDATES * (pairs * pairs + 2 * fine + 2) } else { 0 };
         ((views * shapes * scales + fitting) * self.mirrors.len() * TILE_PX * TILE_PX) as f64
     }
@@ -83,6 +90,7 @@ pub(super) const WHOLE_PICTURE: ScaleSearch = ScaleSearch {
     lattice: true,
     windows: false,
     mirrors: &Mirror::ALL,
+    peaks: 3,
 };
 
 /// A window of the picture that may hold a picture-in-picture: the mark shrunk to between
@@ -99,6 +107,7 @@ pub(super) const PICTURE_IN_PICTURE: ScaleSearch = ScaleSearch {
     lattice: false,
     windows: true,
     mirrors: &[Mirror::ALL[0], Mirror::ALL[1]],
+    peaks: 1,
 };
 
 /// At most this many lattice shapes are searched (each counted in the hypotheses).

@@ -349,3 +349,25 @@ fn reused_buffers_give_what_fresh_ones_give() {
         (s.picture, s.white) = (picture, white);
     }
 }
+
+#[test]
+fn distinct_peaks_skip_a_peak_seen_again_from_the_next_scale() {
+    let (plain, flipped) = (Mirror::ALL[0], Mirror::ALL[1]);
+    let ranked = [
+        (6.0, (0, 0, 0.652), flipped),
+        (5.9, (0, 0, 0.659), flipped), // the same peak, one coarse step up
+        (5.5, (0, 0, 0.659), plain),   // another mirror: another peak
+        (5.2, (0, 0, 1.0), plain),
+        (5.1, (0, 1, 1.0), plain), // another shape
+        (5.0, (0, 0, 0.666), flipped),
+    ];
+    let peaks = distinct_peaks(&ranked, 3, 0.01);
+    let hyps: Vec<_> = peaks.iter().map(|p| (p.1, p.2)).collect();
+    assert_eq!(hyps, [((0, 0, 0.652), flipped), ((0, 0, 0.659), plain), ((0, 0, 1.0), plain)]);
+    // Two coarse steps away is a peak of its own; fewer hypotheses than asked for is fine.
+    let peaks = distinct_peaks(&ranked, 10, 0.01);
+    assert_eq!(peaks.len(), 5);
+    assert_eq!((peaks[4].1, peaks[4].2), ((0, 0, 0.666), flipped));
+    // A hypothesis too small to search is never read.
+    assert!(distinct_peaks(&[(f64::MIN, (0, 0, 1.0), plain)], 3, 0.01).is_empty());
+}

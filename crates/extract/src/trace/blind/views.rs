@@ -214,6 +214,50 @@ pub(super) fn best_hypothesis(
         )
 }
 
+/// Every hypothesis with its best mirror's pilot peak, highest first (ties in the order
+/// given, so the first is [`best_hypothesis`]'s).
+pub(super) fn ranked_hypotheses(
+    pilot: &Pilot,
+    views: &[Analysis],
+    shapes: &[Vec<Linear>],
+    hyps: Vec<Hyp>,
+    mirrors: &[Mirror],
+    cache: Option<(&FoldCache, ViewSet)>,
+) -> Vec<(f64, Hyp, Mirror)> {
+    let mut all: Vec<(f64, Hyp, Mirror)> = hyps
+        .into_par_iter()
+        .map_init(
+            || PilotSearch::new(pilot),
+            |sync, (vi, si, scale)| {
+                let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
+                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale), mirrors, cached)
+                    .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
+            },
+        )
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    all
+}
+
+/// The first `n` of `ranked` that are distinct peaks: a hypothesis of the same view,
+/// shape and mirror as one already taken, within `step` of its scale (relative), is the
+/// same peak seen from the next coarse scale.
+pub(super) fn distinct_peaks(ranked: &[(f64, Hyp, Mirror)], n: usize, step: f64) -> Vec<(f64, Hyp, Mirror)> {
+    let mut out: Vec<(f64, Hyp, Mirror)> = Vec::with_capacity(n);
+    for &(z, (vi, si, s), m) in ranked {
+        if out.len() == n || z == f64::MIN {
+            break;
+        }
+        let same = out
+            .iter()
+            .any(|&(_, (v, h, t), mm)| v == vi && h == si && mm == m && (s / t - 1.0).abs() <= step * 1.5);
+        if !same {
+            out.push((z, (vi, si, s), m));
+        }
+    }
+    out
+}
+
 /// Fits `window` (a crop of `parent`) to the picture-in-picture it holds: the window grown
 /// by half its size on every side is read under `map` and `mirror` block by block, pilot
 /// slots only ([`Detector::pilot_blocks`]), and the rectangle of blocks whose pilot
