@@ -188,9 +188,7 @@ pub(super) fn refine_window(
 pub(super) type Hyp = (usize, usize, f64);
 
 /// The hypothesis whose best mirror has the highest pilot peak: its z, itself, the
-/// mirror. Every hypothesis is independent: they are tried in parallel, one FFT plan per
-/// thread; ties go to the earlier one, so the result does not depend on the threads.
-/// Folds go through `cache`, when given, as folds of `views`' set.
+/// mirror ([`ranked_hypotheses`]' first).
 pub(super) fn best_hypothesis(
     pilot: &Pilot,
     views: &[Analysis],
@@ -199,23 +197,14 @@ pub(super) fn best_hypothesis(
     mirrors: &[Mirror],
     cache: Option<(&FoldCache, ViewSet)>,
 ) -> (f64, Hyp, Mirror) {
-    hyps.into_par_iter()
-        .map_init(
-            || PilotSearch::new(pilot),
-            |sync, (vi, si, scale)| {
-                let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
-                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale), mirrors, cached)
-                    .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
-            },
-        )
-        .reduce(
-            || (f64::MIN, (0, 0, 1.0), Mirror::ALL[0]),
-            |a, b| if b.0 > a.0 || (b.0 == a.0 && (b.1, b.2) < (a.1, a.2)) { b } else { a },
-        )
+    let ranked = ranked_hypotheses(pilot, views, shapes, hyps, mirrors, cache);
+    ranked.into_iter().next().unwrap_or((f64::MIN, (0, 0, 1.0), Mirror::ALL[0]))
 }
 
-/// Every hypothesis with its best mirror's pilot peak, highest first (ties in the order
-/// given, so the first is [`best_hypothesis`]'s).
+/// Every hypothesis with its best mirror's pilot peak, highest first. Every hypothesis is
+/// independent: they are tried in parallel, one FFT plan per thread; ties keep the order
+/// given, so the result does not depend on the threads. Folds go through `cache`, when
+/// given, as folds of `views`' set.
 pub(super) fn ranked_hypotheses(
     pilot: &Pilot,
     views: &[Analysis],
