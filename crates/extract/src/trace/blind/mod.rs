@@ -499,12 +499,7 @@ fn search_and_read(
     if let Some(parent) = parent {
         let found = search_windows(detector, pilot, views, cache, parent, scales, frames);
         let Some((window, s, m, tried)) = found else {
-            return Err(Error::TooSmall {
-                width: acc_size.0,
-                height: acc_size.1,
-                min: BLIND_MIN_SIDE,
-                what: "trace without the original (blind); pass --original",
-            });
+            return Err(too_small(acc_size));
         };
         fitted = [window];
         (views, hypotheses) = (&fitted, tried);
@@ -524,6 +519,10 @@ fn search_and_read(
             let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
             peaks.push((vi, si, scale, mirror));
         }
+        // No scale of the search fits half a tile into a picture this small.
+        if peaks.is_empty() {
+            return Err(too_small(acc_size));
+        }
     }
     let hypotheses = (hypotheses * scales.mirrors.len() * TILE_PX * TILE_PX) as f64;
     let mut readings = Vec::with_capacity(peaks.len());
@@ -541,6 +540,16 @@ fn search_and_read(
         )?);
     }
     Ok((hypotheses, readings))
+}
+
+/// The error of a picture too small for any scale of the search to hold half a tile.
+fn too_small((width, height): (usize, usize)) -> Error {
+    Error::TooSmall {
+        width,
+        height,
+        min: BLIND_MIN_SIDE,
+        what: "trace without the original (blind); pass --original",
+    }
 }
 
 /// Reads one peak of a search: view `vi` under shape `si` at `scale`, flipped by `mirror`.
@@ -572,13 +581,8 @@ fn read_peak(
     };
     let map = shapes[vi][si].mirrored(mirror).scaled(scale);
     // Every scale of the search is too large for a picture this small to hold half a tile.
-    let (sums, shift) =
-        read_view(detector, &mut PilotSearch::new(pilot), view, map, frames).ok_or(Error::TooSmall {
-            width: acc_size.0,
-            height: acc_size.1,
-            min: BLIND_MIN_SIDE,
-            what: "trace without the original (blind); pass --original",
-        })?;
+    let (sums, shift) = read_view(detector, &mut PilotSearch::new(pilot), view, map, frames)
+        .ok_or_else(|| too_small(acc_size))?;
     let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
     // A window of the picture: where it is, in leaked pixels.
     let window = scales.windows.then(|| {
