@@ -365,17 +365,20 @@ pub fn trace_accumulated(
     let all: Vec<&(SlotSums, Registration)> = found.iter().flat_map(|f| &f.1).collect();
     // The geometry reported is the reading's that names the suspect, or with none the
     // strongest pilot's.
-    let suspect_score = |r: &(SlotSums, Registration)| {
-        decision.suspects.first().map(|s| detector.score(&detector.soft_bits(&r.0), s.mark_id))
+    // Damaged sums (a NaN anywhere) never win.
+    let strength = |r: &(SlotSums, Registration)| {
+        let v = match decision.suspects.first() {
+            Some(s) => detector.score(&detector.soft_bits(&r.0), s.mark_id),
+            None => detector.pilot_z(&r.0),
+        };
+        if v.is_finite() {
+            v
+        } else {
+            f64::NEG_INFINITY
+        }
     };
-    let chosen = if decision.suspects.is_empty() {
-        (0..all.len()).max_by(|&a, &b| detector.pilot_z(&all[a].0).total_cmp(&detector.pilot_z(&all[b].0)))
-    } else {
-        (0..all.len())
-            .max_by(|&a, &b| suspect_score(all[a]).partial_cmp(&suspect_score(all[b])).expect("finite"))
-    }
-    .expect("at least one reading");
-    let registration = all[chosen].1.clone();
+    let chosen = all.iter().max_by(|a, b| strength(a).total_cmp(&strength(b))).expect("at least one reading");
+    let registration = chosen.1.clone();
     Ok(TraceResult {
         decision,
         informed: false,
