@@ -77,7 +77,7 @@ fn shift_into(
 /// noise). One block's 64 pixels give a noisy estimate, and the matched filter's weight
 /// divides by it; noise changes slowly across a picture, so nine blocks estimate it better
 /// (heavy compression of a noisy source: scores up to 40% higher).
-fn local_noise(power: &[f32], bx: usize, by: usize, (i, j): (usize, usize)) -> f32 {
+pub(crate) fn local_noise(power: &[f32], bx: usize, by: usize, (i, j): (usize, usize)) -> f32 {
     let (mut sum, mut n) = (0f32, 0u32);
     for row in power[j.saturating_sub(1) * bx..(j + 2).min(by) * bx].chunks_exact(bx) {
         for &p in &row[i.saturating_sub(1)..(i + 2).min(bx)] {

@@ -283,6 +283,11 @@ pub fn accumulate_blind_tracking(
     if frames == 0 {
         return Err(Error::NoFrames);
     }
+    // The pilot search's weighted sums, each view on its own (key-independent).
+    views
+        .par_iter_mut()
+        .chain(moved.par_iter_mut().flatten().flat_map(|m| m.par_iter_mut()))
+        .for_each(Analysis::finish);
     Ok(BlindAccumulation { views, moved, frames, size: (info.width, info.height), folds: None })
 }
 
@@ -305,7 +310,8 @@ pub fn trace_accumulated(
     // Last, windows of the finest view: a small picture-in-picture whose mark the rest of
     // the picture would drown. Windows are searched as they are (a tracker following the
     // whole picture follows the studio, not the inset).
-    let windows = pip_windows(&acc.views[0]);
+    let whole = acc.views[0].unequalised();
+    let windows = pip_windows(&whole);
     let mut plan: Vec<Planned> = Vec::new();
     // Newest layout first. With no registry the mark is decoded blind, as new exports lay it out.
     for tracking in Tracking::COPY.into_iter().rev() {
@@ -337,7 +343,7 @@ pub fn trace_accumulated(
             .sum(),
     };
     for (i, p) in plan.iter().enumerate() {
-        let parent = p.scales.windows.then(|| &acc.views[0]);
+        let parent = p.scales.windows.then_some(&whole);
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
         found.push(search_and_read(
             &detector, &pilot, p.views, cache, parent, &p.scales, acc.frames, acc.size,
@@ -416,7 +422,7 @@ struct Aligned {
 /// the tile's shift, and the accumulated residual and the mean picture are resampled so
 /// their blocks fall on the tile's. `None` when the view is too small for half a tile.
 fn align_view(sync: &mut PilotSearch, view: &Analysis, map: Linear, frames: u64) -> Option<Aligned> {
-    let (_, peak) = sync.peak(&view.acc, map)?;
+    let (_, peak) = sync.peak(&view.sync, map)?;
     let shift = sync.subpixel(peak);
     // Residual pixel p holds tile pixel (p - shift): start reading where that is a block
     // corner.
@@ -488,8 +494,8 @@ fn search_and_read(
         .map(|(vi, v)| {
             let lattice = match (scales.lattice, cache) {
                 (false, _) => Vec::new(),
-                (true, None) => lattice_shapes(&v.acc),
-                (true, Some((cache, set))) => cache.lattice_shapes(set, vi, &v.acc),
+                (true, None) => lattice_shapes(&v.sync),
+                (true, Some((cache, set))) => cache.lattice_shapes(set, vi, &v.sync),
             };
             std::iter::once(Linear::IDENTITY).chain(lattice).collect()
         })
@@ -574,12 +580,7 @@ fn read_peak(
     let view = if mirror.is_identity() {
         &views[vi]
     } else {
-        flipped = Analysis {
-            factor: views[vi].factor,
-            acc: mirror.apply(&views[vi].acc),
-            host: mirror.apply(&views[vi].host),
-            origin: views[vi].origin,
-        };
+        flipped = views[vi].flipped(mirror);
         &flipped
     };
     let map = shapes[vi][si].mirrored(mirror).scaled(scale);

@@ -2,12 +2,13 @@
 
 use super::frames::{resize_into, whiten_into, FrameScratch};
 use super::lattice::{lattice_shapes, shape_map};
-use super::pilot::{surface_peak, Mirror, Pilot, PilotSearch};
+use super::pilot::{surface_peak, whiten_spectrum, Mirror, Pilot, PilotSearch};
 use super::sampling::{fold, fold_resampled, fold_splatted, resample, resample_reference, GridMap, Linear};
-use super::views::{best_block_rectangle, pip_windows, Analysis};
+use super::views::{best_block_rectangle, equalised, pip_windows, Analysis};
 use super::*;
 use crate::fft2d::Fft2d;
 use crate::register;
+use rustfft::num_complex::Complex32;
 
 /// The straightforward whitening (fresh buffers, sorting median) the reused path must
 /// reproduce exactly.
@@ -156,7 +157,7 @@ fn mirrors_on_the_spectrum_match_mirrors_of_the_folded_tile() {
     let mut best = (f64::MIN, Mirror::ALL[0]);
     for m in Mirror::ALL {
         let mut reflected = vec![0f32; TILE_PX * TILE_PX];
-        m.reflect_folded(&folded, &mut reflected);
+        m.reflect_folded(&whitened(&folded), &mut reflected);
         let (mut ba, mut bb, mut surface) = (Vec::new(), Vec::new(), vec![0f32; TILE_PX * TILE_PX]);
         let mut fft = Fft2d::new(TILE_PX, TILE_PX);
         crate::fft2d::cross_correlate(
@@ -192,6 +193,68 @@ fn mirrors_on_the_spectrum_match_mirrors_of_the_folded_tile() {
     assert!(best.0 > 10.0, "planted pilot z {}", best.0);
     assert_eq!(search.best_mirror(&img, map, &Mirror::ALL, None).map(|b| b.1), Some(best.1));
     assert_eq!(best.1, Mirror { horizontal: true, vertical: false });
+}
+
+/// `tile` whitened as the search whitens a fold ([`whiten_spectrum`]), back in pixels.
+fn whitened(tile: &[f32]) -> Vec<f32> {
+    let mut spectrum: Vec<Complex32> = tile.iter().map(|&v| Complex32::new(v, 0.0)).collect();
+    let mut fft = Fft2d::new(TILE_PX, TILE_PX);
+    fft.forward(&mut spectrum);
+    whiten_spectrum(&mut spectrum);
+    fft.inverse(&mut spectrum);
+    spectrum.iter().map(|c| c.re / (TILE_PX * TILE_PX) as f32).collect()
+}
+
+#[test]
+fn whitening_weighs_every_frequency_alike_and_keeps_the_phases() {
+    let mut spectrum: Vec<Complex32> =
+        (0..64).map(|k| Complex32::from_polar(1.0 + k as f32 * k as f32, 0.1 * k as f32)).collect();
+    let before = spectrum.clone();
+    whiten_spectrum(&mut spectrum);
+    let mean = before.iter().map(|c| c.norm()).sum::<f32>() / 64.0;
+    for (a, b) in before.iter().zip(&spectrum) {
+        // Magnitude m becomes m / (m + a tenth of the mean): near 1 for every frequency
+        // that holds anything, whatever its power.
+        let want = a.norm() / (a.norm() + 0.1 * mean);
+        assert!((b.norm() - want).abs() < 1e-5, "{} vs {want}", b.norm());
+        assert!((b.arg() - a.arg()).abs() < 1e-5);
+    }
+    // Nothing to whiten: left alone, no NaN.
+    let mut zero = vec![Complex32::default(); 16];
+    whiten_spectrum(&mut zero);
+    assert!(zero.iter().all(|c| *c == Complex32::default()));
+}
+
+/// A pilot under noise whose power is all in a few frequencies (what pictures and
+/// encoders leave in a residual) stands out more once the fold is whitened.
+#[test]
+fn whitening_lifts_a_pilot_out_of_coloured_noise() {
+    let key = MasterKey::from_bytes([9; 32]);
+    let pilot = Pilot::new(&key);
+    let (w, h) = (2 * TILE_PX, 2 * TILE_PX);
+    let texture = gray(w, h, 5);
+    let rms = (pilot.tile.iter().map(|v| v * v).sum::<f32>() / pilot.tile.len() as f32).sqrt();
+    let mut img = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            // Loud stripes at a handful of frequencies, plus the texture and the pilot.
+            let stripes =
+                40.0 * ((x as f32 * 0.21).sin() + (y as f32 * 0.37).sin() + ((x + y) as f32 * 0.9).cos());
+            let t = pilot.tile[(y % TILE_PX) * TILE_PX + x % TILE_PX];
+            img.data[y * w + x] = stripes + 0.2 * texture.data[y * w + x] + t / rms;
+        }
+    }
+    let folded = fold(&resample(&img, Linear::IDENTITY, (0.0, 0.0)));
+    let plain = {
+        let (mut ba, mut bb, mut surface) = (Vec::new(), Vec::new(), vec![0f32; TILE_PX * TILE_PX]);
+        let mut fft = Fft2d::new(TILE_PX, TILE_PX);
+        crate::fft2d::cross_correlate(&mut fft, &folded, &pilot.tile, false, &mut ba, &mut bb, &mut surface);
+        surface_peak(&surface)
+    };
+    let mut search = PilotSearch::new(&pilot);
+    let white = search.peak(&img, Linear::IDENTITY).expect("large enough");
+    assert_eq!(white.1, (0, 0));
+    assert!(white.0 > 1.5 * plain.0.max(1.0), "whitened z {} vs plain {:?}", white.0, plain);
 }
 
 /// The fused statistics of two surfaces at once give what [`surface_peak`] gives on each
@@ -297,6 +360,7 @@ fn windows_cover_the_picture_and_hold_any_quarter_inset_mostly() {
         factor: (1.0, 1.0),
         acc: Gray::new(1280, 720),
         host: Gray::new(1280, 720),
+        sync: Gray::new(1280, 720),
         origin: (0, 0),
     };
     let windows = pip_windows(&view);
@@ -370,4 +434,38 @@ fn distinct_peaks_skip_a_peak_seen_again_from_the_next_scale() {
     assert_eq!((peaks[4].1, peaks[4].2), ((0, 0, 0.666), flipped));
     // A hypothesis too small to search is never read.
     assert!(distinct_peaks(&[(f64::MIN, (0, 0, 1.0), plain)], 3, 0.01).is_empty());
+}
+
+#[test]
+fn equalising_scales_every_block_to_unit_noise() {
+    // Left half loud (a still, textured background summed frame after frame), right half
+    // quiet, the bottom rows uncovered (a letterbox bar).
+    let (w, h) = (128, 64);
+    let noise = tiled(w, h, (0.0, 1.0, 1.0), 0.0);
+    let mut acc = Gray::new(w, h);
+    for y in 0..48 {
+        for x in 0..w {
+            let gain = if x < 64 { 50.0 } else { 0.5 };
+            acc.data[y * w + x] = gain * noise.data[y * w + x];
+        }
+    }
+    let eq = equalised(&acc);
+    let rms = |x0: usize, x1: usize, y0: usize, y1: usize| {
+        let mut s = 0f64;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                s += f64::from(eq.data[y * w + x]).powi(2);
+            }
+        }
+        (s / ((x1 - x0) * (y1 - y0)) as f64).sqrt()
+    };
+    // Away from the edges between them both halves come out at about unit noise.
+    let (left, right) = (rms(8, 48, 8, 32), rms(80, 120, 8, 32));
+    assert!((left - 1.0).abs() < 0.3 && (right - 1.0).abs() < 0.3, "{left} {right}");
+    // Uncovered blocks stay zero; the sums' signs are kept.
+    assert!(eq.data[56 * w..].iter().all(|&v| v == 0.0));
+    assert!(eq.data.iter().zip(&acc.data).all(|(e, a)| e * a >= 0.0));
+    // Too small for a block: the sums as they are.
+    let tiny = gray(7, 5, 1);
+    assert_eq!(equalised(&tiny), tiny);
 }

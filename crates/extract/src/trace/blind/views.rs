@@ -7,7 +7,7 @@ use tracemark_core::layout::TILE_PX;
 use super::pilot::{Cached, FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, ViewSet};
 use super::sampling::{GridMap, Linear};
 use super::{align_view, read_view};
-use crate::detect::{DetectScratch, Detector};
+use crate::detect::{local_noise, DetectScratch, Detector};
 use crate::image::Gray;
 
 /// One way of looking at the leaked picture in blind mode: resampled to square pixels at a
@@ -20,9 +20,93 @@ pub(super) struct Analysis {
     pub(super) acc: Gray,
     /// Sum of the frames themselves: where the mark's mask put its energy.
     pub(super) host: Gray,
+    /// What the pilot search correlates: `acc` [`equalised`], or for a window that may
+    /// hold a picture-in-picture `acc` itself ([`Analysis::unequalised`]); empty until
+    /// the accumulation is finished.
+    pub(super) sync: Gray,
     /// Where this view's pixel (0, 0) is in the whole analysis picture (it may be a window
     /// of it).
     pub(super) origin: (usize, usize),
+}
+
+impl Analysis {
+    /// The `w` x `h` window of this view at (`x`, `y`).
+    pub(super) fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Analysis {
+        Analysis {
+            factor: self.factor,
+            acc: self.acc.crop(x, y, w, h),
+            host: self.host.crop(x, y, w, h),
+            sync: self.sync.crop(x, y, w, h),
+            origin: (self.origin.0 + x, self.origin.1 + y),
+        }
+    }
+
+    /// This view flipped by `mirror` (a copy).
+    pub(super) fn flipped(&self, mirror: Mirror) -> Analysis {
+        Analysis {
+            factor: self.factor,
+            acc: mirror.apply(&self.acc),
+            host: mirror.apply(&self.host),
+            sync: mirror.apply(&self.sync),
+            origin: self.origin,
+        }
+    }
+
+    /// Fills [`Analysis::sync`] once the frames are summed: the sums equalised
+    /// ([`equalised`]).
+    pub(super) fn finish(&mut self) {
+        self.sync = equalised(&self.acc);
+    }
+
+    /// This view with the plain sums as what the pilot search correlates. For the windows
+    /// that may hold a picture-in-picture: equalising a picture the mark covers only in
+    /// part gives the unmarked rest (a studio set, quiet where the inset is busy) as much
+    /// say as the inset (a 30% inset's pilot fell from the best window to none of the
+    /// eight read).
+    pub(super) fn unequalised(&self) -> Analysis {
+        Analysis { sync: self.acc.clone(), ..self.clone() }
+    }
+}
+
+/// `acc` with every 8x8 block scaled to unit noise: divided by the root of the residual's
+/// power around it ([`local_noise`]). The pilot search correlates this, not the plain sum:
+/// unweighted, the loud blocks (texture that stands still and so adds up frame after
+/// frame, an encoder's noise on detail) drown the quiet ones, where the mark may stand out
+/// as well. Blocks on the view's own grid (the mark's blocks are near 8 pixels at every
+/// scale searched); the partial blocks at the right and bottom take their neighbour's
+/// scale, blocks with no residual around them stay zero. Only the search sees this: the
+/// mark is read from `acc`, with the detector's own weights.
+pub(super) fn equalised(acc: &Gray) -> Gray {
+    let (w, h) = (acc.w, acc.h);
+    let (bx, by) = (w / 8, h / 8);
+    if bx == 0 || by == 0 {
+        return acc.clone();
+    }
+    let power: Vec<f32> = (0..bx * by)
+        .map(|b| {
+            let (i, j) = (b % bx, b / bx);
+            let rows = acc.data[j * 8 * w..].chunks(w).take(8);
+            rows.map(|r| r[i * 8..i * 8 + 8].iter().map(|v| v * v).sum::<f32>()).sum::<f32>() / 64.0
+        })
+        .collect();
+    let gains: Vec<f32> = (0..bx * by)
+        .map(|b| {
+            let noise = local_noise(&power, bx, by, (b % bx, b / bx));
+            if noise > 0.0 {
+                noise.sqrt().recip()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut out = Gray::new(w, h);
+    for (y, (o, a)) in out.data.chunks_exact_mut(w).zip(acc.data.chunks_exact(w)).enumerate() {
+        let g = &gains[(y / 8).min(by - 1) * bx..][..bx];
+        for (x, (o, &a)) in o.iter_mut().zip(a).enumerate() {
+            *o = a * g[(x / 8).min(bx - 1)];
+        }
+    }
+    out
 }
 
 /// The analysis grids worth trying for a `w` x `h` picture with sample aspect `sar`: the
@@ -45,6 +129,7 @@ pub(super) fn analyses(w: usize, h: usize, sar: f64) -> Vec<Analysis> {
                 factor: (w as f64 / aw as f64, fy),
                 acc: Gray::new(aw, ah),
                 host: Gray::new(aw, ah),
+                sync: Gray::default(),
                 origin: (0, 0),
             }
         })
@@ -69,12 +154,7 @@ pub(super) fn pip_windows(view: &Analysis) -> Vec<Analysis> {
     let mut out = Vec::new();
     for &y in &starts(h, wh) {
         for &x in &starts(w, ww) {
-            out.push(Analysis {
-                factor: view.factor,
-                acc: view.acc.crop(x, y, ww, wh),
-                host: view.host.crop(x, y, ww, wh),
-                origin: (view.origin.0 + x, view.origin.1 + y),
-            });
+            out.push(view.crop(x, y, ww, wh));
         }
     }
     out
@@ -110,7 +190,7 @@ pub(super) fn search_windows(
             |sync, (wi, s)| {
                 let cached = cache.map(|(cache, views)| Cached { cache, views, view: wi });
                 let map = Linear::IDENTITY.scaled(s);
-                let best = sync.best_mirror(&windows[wi].acc, map, scales.mirrors, cached);
+                let best = sync.best_mirror(&windows[wi].sync, map, scales.mirrors, cached);
                 best.map_or((f64::MIN, wi, s, Mirror::ALL[0]), |(z, m)| (z, wi, s, m))
             },
         )
@@ -162,10 +242,7 @@ pub(super) fn refine_window(
     let map = Linear::IDENTITY.scaled(scale);
     let (fitted, n) = fit_window(detector, pilot, parent, window, (map, mirror), frames);
     tried += n;
-    let mut flipped = fitted.clone();
-    if !mirror.is_identity() {
-        (flipped.acc, flipped.host) = (mirror.apply(&fitted.acc), mirror.apply(&fitted.host));
-    }
+    let flipped = if mirror.is_identity() { fitted.clone() } else { fitted.flipped(mirror) };
     let shape = Linear::IDENTITY.mirrored(mirror);
     let half = scales.fine_half / 2;
     let reads: Vec<f64> = (-half..=half).map(|k| scale * (1.0 + scales.fine_step * f64::from(k))).collect();
@@ -219,7 +296,7 @@ pub(super) fn ranked_hypotheses(
             || PilotSearch::new(pilot),
             |sync, (vi, si, scale)| {
                 let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
-                sync.best_mirror(&views[vi].acc, shapes[vi][si].scaled(scale), mirrors, cached)
+                sync.best_mirror(&views[vi].sync, shapes[vi][si].scaled(scale), mirrors, cached)
                     .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
             },
         )
@@ -270,15 +347,10 @@ pub(super) fn fit_window(
         (x0 + window.acc.w + gx).min(pw),
         (y0 + window.acc.h + gy).min(ph),
     ];
-    let crop = |r: [usize; 4]| Analysis {
-        factor: parent.factor,
-        acc: parent.acc.crop(r[0], r[1], r[2] - r[0], r[3] - r[1]),
-        host: parent.host.crop(r[0], r[1], r[2] - r[0], r[3] - r[1]),
-        origin: (parent.origin.0 + r[0], parent.origin.1 + r[1]),
-    };
+    let crop = |r: [usize; 4]| parent.crop(r[0], r[1], r[2] - r[0], r[3] - r[1]);
     let mut view = crop(grown);
     if !mirror.is_identity() {
-        (view.acc, view.host) = (mirror.apply(&view.acc), mirror.apply(&view.host));
+        view = view.flipped(mirror);
     }
     let map = map.mirrored(mirror);
     let Some(aligned) = align_view(&mut PilotSearch::new(pilot), &view, map, frames) else {
