@@ -322,7 +322,8 @@ impl<'p> PilotSearch<'p> {
             *c = Complex32::new(v, 0.0);
         }
         self.fft.forward(&mut self.spectrum);
-        whiten_spectrum(&mut self.spectrum);
+        // The surface is free until the correlation fills it.
+        whiten_spectrum(&mut self.spectrum, &mut self.surface);
         true
     }
 
@@ -434,12 +435,17 @@ impl<'p> PilotSearch<'p> {
 /// matched filtering, as tiled watermarks have long been synchronised). The fold is almost
 /// all noise, so its magnitude estimates the noise's. On most of the gauntlet's copies of
 /// one clip the pilot's peak rose by a quarter or more; the highest null peaks did not.
-pub(super) fn whiten_spectrum(spectrum: &mut [Complex32]) {
-    let mean = spectrum.iter().map(|c| c.norm()).sum::<f32>() / spectrum.len().max(1) as f32;
+/// `magnitudes` (as long as `spectrum`) is scratch: each magnitude is taken once, on the
+/// search's every hypothesis.
+pub(super) fn whiten_spectrum(spectrum: &mut [Complex32], magnitudes: &mut [f32]) {
+    for (m, c) in magnitudes.iter_mut().zip(spectrum.iter()) {
+        *m = c.norm();
+    }
+    let mean = magnitudes.iter().sum::<f32>() / spectrum.len().max(1) as f32;
     let floor = WHITENING_FLOOR * mean;
     if floor > 0.0 {
-        for c in spectrum.iter_mut() {
-            *c /= c.norm() + floor;
+        for (c, &m) in spectrum.iter_mut().zip(magnitudes.iter()) {
+            *c /= m + floor;
         }
     }
 }

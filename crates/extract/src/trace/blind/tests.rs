@@ -200,7 +200,7 @@ fn whitened(tile: &[f32]) -> Vec<f32> {
     let mut spectrum: Vec<Complex32> = tile.iter().map(|&v| Complex32::new(v, 0.0)).collect();
     let mut fft = Fft2d::new(TILE_PX, TILE_PX);
     fft.forward(&mut spectrum);
-    whiten_spectrum(&mut spectrum);
+    whiten_spectrum(&mut spectrum, &mut vec![0.0; TILE_PX * TILE_PX]);
     fft.inverse(&mut spectrum);
     spectrum.iter().map(|c| c.re / (TILE_PX * TILE_PX) as f32).collect()
 }
@@ -210,7 +210,7 @@ fn whitening_weighs_every_frequency_alike_and_keeps_the_phases() {
     let mut spectrum: Vec<Complex32> =
         (0..64).map(|k| Complex32::from_polar(1.0 + k as f32 * k as f32, 0.1 * k as f32)).collect();
     let before = spectrum.clone();
-    whiten_spectrum(&mut spectrum);
+    whiten_spectrum(&mut spectrum, &mut [0.0; 64]);
     let mean = before.iter().map(|c| c.norm()).sum::<f32>() / 64.0;
     for (a, b) in before.iter().zip(&spectrum) {
         // Magnitude m becomes m / (m + a tenth of the mean): near 1 for every frequency
@@ -221,7 +221,7 @@ fn whitening_weighs_every_frequency_alike_and_keeps_the_phases() {
     }
     // Nothing to whiten: left alone, no NaN.
     let mut zero = vec![Complex32::default(); 16];
-    whiten_spectrum(&mut zero);
+    whiten_spectrum(&mut zero, &mut [0.0; 16]);
     assert!(zero.iter().all(|c| *c == Complex32::default()));
 }
 

@@ -64,7 +64,13 @@ impl Analysis {
     /// say as the inset (a 30% inset's pilot fell from the best window to none of the
     /// eight read).
     pub(super) fn unequalised(&self) -> Analysis {
-        Analysis { sync: self.acc.clone(), ..self.clone() }
+        Analysis {
+            factor: self.factor,
+            acc: self.acc.clone(),
+            host: self.host.clone(),
+            sync: self.acc.clone(),
+            origin: self.origin,
+        }
     }
 }
 
