@@ -24,6 +24,7 @@ use tracemark_core::video::{transcode_with_commit, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey, Progress};
 use tracemark_extract::trace::{
     trace_blind, trace_informed, RecordSource, Registration, TraceConfig, TraceResult, DEFAULT_MEMORY_BUDGET,
+    DEFAULT_WHOLE_MARK_CANDIDATES,
 };
 use tracemark_extract::Candidate;
 
@@ -86,6 +87,11 @@ enum Command {
         /// decoded once; past it, frames are decoded again (slower, same result).
         #[arg(long, value_name = "MB", default_value_t = DEFAULT_MEMORY_BUDGET >> 20)]
         memory_mb: usize,
+        /// When the blind pilot search names nobody, search for each export's whole mark
+        /// (pilot and codeword: finds fainter marks) if the registry holds at most this
+        /// many exports of the key; each costs about one more search (0 = never).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_WHOLE_MARK_CANDIDATES)]
+        whole_mark_candidates: usize,
         /// The leaked clip.
         leaked: PathBuf,
     },
@@ -210,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             report,
             trust_unverified_registry,
             memory_mb,
+            whole_mark_candidates,
             leaked,
         } => {
             // The evidence report is a new file: never over an input or an earlier report.
@@ -232,7 +239,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let config = TraceConfig::new()
                 .with_threshold(threshold)
-                .with_memory_budget(memory_mb.saturating_mul(1 << 20));
+                .with_memory_budget(memory_mb.saturating_mul(1 << 20))
+                .with_whole_mark_candidates(whole_mark_candidates);
             let bar = progress_bar(show_progress, "tracing");
             let mut cb = |p: Progress| {
                 show(bar.as_ref(), p);

@@ -788,6 +788,47 @@ fn trace_old_export(version: &str, recipient: &str) {
     }
 }
 
+/// A copy whose pilot x264 crushed below the blind search's null peaks while its codeword
+/// survived (`testdata/PROVENANCE.md`: the gauntlet's pan at 48.3 dB after crf 38) is named
+/// blind by searching each export's whole mark, and only then.
+#[test]
+fn a_copy_whose_pilot_is_lost_is_named_by_searching_its_whole_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("unit.key");
+    std::fs::copy(testdata("faint-pilot.key"), &key).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::copy(testdata("faint-pilot.db"), dir.path().join("reg.db")).unwrap();
+    let leak = testdata("pan1080-5s-48db-crf38.mp4");
+    let trace = |whole_marks: &str| -> Value {
+        let args = [
+            "trace",
+            "--key",
+            "unit.key",
+            "--registry",
+            "reg.db",
+            "--json",
+            "--whole-mark-candidates",
+            whole_marks,
+            leak.to_str().unwrap(),
+        ];
+        serde_json::from_str(ok(&args, dir.path()).trim()).unwrap()
+    };
+    let pilot_only = trace("0");
+    assert_eq!(pilot_only["verdict"], "no_mark", "{pilot_only}");
+    let r = trace("16");
+    assert_eq!(r["verdict"], "identified", "{r}");
+    let suspects = r["suspects"].as_array().unwrap();
+    assert_eq!(suspects.len(), 1, "{r}");
+    assert_eq!(suspects[0]["recipient"], "channel-C", "{r}");
+    // Over every geometry of three whole-mark searches, and half the error budget.
+    let p = suspects[0]["false_positive_probability"].as_f64().unwrap();
+    assert!(p < 1e-9, "{r}");
+}
+
 /// An export made before the mark moved with the picture (`tracemark/v1`, by the build of
 /// commit ccdb74a) is still traced, with and without the source.
 #[test]

@@ -132,6 +132,57 @@ pub fn decide_readings(
     best
 }
 
+/// Adds to `decision` readings made where a search for one candidate's whole mark (its
+/// pilot and codeword together) peaked. That search chose the geometry with the
+/// candidate's own codeword, so its score there is not one draw of an innocent's score but
+/// the best of every geometry searched: its probability is taken over `hypotheses`, every
+/// geometry of every such search for every candidate (a union bound: at any one geometry
+/// an innocent's score is a Rademacher sum). A candidate takes the reading only where it
+/// makes its probability smaller; an innocent's inflated score never shows otherwise.
+/// Returns the index of the reading that now names the first suspect, if one does.
+pub fn add_whole_mark_readings(
+    detector: &Detector,
+    decision: &mut Decision,
+    readings: &[(&SlotSums, &Candidate)],
+    hypotheses: f64,
+    threshold: f64,
+) -> Option<usize> {
+    let mut taken: Vec<(MarkId, usize)> = Vec::new();
+    for (i, (sums, candidate)) in readings.iter().enumerate() {
+        // Damaged input never counts as evidence.
+        if sums.x.iter().any(|v| !v.is_finite()) {
+            continue;
+        }
+        let score = detector.score(&detector.soft_bits(sums), candidate.mark_id);
+        let p = (hypotheses.max(1.0) * tail_bound(score)).min(1.0);
+        let Some(entry) = decision.candidates.iter_mut().find(|c| c.mark_id == candidate.mark_id) else {
+            continue;
+        };
+        if p < entry.false_positive_probability {
+            (entry.score, entry.false_positive_probability) = (score, p);
+            taken.retain(|t| t.0 != candidate.mark_id);
+            taken.push((candidate.mark_id, i));
+        }
+    }
+    if taken.is_empty() {
+        return None;
+    }
+    // Scores from different families do not compare: most probable innocent last.
+    decision.candidates.sort_by(|a, b| {
+        a.false_positive_probability
+            .total_cmp(&b.false_positive_probability)
+            .then(b.score.total_cmp(&a.score))
+    });
+    decision.suspects =
+        decision.candidates.iter().filter(|s| s.false_positive_probability <= threshold).cloned().collect();
+    decision.verdict = verdict_of(decision, threshold);
+    let first = decision.suspects.first()?;
+    let &(_, i) = taken.iter().find(|t| t.0 == first.mark_id)?;
+    decision.pilot_z = detector.pilot_z(readings[i].0);
+    decision.pilot_p = (hypotheses.max(1.0) * tail_bound(decision.pilot_z)).min(1.0);
+    Some(i)
+}
+
 fn verdict_of(d: &Decision, threshold: f64) -> Verdict {
     if !d.suspects.is_empty() {
         Verdict::Identified
@@ -254,5 +305,52 @@ mod tests {
         let ratio = d.suspects[0].false_positive_probability / alone.suspects[0].false_positive_probability;
         assert!((ratio - 2.0).abs() < 1e-9, "{ratio}");
         assert!((d.pilot_p / alone.pilot_p - 2.0).abs() < 1e-9, "{} vs {}", d.pilot_p, alone.pilot_p);
+    }
+
+    #[test]
+    fn a_whole_mark_reading_counts_every_geometry_and_never_inflates_an_innocent() {
+        let key = MasterKey::from_seed(11);
+        let det = Detector::new(&key);
+        let guilty = MarkId(0x0dd_ba11_0000_0007);
+        let cand =
+            |id, name: &str| Candidate { mark_id: id, recipient: name.into(), scheme: Scheme::FollowsPans };
+        let (g, innocent) = (cand(guilty, "guilty"), cand(MarkId(0x7777_0000_1234_5678), "innocent"));
+        let both = [g.clone(), innocent.clone()];
+        let empty = SlotSums { frames: 1, ..SlotSums::default() };
+        let family = Family { candidates: 2, sync_hypotheses: 10.0 };
+        let before = decide_readings(&det, &[(&empty, &both)], family, 1e-6);
+        assert_eq!(before.verdict, Verdict::NoMark);
+        // The innocent's search peaked at a geometry where its codeword happens to fit a
+        // little (an innocent's best over many geometries): its score stays as read.
+        let mut d = before.clone();
+        let (strong, weak) = (marked_sums(&key, guilty), marked_sums(&key, innocent.mark_id));
+        // An innocent's reading with another export's mark three times as strong over it: a score that two
+        // candidates alone would find striking, but over 1e9 geometries is what innocents
+        // reach.
+        let third = marked_sums(&key, MarkId(0x3333_3333_3333_3333));
+        let mixed =
+            SlotSums { x: weak.x.iter().zip(&third.x).map(|(a, b)| a + 3.0 * b).collect(), frames: 1 };
+        let innocent_score = det.score(&det.soft_bits(&mixed), innocent.mark_id);
+        assert!((3.5..7.0).contains(&innocent_score), "{innocent_score}");
+        let hypotheses = 1e9;
+        assert_eq!(add_whole_mark_readings(&det, &mut d, &[(&mixed, &innocent)], hypotheses, 1e-6), None);
+        assert_eq!(d, before, "a reading no better than the first changes nothing");
+        // The guilty one's reading names it, its probability over every geometry searched.
+        let i =
+            add_whole_mark_readings(&det, &mut d, &[(&mixed, &innocent), (&strong, &g)], hypotheses, 1e-6);
+        assert_eq!(i, Some(1));
+        assert_eq!(d.verdict, Verdict::Identified);
+        assert_eq!(d.suspects.len(), 1, "{:?}", d.suspects);
+        let s = &d.suspects[0];
+        assert_eq!(s.mark_id, guilty);
+        let expected = hypotheses * tail_bound(det.score(&det.soft_bits(&strong), guilty));
+        assert!((s.false_positive_probability / expected - 1.0).abs() < 1e-12, "{s:?} vs {expected:e}");
+        assert_eq!(d.candidates.len(), 2);
+        assert_eq!(d.candidates[1].mark_id, innocent.mark_id);
+        assert_eq!(
+            d.candidates[1].score,
+            before.candidates.iter().find(|c| c.mark_id == innocent.mark_id).unwrap().score
+        );
+        assert_eq!(d.pilot_z, det.pilot_z(&strong));
     }
 }

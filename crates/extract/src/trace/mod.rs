@@ -53,16 +53,31 @@ pub struct TraceConfig {
     /// each file is decoded once. Past it, frames are decoded again when read: slower, same
     /// result. Peak memory stays bounded whatever the clips' length.
     pub memory_budget: usize,
+    /// A blind trace whose pilot search names nobody then searches for each candidate's
+    /// whole mark (pilot and codeword: four times the pilot's energy), when there are at
+    /// most this many candidates (0 = never). Each candidate costs about one more pilot
+    /// search; the error budget is split between the two stages.
+    pub whole_mark_candidates: usize,
 }
+
+/// Candidates a blind trace searches for by their whole marks, by default: a registry's
+/// exports of one clip, not a unit's whole history (each costs about a pilot search).
+pub const DEFAULT_WHOLE_MARK_CANDIDATES: usize = 16;
 
 impl Default for TraceConfig {
     fn default() -> Self {
-        Self { threshold: 1e-6, max_frames: 0, memory_budget: DEFAULT_MEMORY_BUDGET }
+        Self {
+            threshold: 1e-6,
+            max_frames: 0,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            whole_mark_candidates: DEFAULT_WHOLE_MARK_CANDIDATES,
+        }
     }
 }
 
 impl TraceConfig {
-    /// Defaults: threshold 1e-6, all frames, [`DEFAULT_MEMORY_BUDGET`].
+    /// Defaults: threshold 1e-6, all frames, [`DEFAULT_MEMORY_BUDGET`],
+    /// [`DEFAULT_WHOLE_MARK_CANDIDATES`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -79,6 +94,11 @@ impl TraceConfig {
     /// Sets the memory budget of an informed trace (bytes; 0 = decode twice, keep nothing).
     pub fn with_memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = bytes;
+        self
+    }
+    /// Sets how many candidates a blind trace may search for by their whole marks.
+    pub fn with_whole_mark_candidates(mut self, n: usize) -> Self {
+        self.whole_mark_candidates = n;
         self
     }
     /// Checks ranges.

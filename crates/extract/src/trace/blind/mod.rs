@@ -27,7 +27,8 @@ use tracemark_core::{Frame, MasterKey};
 use self::frames::{resize_into, shift_into, whiten_into, FrameScratch};
 use self::lattice::lattice_shapes;
 use self::pilot::{
-    FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, ViewSet, PICTURE_IN_PICTURE, WHOLE_PICTURE,
+    FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, ViewSet, PICTURE_IN_PICTURE, WHOLE_MARK,
+    WHOLE_PICTURE,
 };
 use self::sampling::{resample, Linear};
 use self::views::{
@@ -36,7 +37,7 @@ use self::views::{
 use super::{open, tick, Registration, TraceConfig, TraceResult};
 use crate::detect::{DetectScratch, Detector, SlotSums};
 use crate::image::Gray;
-use crate::verdict::{decide_readings, Candidate, Family};
+use crate::verdict::{add_whole_mark_readings, decide_readings, Candidate, Family};
 use crate::{Error, Result};
 
 /// A reading whose suspect is this many times below the threshold settles a blind trace.
@@ -330,8 +331,12 @@ pub fn trace_accumulated(
         plan.push(Planned { views: &windows, set, scales, candidates: candidates.to_vec() });
     }
     let mut found: Vec<(f64, Vec<(SlotSums, Registration)>)> = Vec::with_capacity(plan.len());
+    // When the pilot names nobody, each candidate's whole mark is searched for, if there
+    // are few enough: each stage then has half the error budget.
+    let whole_marks = !candidates.is_empty() && candidates.len() <= config.whole_mark_candidates;
+    let stages = if whole_marks { 2 } else { 1 };
     // Every peak a search reads scores its candidates.
-    let candidates_family = plan.iter().map(|p| p.scales.peaks * p.candidates.len()).sum();
+    let candidates_family = stages * plan.iter().map(|p| p.scales.peaks * p.candidates.len()).sum::<usize>();
     // The pilot's family: the searches made, and for a search skipped the most it could
     // have tried.
     let family_after = |found: &[(f64, Vec<(SlotSums, Registration)>)]| Family {
@@ -367,8 +372,16 @@ pub fn trace_accumulated(
     }
     let family = family_after(&found);
     let readings = readings_of(&found, &plan);
-    let decision = decide_readings(&detector, &readings, family, config.threshold);
-    let all: Vec<&(SlotSums, Registration)> = found.iter().flat_map(|f| &f.1).collect();
+    let mut decision = decide_readings(&detector, &readings, family, config.threshold);
+    let mut whole: Vec<(SlotSums, Registration)> = Vec::new();
+    if whole_marks && decision.suspects.is_empty() {
+        let (hypotheses, read) = search_whole_marks(&detector, key, acc, &plan)?;
+        let readings: Vec<(&SlotSums, &Candidate)> = read.iter().map(|(r, c)| (&r.0, *c)).collect();
+        let family = stages as f64 * hypotheses;
+        add_whole_mark_readings(&detector, &mut decision, &readings, family, config.threshold);
+        whole = read.into_iter().map(|(r, _)| r).collect();
+    }
+    let all: Vec<&(SlotSums, Registration)> = found.iter().flat_map(|f| &f.1).chain(&whole).collect();
     // The geometry reported is the reading's that names the suspect, or with none the
     // strongest pilot's.
     // Damaged sums (a NaN anywhere) never win.
@@ -394,6 +407,42 @@ pub fn trace_accumulated(
         per_second: Vec::new(),
         example_frames: None,
     })
+}
+
+/// A reading where one candidate's whole mark peaked, and that candidate.
+type CandidateReading<'p> = ((SlotSums, Registration), &'p Candidate);
+
+/// Searches the whole-picture sets of `plan` for each of their candidates' whole marks
+/// (pilot and codeword) and reads each where its search peaked: every geometry tried, over
+/// all candidates, and the readings with their candidate. The folds do not depend on the
+/// template, so the candidates share them.
+fn search_whole_marks<'p>(
+    detector: &Detector,
+    key: &MasterKey,
+    acc: &BlindAccumulation,
+    plan: &'p [Planned<'_>],
+) -> Result<(f64, Vec<CandidateReading<'p>>)> {
+    let local = FoldCache::default();
+    let cache = acc.folds.as_ref().unwrap_or(&local);
+    let (mut hypotheses, mut read) = (0.0, Vec::new());
+    for p in plan.iter().filter(|p| !p.scales.windows) {
+        for c in &p.candidates {
+            let whole = Pilot::whole_mark(key, &detector.codebook().codeword(c.mark_id));
+            let (tried, readings) = search_and_read(
+                detector,
+                &whole,
+                p.views,
+                Some((cache, p.set)),
+                None,
+                &WHOLE_MARK,
+                acc.frames,
+                acc.size,
+            )?;
+            hypotheses += tried;
+            read.extend(readings.into_iter().map(|r| (r, c)));
+        }
+    }
+    Ok((hypotheses, read))
 }
 
 /// Every reading of the searches made so far, each with its search's candidates.

@@ -29,6 +29,20 @@ pub(super) fn pilot_tile(key: &MasterKey) -> Vec<f32> {
     }))
 }
 
+/// A candidate export's whole mark in pixels: the pilot and the codeword's slots signed by
+/// its bits, as [`pilot_tile`] draws the pilot alone. Four times the pilot's energy.
+pub(super) fn mark_tile(key: &MasterKey, codeword: &[i8]) -> Vec<f32> {
+    let layout = tracemark_core::layout::TileLayout::new(key);
+    let weights = tracemark_core::dct::band_weights();
+    tracemark_core::layout::tile_image(&layout.block_patterns(weights, |slot| {
+        if slot.role == PILOT {
+            1.0
+        } else {
+            f32::from(codeword[usize::from(slot.role)])
+        }
+    }))
+}
+
 /// The scales (and shapes) one pilot search tries: coarse steps over a range, then fine
 /// steps around the best coarse scale.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +106,11 @@ pub(super) const WHOLE_PICTURE: ScaleSearch = ScaleSearch {
     mirrors: &Mirror::ALL,
     peaks: 3,
 };
+
+/// A search for one candidate's whole mark ([`Pilot::whole_mark`]): the whole picture's,
+/// its best peak read. With four times the pilot's energy the true peak stands far clearer
+/// of the null peaks, so the runners-up are not worth their reads.
+pub(super) const WHOLE_MARK: ScaleSearch = ScaleSearch { peaks: 1, ..WHOLE_PICTURE };
 
 /// A window of the picture that may hold a picture-in-picture: the mark shrunk to between
 /// 0.42 and 1 of its size in 2% steps (a window is a third of the picture, so the coarser
@@ -174,7 +193,15 @@ pub(super) struct Pilot {
 
 impl Pilot {
     pub(super) fn new(key: &MasterKey) -> Self {
-        let tile = pilot_tile(key);
+        Self::from_tile(pilot_tile(key))
+    }
+
+    /// A search template of a candidate's whole mark ([`mark_tile`]).
+    pub(super) fn whole_mark(key: &MasterKey, codeword: &[i8]) -> Self {
+        Self::from_tile(mark_tile(key, codeword))
+    }
+
+    fn from_tile(tile: Vec<f32>) -> Self {
         let mut conj_spectrum: Vec<Complex32> = tile.iter().map(|&v| Complex32::new(v, 0.0)).collect();
         Fft2d::new(TILE_PX, TILE_PX).forward(&mut conj_spectrum);
         conj_spectrum.iter_mut().for_each(|c| *c = c.conj());

@@ -469,3 +469,35 @@ fn equalising_scales_every_block_to_unit_noise() {
     let tiny = gray(7, 5, 1);
     assert_eq!(equalised(&tiny), tiny);
 }
+
+/// A search for a candidate's whole mark finds a faint mark about twice as clearly as the
+/// pilot alone (four times the energy), and another export's whole mark no more clearly
+/// than the pilot (only the pilot is shared).
+#[test]
+fn a_whole_mark_stands_out_twice_as_far_as_its_pilot() {
+    let key = MasterKey::from_bytes([4; 32]);
+    let detector = Detector::new(&key);
+    let codeword = |id| detector.codebook().codeword(tracemark_core::MarkId(id));
+    let (mine, other) = (codeword(0x1234_5678_9abc_def0), codeword(0x0fed_cba9_8765_4321));
+    let mark = super::pilot::mark_tile(&key, &mine);
+    let rms = (mark.iter().map(|v| v * v).sum::<f32>() / mark.len() as f32).sqrt();
+    let (w, h) = (3 * TILE_PX, 2 * TILE_PX);
+    let noise = gray(w, h, 8);
+    let noise_rms = (noise.data.iter().map(|v| v * v).sum::<f32>() / noise.data.len() as f32).sqrt();
+    let mut img = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let m = mark[(y % TILE_PX) * TILE_PX + x % TILE_PX] / rms;
+            img.data[y * w + x] = 0.1 * m + noise.data[y * w + x] / noise_rms;
+        }
+    }
+    let peak =
+        |template: &Pilot| PilotSearch::new(template).peak(&img, Linear::IDENTITY).expect("large enough");
+    let pilot = peak(&Pilot::new(&key));
+    let whole = peak(&Pilot::whole_mark(&key, &mine));
+    let wrong = peak(&Pilot::whole_mark(&key, &other));
+    assert_eq!((pilot.1, whole.1), ((0, 0), (0, 0)), "{pilot:?} {whole:?}");
+    assert!(whole.0 > 1.6 * pilot.0, "whole mark z {} vs pilot z {}", whole.0, pilot.0);
+    assert!(wrong.0 < 0.8 * pilot.0, "another export's whole mark z {} vs pilot z {}", wrong.0, pilot.0);
+    assert!(pilot.0 > 4.0, "{pilot:?}");
+}
