@@ -18,27 +18,24 @@ use crate::image::Gray;
 /// search does not know the copy's layout, so it looks for the pilot as v1-v4 draw it (a
 /// v5 pilot, every band at one amplitude, correlates with it at 0.984).
 pub(super) fn pilot_tile(key: &MasterKey) -> Vec<f32> {
-    let layout = tracemark_core::layout::TileLayout::new(key);
-    let weights = tracemark_core::dct::band_weights();
-    tracemark_core::layout::tile_image(&layout.block_patterns(weights, |slot| {
-        if slot.role == PILOT {
-            1.0
-        } else {
-            0.0
-        }
-    }))
+    signed_tile(key, |_| 0.0)
 }
 
 /// A candidate export's whole mark in pixels: the pilot and the codeword's slots signed by
 /// its bits, as [`pilot_tile`] draws the pilot alone. Four times the pilot's energy.
 pub(super) fn mark_tile(key: &MasterKey, codeword: &[i8]) -> Vec<f32> {
+    signed_tile(key, |bit| f32::from(codeword[bit]))
+}
+
+/// The tile with every pilot slot at +1 and each codeword slot at `bit_sign` of its bit.
+fn signed_tile(key: &MasterKey, bit_sign: impl Fn(usize) -> f32) -> Vec<f32> {
     let layout = tracemark_core::layout::TileLayout::new(key);
     let weights = tracemark_core::dct::band_weights();
     tracemark_core::layout::tile_image(&layout.block_patterns(weights, |slot| {
         if slot.role == PILOT {
             1.0
         } else {
-            f32::from(codeword[usize::from(slot.role)])
+            bit_sign(usize::from(slot.role))
         }
     }))
 }
