@@ -235,13 +235,7 @@ fn the_mark_moves_with_the_picture() {
     let f = frames("vtest-4s.avi", 1).remove(0);
     let (w, h, x0, y0) = (640, 480, 64, 48);
     let first = window(&f, x0, y0, w, h);
-    // At the 46 dB the bounds below were measured at: rounding to whole levels weighs more
-    // on a fainter mark (0.9798 for the -24,40 move at the 48.3 dB default).
-    let at_46 = |scheme: Scheme| {
-        let config = EmbedConfig::new().with_scheme(scheme).with_target_psnr_db(46.0);
-        Embedder::new(&MasterKey::from_seed(11), MarkId(0x5eed_0000_1234_abcd), config).unwrap()
-    };
-    let (v2, e) = (at_46(Scheme::FollowsMotion), at_46(Scheme::default()));
+    let (v2, e) = (embedder_with(Scheme::FollowsMotion), moving_embedder());
     let (mark0, v2_mark0) = (mark_of(&e, &first, (0.0, 0.0)), mark_of(&v2, &first, (0.0, 0.0)));
     for d in [(16usize, 8usize), (13, 5), (-24i64 as usize, 40)] {
         let (dx, dy) = (d.0 as i64, d.1 as i64);
