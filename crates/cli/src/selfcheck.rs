@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use tracemark_core::layout::Scheme;
 use tracemark_core::video::TranscodeReport;
-use tracemark_core::{EmbedConfig, MarkId, MasterKey};
+use tracemark_core::{MarkId, MasterKey};
 use tracemark_extract::trace::{check_recorded, SourceRecording};
 
 /// Seconds of the copy read back.
@@ -44,10 +44,9 @@ impl Settings {
         if self.crf > 23 {
             what.push(format!("--crf {} is too high: lower it (the default 18 keeps the mark)", self.crf));
         }
-        let default = EmbedConfig::DEFAULT_TARGET_PSNR_DB;
-        if self.target_psnr > default {
+        if self.target_psnr > 48.0 {
             what.push(format!(
-                "--target-psnr {} dB is too high (too faint a mark): lower it (the default is {default})",
+                "--target-psnr {} dB is too high (too faint a mark): lower it (the default is 46)",
                 self.target_psnr
             ));
         }
