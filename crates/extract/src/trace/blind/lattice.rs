@@ -4,15 +4,16 @@
 use rustfft::num_complex::Complex32;
 use tracemark_core::layout::TILE_PX;
 
-use super::pilot::{parabola_vertex, MAX_LATTICE_SHAPES};
+use super::pilot::{parabola_vertex, Shape, MAX_LATTICE_SHAPES};
 use super::sampling::Linear;
 use crate::fft2d::Fft2d;
 use crate::image::Gray;
 
-/// Shapes (rotation, stretch) the mark's periodic lattice suggests, found without the key:
-/// the autocorrelation of the accumulated residual peaks at the tile's lattice vectors.
-/// Returns at most a few shapes that are not the identity (the plain search covers that).
-pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
+/// Shapes (rotation, stretch, and the scale they were seen at) the mark's periodic lattice
+/// suggests, found without the key: the autocorrelation of the accumulated residual peaks
+/// at the tile's lattice vectors. Returns at most [`MAX_LATTICE_SHAPES`] shapes that are
+/// not the identity (the plain search covers that).
+pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Shape> {
     let (w, h) = (acc.w, acc.h);
     if w < TILE_PX / 2 || h < TILE_PX / 2 {
         return Vec::new();
@@ -73,23 +74,29 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
     };
     best(&mut along_x);
     best(&mut along_y);
-    let mut shapes: Vec<Linear> = Vec::new();
-    let mut keep = |shape: Linear| {
-        let (rot, stretch) = shape.rotation_and_stretch();
+    let mut shapes: Vec<Shape> = Vec::new();
+    let mut keep = |map: Linear, scale: f64| {
+        let (rot, stretch) = map.rotation_and_stretch();
         // The plain search (square pixels, no rotation) covers what is close to it.
         let plain = rot.abs() < 0.3 && (stretch - 1.0).abs() < 0.015;
         let seen = shapes.iter().any(|o| {
-            let (r2, s2) = o.rotation_and_stretch();
-            (r2 - rot).abs() < 0.1 && (s2 - stretch).abs() < 0.003
+            let (r2, s2) = o.map.rotation_and_stretch();
+            let near = |s: Option<f64>| s.is_some_and(|s| (s / scale).ln().abs() < LATTICE_SCALE_SPAN);
+            (r2 - rot).abs() < 0.1 && (s2 - stretch).abs() < 0.003 && near(o.lattice_scale)
         });
         if !plain && !seen && (0.7..=1.43).contains(&stretch) && shapes.len() < MAX_LATTICE_SHAPES {
-            shapes.push(shape);
+            shapes.push(Shape { map, lattice_scale: Some(scale) });
         }
     };
-    // First the shape all lattice points agree on, then the single peaks' shapes: both
-    // axes found, rotation and stretch; one axis only, a rotation of square pixels.
-    if let Some(shape) = lattice_from_sums(&at, (w, h), (mu, sd)) {
-        keep(shape);
+    // First the shape all lattice points agree on, then the single peaks' shapes (both
+    // axes found: rotation and stretch; one axis only: a rotation of square pixels), then
+    // the lattice sums' one-parameter shapes.
+    let tile = TILE_PX as f64;
+    let sums = lattice_from_sums(&at, (w, h), (mu, sd));
+    let from_sums =
+        |&(rot, stretch, scale): &(f64, f64, f64)| (Linear(shape_map((rot, stretch, 1.0))), scale);
+    for (map, scale) in sums.iter().take(1).map(from_sums) {
+        keep(map, scale);
     }
     let rotation = |deg: f64| Linear(shape_map((deg, 1.0, 1.0)));
     for &(_, px, py) in &along_x {
@@ -99,14 +106,17 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
                 continue;
             }
             let k = det.sqrt();
-            keep(Linear([[px / k, qx / k], [py / k, qy / k]]));
+            keep(Linear([[px / k, qx / k], [py / k, qy / k]]), k / tile);
         }
     }
     for &(_, px, py) in along_x.iter().take(1) {
-        keep(rotation(py.atan2(px).to_degrees()));
+        keep(rotation(py.atan2(px).to_degrees()), px.hypot(py) / tile);
     }
     for &(_, qx, qy) in along_y.iter().take(1) {
-        keep(rotation((-qx).atan2(qy).to_degrees()));
+        keep(rotation((-qx).atan2(qy).to_degrees()), qx.hypot(qy) / tile);
+    }
+    for (map, scale) in sums.iter().skip(1).map(from_sums) {
+        keep(map, scale);
     }
     shapes
 }
@@ -116,12 +126,21 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Linear> {
 /// several lattice vectors at once (p, q, p + q, p - q, 2p, ...): a rotated and zoomed
 /// lattice whose single peaks are lost among the host's and the codec's is found by all
 /// of them together. Coarse steps on the autocorrelation's 3x3 maximum, then fine steps
-/// around the best few. `None` when the picture is too small to hold the lattice.
+/// around the best few. Then the two common one-parameter cases on their own, finely: a
+/// rotation of square pixels (a tilted camera or a `rotate` filter) and a stretch without
+/// rotation (a wrong aspect ratio). Their searches are far smaller than the general one,
+/// so a faint lattice the general search loses among its own null shapes still stands out
+/// in them (a 48 dB copy of a 4 s cut rotated 4 degrees: z 5.2-6.3 at the true rotation,
+/// 3.5-4.1 at the best other); a fainter one is among their few best peaks, and each
+/// shape is cheap to try (the key's search tries it near its lattice's scale only). The
+/// shapes as (rotation in degrees, stretch, scale): the general one first, then the
+/// rotations' and the stretches' best peaks, in turn; none when the picture is too small
+/// to hold the lattice.
 pub(super) fn lattice_from_sums(
     at: &dyn Fn(i64, i64) -> f64,
     (w, h): (usize, usize),
     (mu, sd): (f64, f64),
-) -> Option<Linear> {
+) -> Vec<(f64, f64, f64)> {
     const POINTS: [(f64, f64); 8] =
         [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, -1.0), (2.0, 0.0), (0.0, 2.0), (2.0, 1.0), (1.0, 2.0)];
     let (hw, hh) = (w as f64 / 2.0 - 2.0, h as f64 / 2.0 - 2.0);
@@ -192,7 +211,7 @@ pub(super) fn lattice_from_sums(
         }
     }
     if fitting < 100 {
-        return None;
+        return Vec::new();
     }
     let mut best: Option<(f64, (f64, f64, f64))> = None;
     for &(_, (r, st, sc)) in &top {
@@ -215,8 +234,42 @@ pub(super) fn lattice_from_sums(
     // The best shape is tried whether or not it stands out: on a faint mark the right one
     // stands at z 4.7-5.4 (a 48 dB copy stretched 1.25x), among the host's and the codec's
     // shapes. The key's search decides, and counts its hypotheses.
-    let (_, shape) = best?;
-    Some(Linear(shape_map((shape.0, shape.1, 1.0))))
+    let Some((_, general)) = best else { return Vec::new() };
+    // One parameter and the scale, in the refinement's steps (0.1 degree, 0.2%): every
+    // shape scored, then the best few distinct peaks (apart in the parameter or the scale).
+    let fine_scales = grid(0.75f64.ln(), 2.05f64.ln(), 0.002);
+    let one_parameter = |values: &[f64], shape: &dyn Fn(f64, f64) -> (f64, f64, f64), apart: f64| {
+        let mut all: Vec<(f64, f64, f64)> = Vec::with_capacity(values.len() * fine_scales.len());
+        for &v in values {
+            for &ls in &fine_scales {
+                let z = score(shape(v, ls.exp()), &bilinear, POINTS.len());
+                if z.is_finite() {
+                    all.push((z, v, ls));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut peaks: Vec<(f64, f64, f64)> = Vec::with_capacity(ONE_PARAMETER_PEAKS);
+        for p in all {
+            if peaks.len() == ONE_PARAMETER_PEAKS {
+                break;
+            }
+            if peaks.iter().all(|q| (q.1 - p.1).abs() > apart || (q.2 - p.2).abs() > LATTICE_SCALE_SPAN) {
+                peaks.push(p);
+            }
+        }
+        peaks.into_iter().map(|(_, v, ls)| shape(v, ls.exp())).collect::<Vec<_>>()
+    };
+    let fine_rots = grid(-LATTICE_MAX_ROT, LATTICE_MAX_ROT, 0.1);
+    let rotations = one_parameter(&fine_rots, &|r, sc| (r, 1.0, sc), 0.5);
+    let log_stretches = grid(0.72f64.ln(), 1.4f64.ln(), 0.002);
+    let stretches = one_parameter(&log_stretches, &|ls, sc| (0.0, ls.exp(), sc), 0.01);
+    let mut shapes = vec![general];
+    for k in 0..ONE_PARAMETER_PEAKS {
+        shapes.extend(rotations.get(k));
+        shapes.extend(stretches.get(k));
+    }
+    shapes
 }
 
 /// Mark-to-analysis map of a (rotation in degrees, stretch, scale): scale x stretch on the
@@ -231,6 +284,12 @@ pub(super) fn shape_map((rot, stretch, scale): (f64, f64, f64)) -> [[f64; 2]; 2]
 pub(super) const LATTICE_MAX_ROT: f64 = 15.0;
 /// Best coarse lattice-sum shapes refined.
 pub(super) const REFINED: usize = 8;
+/// Distinct peaks taken from each one-parameter lattice sum (rotations, stretches).
+pub(super) const ONE_PARAMETER_PEAKS: usize = 3;
+/// A lattice shape is tried at scales within this (relative, as a log) of its lattice's,
+/// or of half of it (a lattice seen at twice its period fits every other point).
+pub(super) const LATTICE_SCALE_SPAN: f64 = 0.025;
 
-/// A lattice peak must stand this far above the autocorrelation's spread to be tried.
+/// A lattice peak (or a one-parameter lattice sum) must stand this far above the
+/// autocorrelation's spread to be tried.
 pub(super) const LATTICE_MIN_Z: f64 = 4.5;

@@ -27,7 +27,7 @@ use tracemark_core::{Frame, MasterKey};
 use self::frames::{resize_into, shift_into, whiten_into, FrameScratch};
 use self::lattice::lattice_shapes;
 use self::pilot::{
-    FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, ViewSet, PICTURE_IN_PICTURE, WHOLE_MARK,
+    FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, Shape, ViewSet, PICTURE_IN_PICTURE, WHOLE_MARK,
     WHOLE_PICTURE,
 };
 use self::sampling::{resample, Linear};
@@ -537,7 +537,7 @@ fn search_and_read(
 ) -> Result<(f64, Vec<(SlotSums, Registration)>)> {
     // Coarse scales, then fine ones around the best. Shapes (rotation, stretch) come from
     // the mark's lattice, found without the key.
-    let shapes: Vec<Vec<Linear>> = views
+    let shapes: Vec<Vec<Shape>> = views
         .iter()
         .enumerate()
         .map(|(vi, v)| {
@@ -546,7 +546,7 @@ fn search_and_read(
                 (true, None) => lattice_shapes(&v.sync),
                 (true, Some((cache, set))) => cache.lattice_shapes(set, vi, &v.sync),
             };
-            std::iter::once(Linear::IDENTITY).chain(lattice).collect()
+            std::iter::once(Shape::PLAIN).chain(lattice).collect()
         })
         .collect();
     let fitted;
@@ -565,7 +565,7 @@ fn search_and_read(
     } else {
         let coarse: Vec<Hyp> = (0..views.len())
             .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
-            .flat_map(|(vi, si)| scales.coarse_scales().map(move |s| (vi, si, s)))
+            .flat_map(|(vi, si)| scales.coarse_scales_of(&shapes[vi][si]).map(move |s| (vi, si, s)))
             .collect();
         hypotheses = coarse.len();
         let ranked = ranked_hypotheses(pilot, views, &shapes, coarse, scales.mirrors, cache);
@@ -616,7 +616,7 @@ fn read_peak(
     detector: &Detector,
     pilot: &Pilot,
     views: &[Analysis],
-    shapes: &[Vec<Linear>],
+    shapes: &[Vec<Shape>],
     (vi, si, scale, mirror): (usize, usize, f64, Mirror),
     scales: &ScaleSearch,
     frames: u64,
@@ -632,11 +632,11 @@ fn read_peak(
         flipped = views[vi].flipped(mirror);
         &flipped
     };
-    let map = shapes[vi][si].mirrored(mirror).scaled(scale);
+    let map = shapes[vi][si].map.mirrored(mirror).scaled(scale);
     // Every scale of the search is too large for a picture this small to hold half a tile.
     let (sums, shift) = read_view(detector, &mut PilotSearch::new(pilot), view, map, frames)
         .ok_or_else(|| too_small(acc_size))?;
-    let (rotation_deg, stretch) = shapes[vi][si].rotation_and_stretch();
+    let (rotation_deg, stretch) = shapes[vi][si].map.rotation_and_stretch();
     // A window of the picture: where it is, in leaked pixels.
     let window = scales.windows.then(|| {
         let (fx, fy) = view.factor;

@@ -8,7 +8,7 @@ use rustfft::num_complex::Complex32;
 use tracemark_core::layout::{PILOT, TILE_PX};
 use tracemark_core::MasterKey;
 
-use super::lattice::lattice_shapes;
+use super::lattice::{lattice_shapes, LATTICE_SCALE_SPAN};
 use super::sampling::{fold_resampled, fold_splatted, Linear};
 use super::views::{FIT_EDGES, WINDOW_CANDIDATES};
 use crate::fft2d::Fft2d;
@@ -69,6 +69,20 @@ impl ScaleSearch {
         (self.coarse.0..=self.coarse.1).map(|k| (1.0 + self.coarse_step).powi(k))
     }
 
+    /// The coarse scales `shape` is tried at: all of them for the plain shape; for a
+    /// lattice's, those within [`LATTICE_SCALE_SPAN`] of its lattice's scale or of half of it.
+    pub(super) fn coarse_scales_of(&self, shape: &Shape) -> impl Iterator<Item = f64> + '_ {
+        let lattice = shape.lattice_scale;
+        self.coarse_scales().filter(move |&s| {
+            lattice.is_none_or(|l| [l, l / 2.0].iter().any(|&c| (s / c).ln().abs() <= LATTICE_SCALE_SPAN))
+        })
+    }
+
+    /// The most coarse scales a lattice shape is tried at: those in two spans.
+    fn most_lattice_scales(&self) -> usize {
+        2 * ((2.0 * LATTICE_SCALE_SPAN / self.coarse_step.ln_1p()).floor() as usize + 1)
+    }
+
     pub(super) fn fine_scales(&self, around: f64) -> impl Iterator<Item = f64> + '_ {
         (-self.fine_half..=self.fine_half)
             .filter(|&k| k != 0)
@@ -78,15 +92,16 @@ impl ScaleSearch {
     /// The most (scale, shape, mirror, shift) hypotheses a search of `views` views can
     /// try: what a planned search that was skipped counts for.
     pub(super) fn most_hypotheses(&self, views: usize) -> f64 {
-        let shapes = 1 + if self.lattice { MAX_LATTICE_SHAPES } else { 0 };
-        let scales = (self.coarse.1 - self.coarse.0 + 1 + 2 * self.fine_half) as usize;
+        let coarse = (self.coarse.1 - self.coarse.0 + 1) as usize;
+        let lattice = if self.lattice { MAX_LATTICE_SHAPES * self.most_lattice_scales() } else { 0 };
+        let scales = coarse + lattice + 2 * self.fine_half as usize;
         // A window search also refines its best windows: fine scales, fitted rectangles,
         // and reads of the fitted window at fine scales.
         let pairs = FIT_EDGES * (FIT_EDGES + 1) / 2;
         let fine = 2 * self.fine_half as usize;
         let scales = scales + (self.peaks - 1) * fine;
         let fitting = if self.windows { WINDOW_CANDIDATES * (pairs * pairs + 2 * fine + 2) } else { 0 };
-        ((views * shapes * scales + fitting) * self.mirrors.len() * TILE_PX * TILE_PX) as f64
+        ((views * scales + fitting) * self.mirrors.len() * TILE_PX * TILE_PX) as f64
     }
 }
 
@@ -127,7 +142,21 @@ pub(super) const PICTURE_IN_PICTURE: ScaleSearch = ScaleSearch {
 };
 
 /// At most this many lattice shapes are searched (each counted in the hypotheses).
-pub(super) const MAX_LATTICE_SHAPES: usize = 4;
+pub(super) const MAX_LATTICE_SHAPES: usize = 8;
+
+/// A shape the whole-picture search tries: the plain one, at every scale, or one the mark's
+/// lattice suggests, near the scale its lattice was seen at.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    /// Rotation and stretch, mark to analysis pixels, at scale 1.
+    pub(super) map: Linear,
+    /// Analysis pixels per mark pixel of the lattice; `None` for the plain shape.
+    pub(super) lattice_scale: Option<f64>,
+}
+
+impl Shape {
+    pub(super) const PLAIN: Shape = Shape { map: Linear::IDENTITY, lattice_scale: None };
+}
 
 /// A mirror of the leaked picture relative to the mark: copies are flipped left-right
 /// (most often) or upside down, and both at once is a half turn.
@@ -238,7 +267,7 @@ pub(super) struct FoldKey {
 #[derive(Default)]
 pub(super) struct FoldCache {
     spectra: Mutex<HashMap<FoldKey, Option<Arc<[Complex32]>>>>,
-    shapes: Mutex<HashMap<(ViewSet, usize), Vec<Linear>>>,
+    shapes: Mutex<HashMap<(ViewSet, usize), Vec<Shape>>>,
 }
 
 impl FoldCache {
@@ -251,7 +280,7 @@ impl FoldCache {
     }
 
     /// [`lattice_shapes`] of view `view` of `views`, found once.
-    pub(super) fn lattice_shapes(&self, views: ViewSet, view: usize, acc: &Gray) -> Vec<Linear> {
+    pub(super) fn lattice_shapes(&self, views: ViewSet, view: usize, acc: &Gray) -> Vec<Shape> {
         let kept = locked(&self.shapes).get(&(views, view)).cloned();
         kept.unwrap_or_else(|| {
             let shapes = lattice_shapes(acc);

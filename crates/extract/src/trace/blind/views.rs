@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 use tracemark_core::layout::TILE_PX;
 
-use super::pilot::{Cached, FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, ViewSet};
+use super::pilot::{Cached, FoldCache, Mirror, Pilot, PilotSearch, ScaleSearch, Shape, ViewSet};
 use super::sampling::{GridMap, Linear};
 use super::{align_view, read_view};
 use crate::detect::{local_noise, DetectScratch, Detector};
@@ -238,7 +238,7 @@ pub(super) fn refine_window(
     (scale, mirror): (f64, Mirror),
     frames: u64,
 ) -> (f64, Analysis, f64, Mirror, usize) {
-    let identity = [vec![Linear::IDENTITY]];
+    let identity = [vec![Shape::PLAIN]];
     let fine: Vec<Hyp> = scales.fine_scales(scale).map(|s| (0, 0, s)).collect();
     let mut tried = fine.len();
     let best_fine =
@@ -275,7 +275,7 @@ pub(super) type Hyp = (usize, usize, f64);
 pub(super) fn best_hypothesis(
     pilot: &Pilot,
     views: &[Analysis],
-    shapes: &[Vec<Linear>],
+    shapes: &[Vec<Shape>],
     hyps: Vec<Hyp>,
     mirrors: &[Mirror],
     cache: Option<(&FoldCache, ViewSet)>,
@@ -291,7 +291,7 @@ pub(super) fn best_hypothesis(
 pub(super) fn ranked_hypotheses(
     pilot: &Pilot,
     views: &[Analysis],
-    shapes: &[Vec<Linear>],
+    shapes: &[Vec<Shape>],
     hyps: Vec<Hyp>,
     mirrors: &[Mirror],
     cache: Option<(&FoldCache, ViewSet)>,
@@ -302,7 +302,7 @@ pub(super) fn ranked_hypotheses(
             || PilotSearch::new(pilot),
             |sync, (vi, si, scale)| {
                 let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
-                sync.best_mirror(&views[vi].sync, shapes[vi][si].scaled(scale), mirrors, cached)
+                sync.best_mirror(&views[vi].sync, shapes[vi][si].map.scaled(scale), mirrors, cached)
                     .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
             },
         )
