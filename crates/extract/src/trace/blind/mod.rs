@@ -32,7 +32,8 @@ use self::pilot::{
 };
 use self::sampling::{resample, Linear};
 use self::views::{
-    analyses, best_hypothesis, distinct_peaks, pip_windows, ranked_hypotheses, search_windows, Analysis, Hyp,
+    analyses, best_hypothesis, distinct_peaks, pip_windows, ranked_hypotheses, ranked_hypotheses_each,
+    search_windows, Analysis, Hyp,
 };
 use super::{open, tick, Registration, TraceConfig, TraceResult};
 use crate::detect::{DetectScratch, Detector, SlotSums};
@@ -415,30 +416,38 @@ type CandidateReading<'p> = ((SlotSums, Registration), &'p Candidate);
 /// Searches the whole-picture sets of `plan` for each of their candidates' whole marks
 /// (pilot and codeword) and reads each where its search peaked: every geometry tried, over
 /// all candidates, and the readings with their candidate. The folds do not depend on the
-/// template, so the candidates share them.
+/// template: each coarse hypothesis is folded once and correlated with every candidate's.
 fn search_whole_marks<'p>(
     detector: &Detector,
     key: &MasterKey,
     acc: &BlindAccumulation,
     plan: &'p [Planned<'_>],
 ) -> Result<(f64, Vec<CandidateReading<'p>>)> {
-    let local = FoldCache::default();
-    let cache = acc.folds.as_ref().unwrap_or(&local);
+    let scales = &WHOLE_MARK;
     let (mut hypotheses, mut read) = (0.0, Vec::new());
-    for p in plan.iter().filter(|p| !p.scales.windows) {
-        for c in &p.candidates {
-            let whole = Pilot::whole_mark(key, &detector.codebook().codeword(c.mark_id));
-            let (tried, readings) = search_and_read(
+    for p in plan.iter().filter(|p| !p.scales.windows && !p.candidates.is_empty()) {
+        let cache = acc.folds.as_ref().map(|c| (c, p.set));
+        let shapes = shapes_of(p.views, scales, cache);
+        let coarse = coarse_hypotheses(&shapes, scales);
+        let tried = coarse.len();
+        let wholes: Vec<Pilot> = p
+            .candidates
+            .iter()
+            .map(|c| Pilot::whole_mark(key, &detector.codebook().codeword(c.mark_id)))
+            .collect();
+        let rankings = ranked_hypotheses_each(&wholes, p.views, &shapes, coarse, scales.mirrors, cache);
+        for ((c, whole), ranked) in p.candidates.iter().zip(&wholes).zip(&rankings) {
+            let (searched, readings) = refine_and_read(
                 detector,
-                &whole,
+                whole,
                 p.views,
-                Some((cache, p.set)),
-                None,
-                &WHOLE_MARK,
+                &shapes,
+                (ranked, tried),
+                scales,
                 acc.frames,
                 acc.size,
             )?;
-            hypotheses += tried;
+            hypotheses += searched;
             read.extend(readings.into_iter().map(|r| (r, c)));
         }
     }
@@ -535,9 +544,41 @@ fn search_and_read(
     frames: u64,
     acc_size: (usize, usize),
 ) -> Result<(f64, Vec<(SlotSums, Registration)>)> {
-    // Coarse scales, then fine ones around the best. Shapes (rotation, stretch) come from
-    // the mark's lattice, found without the key.
-    let shapes: Vec<Vec<Shape>> = views
+    let shapes = shapes_of(views, scales, cache);
+    if let Some(parent) = parent {
+        let found = search_windows(detector, pilot, views, cache, parent, scales, frames);
+        let Some((window, s, m, tried)) = found else {
+            return Err(too_small(acc_size));
+        };
+        let hypotheses = (tried * scales.mirrors.len() * TILE_PX * TILE_PX) as f64;
+        let reading = read_peak(
+            detector,
+            pilot,
+            &[window],
+            &shapes,
+            (0, 0, s, m),
+            scales,
+            frames,
+            acc_size,
+            hypotheses,
+        )?;
+        return Ok((hypotheses, vec![reading]));
+    }
+    let coarse = coarse_hypotheses(&shapes, scales);
+    let tried = coarse.len();
+    let ranked = ranked_hypotheses(pilot, views, &shapes, coarse, scales.mirrors, cache);
+    refine_and_read(detector, pilot, views, &shapes, (&ranked, tried), scales, frames, acc_size)
+}
+
+/// The shapes each of `views` is searched under: the plain one, then, when `scales` asks
+/// for them, those its mark's lattice suggests (found without the key, through `cache`
+/// when given).
+fn shapes_of(
+    views: &[Analysis],
+    scales: &ScaleSearch,
+    cache: Option<(&FoldCache, ViewSet)>,
+) -> Vec<Vec<Shape>> {
+    views
         .iter()
         .enumerate()
         .map(|(vi, v)| {
@@ -548,54 +589,50 @@ fn search_and_read(
             };
             std::iter::once(Shape::PLAIN).chain(lattice).collect()
         })
-        .collect();
-    let fitted;
-    let mut views = views;
-    let mut hypotheses;
+        .collect()
+}
+
+/// Every view under every one of its shapes at that shape's coarse scales.
+fn coarse_hypotheses(shapes: &[Vec<Shape>], scales: &ScaleSearch) -> Vec<Hyp> {
+    (0..shapes.len())
+        .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
+        .flat_map(|(vi, si)| scales.coarse_scales_of(&shapes[vi][si]).map(move |s| (vi, si, s)))
+        .collect()
+}
+
+/// The best distinct peaks of a coarse search (`ranked`, of `tried` hypotheses), each
+/// refined over fine scales and read: the number of hypotheses searched in all, and the
+/// slot sums and geometry of each peak.
+#[allow(clippy::too_many_arguments)]
+fn refine_and_read(
+    detector: &Detector,
+    pilot: &Pilot,
+    views: &[Analysis],
+    shapes: &[Vec<Shape>],
+    (ranked, tried): (&[(f64, Hyp, Mirror)], usize),
+    scales: &ScaleSearch,
+    frames: u64,
+    acc_size: (usize, usize),
+) -> Result<(f64, Vec<(SlotSums, Registration)>)> {
+    let mut hypotheses = tried;
     // The peaks to read: (view, shape, scale, mirror).
     let mut peaks: Vec<(usize, usize, f64, Mirror)> = Vec::with_capacity(scales.peaks);
-    if let Some(parent) = parent {
-        let found = search_windows(detector, pilot, views, cache, parent, scales, frames);
-        let Some((window, s, m, tried)) = found else {
-            return Err(too_small(acc_size));
-        };
-        fitted = [window];
-        (views, hypotheses) = (&fitted, tried);
-        peaks.push((0, 0, s, m));
-    } else {
-        let coarse: Vec<Hyp> = (0..views.len())
-            .flat_map(|vi| (0..shapes[vi].len()).map(move |si| (vi, si)))
-            .flat_map(|(vi, si)| scales.coarse_scales_of(&shapes[vi][si]).map(move |s| (vi, si, s)))
-            .collect();
-        hypotheses = coarse.len();
-        let ranked = ranked_hypotheses(pilot, views, &shapes, coarse, scales.mirrors, cache);
-        for best in distinct_peaks(&ranked, scales.peaks, scales.coarse_step) {
-            let (vi0, si0, s0) = best.1;
-            let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
-            hypotheses += fine.len();
-            let best_fine = best_hypothesis(pilot, views, &shapes, fine, scales.mirrors, None);
-            let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
-            peaks.push((vi, si, scale, mirror));
-        }
-        // No scale of the search fits half a tile into a picture this small.
-        if peaks.is_empty() {
-            return Err(too_small(acc_size));
-        }
+    for best in distinct_peaks(ranked, scales.peaks, scales.coarse_step) {
+        let (vi0, si0, s0) = best.1;
+        let fine: Vec<Hyp> = scales.fine_scales(s0).map(|s| (vi0, si0, s)).collect();
+        hypotheses += fine.len();
+        let best_fine = best_hypothesis(pilot, views, shapes, fine, scales.mirrors, None);
+        let (_, (vi, si, scale), mirror) = if best_fine.0 > best.0 { best_fine } else { best };
+        peaks.push((vi, si, scale, mirror));
+    }
+    // No scale of the search fits half a tile into a picture this small.
+    if peaks.is_empty() {
+        return Err(too_small(acc_size));
     }
     let hypotheses = (hypotheses * scales.mirrors.len() * TILE_PX * TILE_PX) as f64;
     let mut readings = Vec::with_capacity(peaks.len());
-    for (vi, si, scale, mirror) in peaks {
-        readings.push(read_peak(
-            detector,
-            pilot,
-            views,
-            &shapes,
-            (vi, si, scale, mirror),
-            scales,
-            frames,
-            acc_size,
-            hypotheses,
-        )?);
+    for peak in peaks {
+        readings.push(read_peak(detector, pilot, views, shapes, peak, scales, frames, acc_size, hypotheses)?);
     }
     Ok((hypotheses, readings))
 }

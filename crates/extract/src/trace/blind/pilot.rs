@@ -392,6 +392,11 @@ impl<'p> PilotSearch<'p> {
         if !self.fold_spectrum_cached(acc, map, cached) {
             return None;
         }
+        Some(self.best_folded_mirror(mirrors))
+    }
+
+    /// The best of `mirrors` for the spectrum folded last: its z, and the mirror.
+    fn best_folded_mirror(&mut self, mirrors: &[Mirror]) -> (f64, Mirror) {
         let mut best = (f64::MIN, Mirror::ALL[0]);
         for pair in mirrors.chunks_exact(2) {
             let (za, zb) = self.correlate_mirror_pair(pair[0], pair[1]);
@@ -401,7 +406,29 @@ impl<'p> PilotSearch<'p> {
                 }
             }
         }
-        Some(best)
+        best
+    }
+
+    /// [`PilotSearch::best_mirror`] of each of `pilots` (in order; none when the image is
+    /// too small for a tile), from one fold. The search's own pilot becomes the last.
+    pub(super) fn best_mirror_each(
+        &mut self,
+        acc: &Gray,
+        map: Linear,
+        mirrors: &[Mirror],
+        pilots: &'p [Pilot],
+        cached: Option<Cached>,
+    ) -> Vec<(f64, Mirror)> {
+        if !self.fold_spectrum_cached(acc, map, cached) {
+            return Vec::new();
+        }
+        pilots
+            .iter()
+            .map(|pilot| {
+                self.pilot = pilot;
+                self.best_folded_mirror(mirrors)
+            })
+            .collect()
     }
 
     /// Peak of the pilot correlation of `acc` resampled by `map`: its z over the whole

@@ -311,6 +311,41 @@ pub(super) fn ranked_hypotheses(
     all
 }
 
+/// [`ranked_hypotheses`] for several templates at once, one ranking each: every
+/// hypothesis is folded once and correlated with each template.
+pub(super) fn ranked_hypotheses_each(
+    pilots: &[Pilot],
+    views: &[Analysis],
+    shapes: &[Vec<Shape>],
+    hyps: Vec<Hyp>,
+    mirrors: &[Mirror],
+    cache: Option<(&FoldCache, ViewSet)>,
+) -> Vec<Vec<(f64, Hyp, Mirror)>> {
+    let Some(first) = pilots.first() else { return Vec::new() };
+    let peaks: Vec<Vec<(f64, Mirror)>> = hyps
+        .par_iter()
+        .map_init(
+            || PilotSearch::new(first),
+            |sync, &(vi, si, scale)| {
+                let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
+                let map = shapes[vi][si].map.scaled(scale);
+                sync.best_mirror_each(&views[vi].sync, map, mirrors, pilots, cached)
+            },
+        )
+        .collect();
+    (0..pilots.len())
+        .map(|k| {
+            let mut ranked: Vec<(f64, Hyp, Mirror)> = hyps
+                .iter()
+                .zip(&peaks)
+                .map(|(&hyp, p)| p.get(k).map_or((f64::MIN, hyp, Mirror::ALL[0]), |&(z, m)| (z, hyp, m)))
+                .collect();
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+            ranked
+        })
+        .collect()
+}
+
 /// The first `n` of `ranked` that are distinct peaks: a hypothesis of the same view,
 /// shape and mirror as one already taken, within `step` of its scale (relative), is the
 /// same peak seen from the next coarse scale.
