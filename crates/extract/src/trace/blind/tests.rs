@@ -508,3 +508,46 @@ fn a_whole_mark_stands_out_twice_as_far_as_its_pilot() {
     assert!(wrong.0 < 0.8 * pilot.0, "another export's whole mark z {} vs pilot z {}", wrong.0, pilot.0);
     assert!(pilot.0 > 4.0, "{pilot:?}");
 }
+
+/// One fold correlated with several templates ranks every hypothesis for each template as
+/// that template's own search does (the whole-mark stage against the reference search),
+/// and the planted export's whole mark wins at the planted geometry.
+#[test]
+fn templates_sharing_a_fold_rank_as_their_own_searches() {
+    let key = MasterKey::from_bytes([5; 32]);
+    let detector = Detector::new(&key);
+    let ids = [0x1234_5678_9abc_def0u64, 0x0fed_cba9_8765_4321, 0x0bad_cafe_0000_0007];
+    let codewords: Vec<[i8; 256]> =
+        ids.iter().map(|&id| detector.codebook().codeword(tracemark_core::MarkId(id))).collect();
+    let mark = super::pilot::mark_tile(&key, &codewords[0]);
+    let (w, h) = (3 * TILE_PX, 2 * TILE_PX);
+    let noise = gray(w, h, 9);
+    let mut sync = Gray::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            sync.data[y * w + x] =
+                0.05 * mark[(y % TILE_PX) * TILE_PX + x % TILE_PX] + noise.data[y * w + x] / 40.0;
+        }
+    }
+    let view = Analysis { factor: (1.0, 1.0), acc: sync.clone(), host: sync.clone(), sync, origin: (0, 0) };
+    let views = [view];
+    let shapes =
+        vec![vec![Shape::PLAIN, Shape { map: Linear(shape_map((2.0, 1.0, 1.0))), lattice_scale: Some(1.0) }]];
+    let hyps: Vec<Hyp> = [0.97, 1.0, 1.02, 1.3].iter().flat_map(|&s| [(0, 0, s), (0, 1, s)]).collect();
+    let wholes: Vec<Pilot> = codewords.iter().map(|c| Pilot::whole_mark(&key, c)).collect();
+    let each = views::ranked_hypotheses_each(&wholes, &views, &shapes, hyps.clone(), &Mirror::ALL, None);
+    assert_eq!(each.len(), wholes.len());
+    for (whole, shared) in wholes.iter().zip(&each) {
+        let own = views::ranked_hypotheses(whole, &views, &shapes, hyps.clone(), &Mirror::ALL, None);
+        assert_eq!(shared.len(), own.len());
+        for (a, b) in shared.iter().zip(&own) {
+            assert_eq!((a.0.to_bits(), a.1, a.2), (b.0.to_bits(), b.1, b.2));
+        }
+    }
+    assert_eq!(each[0][0].1, (0, 0, 1.0), "{:?}", each[0][0]);
+    assert!(
+        each[0][0].0 > each[1][0].0 && each[0][0].0 > each[2][0].0,
+        "{:?}",
+        each.iter().map(|r| r[0]).collect::<Vec<_>>()
+    );
+}
