@@ -79,7 +79,7 @@ impl ScaleSearch {
     }
 
     /// The most coarse scales a lattice shape is tried at: those in two spans.
-    fn most_lattice_scales(&self) -> usize {
+    pub(super) fn most_lattice_scales(&self) -> usize {
         2 * ((2.0 * LATTICE_SCALE_SPAN / self.coarse_step.ln_1p()).floor() as usize + 1)
     }
 

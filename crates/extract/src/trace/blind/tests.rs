@@ -2,8 +2,7 @@
 
 use super::frames::{resize_into, whiten_into, FrameScratch};
 use super::lattice::{lattice_shapes, shape_map, ONE_PARAMETER_PEAKS};
-use super::pilot::Shape;
-use super::pilot::{surface_peak, whiten_spectrum, Mirror, Pilot, PilotSearch};
+use super::pilot::{surface_peak, whiten_spectrum, Mirror, Pilot, PilotSearch, Shape, WHOLE_PICTURE};
 use super::sampling::{fold, fold_resampled, fold_splatted, resample, resample_reference, GridMap, Linear};
 use super::views::{best_block_rectangle, equalised, pip_windows, Analysis};
 use super::*;
@@ -550,4 +549,35 @@ fn templates_sharing_a_fold_rank_as_their_own_searches() {
         "{:?}",
         each.iter().map(|r| r[0]).collect::<Vec<_>>()
     );
+}
+
+/// A search skipped counts the most hypotheses it could have tried, so no lattice shape
+/// may be tried at more coarse scales than that bound allows, wherever its lattice was seen;
+/// and a shape is tried near its lattice's scale and half of it, the plain shape everywhere.
+#[test]
+fn a_lattice_shape_is_tried_near_its_scale_within_the_counted_bound() {
+    let search = WHOLE_PICTURE;
+    let bound = search.most_lattice_scales();
+    let all = search.coarse_scales().count();
+    assert_eq!(search.coarse_scales_of(&Shape::PLAIN).count(), all);
+    let mut most = 0;
+    for k in 0..2000 {
+        let scale = 0.4 * (1.0005f64).powi(k);
+        let shape = Shape { map: Linear::IDENTITY, lattice_scale: Some(scale) };
+        let tried: Vec<f64> = search.coarse_scales_of(&shape).collect();
+        assert!(tried.len() <= bound, "{scale}: {} scales, bound {bound}", tried.len());
+        most = most.max(tried.len());
+        for s in &tried {
+            let near = [scale, scale / 2.0].iter().any(|c| (s / c).ln().abs() <= 0.025 + 1e-12);
+            assert!(near, "{scale}: tried {s}");
+        }
+        // Inside the searched range, the coarse scale nearest the lattice's is tried.
+        if (0.51..1.99).contains(&scale) {
+            let nearest = search
+                .coarse_scales()
+                .min_by(|a, b| (a / scale).ln().abs().total_cmp(&(b / scale).ln().abs()));
+            assert!(tried.contains(&nearest.unwrap()), "{scale}");
+        }
+    }
+    assert!(most >= bound - 2 && most < all / 10, "{most} of {all}, bound {bound}");
 }
