@@ -15,7 +15,7 @@ mod tests;
 mod views;
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 
 use rayon::prelude::*;
 use tracemark_core::layout::Scheme;
@@ -322,14 +322,33 @@ pub fn trace_accumulated(
         let moving: Vec<Candidate> = candidates.iter().filter(|c| follows(c.scheme)).cloned().collect();
         if !moving.is_empty() || (candidates.is_empty() && follows(Scheme::default())) {
             let set = ViewSet::Moved(tracking.index());
-            plan.push(Planned { views: moved, set, scales: WHOLE_PICTURE, candidates: moving });
+            plan.push(Planned {
+                views: moved,
+                set,
+                scales: WHOLE_PICTURE,
+                candidates: moving,
+                shapes: OnceLock::new(),
+            });
         }
     }
     let set = ViewSet::Plain;
-    plan.push(Planned { views: &acc.views, set, scales: WHOLE_PICTURE, candidates: candidates.to_vec() });
+    let all = candidates.to_vec();
+    plan.push(Planned {
+        views: &acc.views,
+        set,
+        scales: WHOLE_PICTURE,
+        candidates: all,
+        shapes: OnceLock::new(),
+    });
     if !windows.is_empty() {
         let (set, scales) = (ViewSet::Windows, PICTURE_IN_PICTURE);
-        plan.push(Planned { views: &windows, set, scales, candidates: candidates.to_vec() });
+        plan.push(Planned {
+            views: &windows,
+            set,
+            scales,
+            candidates: candidates.to_vec(),
+            shapes: OnceLock::new(),
+        });
     }
     let mut found: Vec<(f64, Vec<(SlotSums, Registration)>)> = Vec::with_capacity(plan.len());
     // When the pilot names nobody, each candidate's whole mark is searched for, if there
@@ -351,8 +370,9 @@ pub fn trace_accumulated(
     for (i, p) in plan.iter().enumerate() {
         let parent = p.scales.windows.then_some(&whole);
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
+        let shapes = p.shapes(acc.folds.as_ref());
         found.push(search_and_read(
-            &detector, &pilot, p.views, cache, parent, &p.scales, acc.frames, acc.size,
+            &detector, &pilot, p.views, shapes, cache, parent, &p.scales, acc.frames, acc.size,
         )?);
         // Only readings that have scored every candidate can settle the trace.
         if i + 1 == plan.len() || !plan[..=i].iter().any(|p| p.candidates.len() == candidates.len()) {
@@ -427,21 +447,21 @@ fn search_whole_marks<'p>(
     let (mut hypotheses, mut read) = (0.0, Vec::new());
     for p in plan.iter().filter(|p| !p.scales.windows && !p.candidates.is_empty()) {
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
-        let shapes = shapes_of(p.views, scales, cache);
-        let coarse = coarse_hypotheses(&shapes, scales);
+        let shapes = p.shapes(acc.folds.as_ref());
+        let coarse = coarse_hypotheses(shapes, scales);
         let tried = coarse.len();
         let wholes: Vec<Pilot> = p
             .candidates
             .iter()
             .map(|c| Pilot::whole_mark(key, &detector.codebook().codeword(c.mark_id)))
             .collect();
-        let rankings = ranked_hypotheses_each(&wholes, p.views, &shapes, coarse, scales.mirrors, cache);
+        let rankings = ranked_hypotheses_each(&wholes, p.views, shapes, coarse, scales.mirrors, cache);
         for ((c, whole), ranked) in p.candidates.iter().zip(&wholes).zip(&rankings) {
             let (searched, readings) = refine_and_read(
                 detector,
                 whole,
                 p.views,
-                &shapes,
+                shapes,
                 (ranked, tried),
                 scales,
                 acc.frames,
@@ -528,23 +548,33 @@ struct Planned<'a> {
     set: ViewSet,
     scales: ScaleSearch,
     candidates: Vec<Candidate>,
+    /// The views' shapes ([`shapes_of`]), found when the set is first searched and kept
+    /// for the whole-mark stage.
+    shapes: OnceLock<Vec<Vec<Shape>>>,
 }
 
-/// Searches one set of accumulated views for the pilot and reads the mark where it is:
-/// the number of hypotheses searched, the slot sums, and the geometry found. The coarse
-/// hypotheses' folds go through `cache`, when given, as folds of `views`' set.
+impl Planned<'_> {
+    fn shapes(&self, folds: Option<&FoldCache>) -> &[Vec<Shape>] {
+        self.shapes.get_or_init(|| shapes_of(self.views, &self.scales, folds.map(|c| (c, self.set))))
+    }
+}
+
+/// Searches one set of accumulated views under their `shapes` for the pilot and reads the
+/// mark where it is: the number of hypotheses searched, the slot sums, and the geometry
+/// found. The coarse hypotheses' folds go through `cache`, when given, as folds of
+/// `views`' set.
 #[allow(clippy::too_many_arguments)]
 fn search_and_read(
     detector: &Detector,
     pilot: &Pilot,
     views: &[Analysis],
+    shapes: &[Vec<Shape>],
     cache: Option<(&FoldCache, ViewSet)>,
     parent: Option<&Analysis>,
     scales: &ScaleSearch,
     frames: u64,
     acc_size: (usize, usize),
 ) -> Result<(f64, Vec<(SlotSums, Registration)>)> {
-    let shapes = shapes_of(views, scales, cache);
     if let Some(parent) = parent {
         let found = search_windows(detector, pilot, views, cache, parent, scales, frames);
         let Some((window, s, m, tried)) = found else {
@@ -555,7 +585,7 @@ fn search_and_read(
             detector,
             pilot,
             &[window],
-            &shapes,
+            shapes,
             (0, 0, s, m),
             scales,
             frames,
@@ -564,10 +594,10 @@ fn search_and_read(
         )?;
         return Ok((hypotheses, vec![reading]));
     }
-    let coarse = coarse_hypotheses(&shapes, scales);
+    let coarse = coarse_hypotheses(shapes, scales);
     let tried = coarse.len();
-    let ranked = ranked_hypotheses(pilot, views, &shapes, coarse, scales.mirrors, cache);
-    refine_and_read(detector, pilot, views, &shapes, (&ranked, tried), scales, frames, acc_size)
+    let ranked = ranked_hypotheses(pilot, views, shapes, coarse, scales.mirrors, cache);
+    refine_and_read(detector, pilot, views, shapes, (&ranked, tried), scales, frames, acc_size)
 }
 
 /// The shapes each of `views` is searched under: the plain one, then, when `scales` asks
