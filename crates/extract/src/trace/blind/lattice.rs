@@ -290,6 +290,6 @@ pub(super) const ONE_PARAMETER_PEAKS: usize = 3;
 /// or of half of it (a lattice seen at twice its period fits every other point).
 pub(super) const LATTICE_SCALE_SPAN: f64 = 0.025;
 
-/// A lattice peak (or a one-parameter lattice sum) must stand this far above the
-/// autocorrelation's spread to be tried.
+/// A single lattice peak must stand this far above the autocorrelation's spread to be
+/// tried (the lattice sums' shapes are tried whatever their z).
 pub(super) const LATTICE_MIN_Z: f64 = 4.5;

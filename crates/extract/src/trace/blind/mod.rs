@@ -332,12 +332,11 @@ pub fn trace_accumulated(
         }
     }
     let set = ViewSet::Plain;
-    let all = candidates.to_vec();
     plan.push(Planned {
         views: &acc.views,
         set,
         scales: WHOLE_PICTURE,
-        candidates: all,
+        candidates: candidates.to_vec(),
         shapes: OnceLock::new(),
     });
     if !windows.is_empty() {

@@ -509,7 +509,8 @@ fn a_whole_mark_stands_out_twice_as_far_as_its_pilot() {
 }
 
 /// One fold correlated with several templates ranks every hypothesis for each template as
-/// that template's own search does (the whole-mark stage against the reference search),
+/// folding it afresh for that template alone does (the whole-mark stage and the pilot
+/// search, which is the one-template case, against a plain per-hypothesis reference),
 /// and the planted export's whole mark wins at the planted geometry.
 #[test]
 fn templates_sharing_a_fold_rank_as_their_own_searches() {
@@ -537,10 +538,23 @@ fn templates_sharing_a_fold_rank_as_their_own_searches() {
     let each = views::ranked_hypotheses_each(&wholes, &views, &shapes, hyps.clone(), &Mirror::ALL, None);
     assert_eq!(each.len(), wholes.len());
     for (whole, shared) in wholes.iter().zip(&each) {
-        let own = views::ranked_hypotheses(whole, &views, &shapes, hyps.clone(), &Mirror::ALL, None);
-        assert_eq!(shared.len(), own.len());
-        for (a, b) in shared.iter().zip(&own) {
-            assert_eq!((a.0.to_bits(), a.1, a.2), (b.0.to_bits(), b.1, b.2));
+        // The reference: each hypothesis folded afresh for this template alone, in order.
+        let mut own: Vec<(f64, Hyp, Mirror)> = hyps
+            .iter()
+            .map(|&(vi, si, scale)| {
+                let map = shapes[vi][si].map.scaled(scale);
+                let (z, m) =
+                    PilotSearch::new(whole).best_mirror(&views[vi].sync, map, &Mirror::ALL, None).unwrap();
+                (z, (vi, si, scale), m)
+            })
+            .collect();
+        own.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let alone = views::ranked_hypotheses(whole, &views, &shapes, hyps.clone(), &Mirror::ALL, None);
+        for ranking in [shared, &alone] {
+            assert_eq!(ranking.len(), own.len());
+            for (a, b) in ranking.iter().zip(&own) {
+                assert_eq!((a.0.to_bits(), a.1, a.2), (b.0.to_bits(), b.1, b.2));
+            }
         }
     }
     assert_eq!(each[0][0].1, (0, 0, 1.0), "{:?}", each[0][0]);

@@ -296,23 +296,12 @@ pub(super) fn ranked_hypotheses(
     mirrors: &[Mirror],
     cache: Option<(&FoldCache, ViewSet)>,
 ) -> Vec<(f64, Hyp, Mirror)> {
-    let mut all: Vec<(f64, Hyp, Mirror)> = hyps
-        .into_par_iter()
-        .map_init(
-            || PilotSearch::new(pilot),
-            |sync, (vi, si, scale)| {
-                let cached = cache.map(|(cache, views)| Cached { cache, views, view: vi });
-                sync.best_mirror(&views[vi].sync, shapes[vi][si].map.scaled(scale), mirrors, cached)
-                    .map_or((f64::MIN, (vi, si, scale), Mirror::ALL[0]), |(z, m)| (z, (vi, si, scale), m))
-            },
-        )
-        .collect();
-    all.sort_by(|a, b| b.0.total_cmp(&a.0));
-    all
+    let mut each = ranked_hypotheses_each(std::slice::from_ref(pilot), views, shapes, hyps, mirrors, cache);
+    each.pop().unwrap_or_default()
 }
 
-/// [`ranked_hypotheses`] for several templates at once, one ranking each: every
-/// hypothesis is folded once and correlated with each template.
+/// [`ranked_hypotheses`] for several templates at once, one ranking each (ties in the
+/// order given): every hypothesis is folded once and correlated with each template.
 pub(super) fn ranked_hypotheses_each(
     pilots: &[Pilot],
     views: &[Analysis],
