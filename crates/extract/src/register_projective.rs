@@ -286,7 +286,7 @@ pub fn quality(src: &Gray, leak: &Gray, h: Homography, step: usize) -> Option<f6
 
 /// Solves a small dense linear system by Gaussian elimination with partial pivoting.
 #[allow(clippy::needless_range_loop)]
-fn solve<const N: usize>(mut m: [[f64; N]; N], mut v: [f64; N]) -> Option<[f64; N]> {
+pub(crate) fn solve<const N: usize>(mut m: [[f64; N]; N], mut v: [f64; N]) -> Option<[f64; N]> {
     for col in 0..N {
         let piv = (col..N).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
         if m[piv][col].abs() < 1e-14 {

@@ -28,11 +28,13 @@ use crate::register_projective;
 use crate::verdict::{decide_readings, Candidate, Family};
 use crate::{Error, Result};
 
+mod channel;
 mod decode;
 mod reading;
 mod spatial;
 mod time_align;
 
+use channel::*;
 use decode::*;
 use reading::*;
 use spatial::*;

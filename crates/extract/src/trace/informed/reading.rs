@@ -172,6 +172,8 @@ pub(super) struct PairScratch {
     pub(super) between: Vec<f32>,
     pub(super) warped: Gray,
     pub(super) resid: Vec<f32>,
+    /// The source after the tone curve, which the channel is fitted on.
+    pub(super) toned: Vec<f32>,
     pub(super) detect: DetectScratch,
 }
 
@@ -209,6 +211,7 @@ pub(super) fn read_pairs(
                 between: view.as_ref().map_or_else(Vec::new, |v| vec![0f32; h * v.size.0]),
                 warped: Gray::new(w, h),
                 resid: vec![0f32; w * h],
+                toned: vec![0f32; w * h],
                 detect: DetectScratch::default(),
             },
             |s, PairToRead { k, src, leak, offsets }| {
@@ -221,7 +224,7 @@ pub(super) fn read_pairs(
                     }
                     None => &s.src,
                 };
-                warp_and_fit(compared, &s.leak, warp, &mut s.warped, &mut s.resid);
+                warp_and_fit(compared, &s.leak, warp, &mut s.warped, &mut s.resid, &mut s.toned);
                 // The mask is the embedder's: computed from the source itself.
                 let fs = offsets
                     .iter()
@@ -250,7 +253,14 @@ pub(super) fn read_pairs(
 /// picture does not cover the source), fits a tone curve (leaked level as a function of
 /// source level: brightness, contrast, gamma), and writes leaked minus fitted source into
 /// `resid` (zero where the source is not visible).
-pub(super) fn warp_and_fit(src: &Gray, leak: &Gray, pw: &PairWarp, warped: &mut Gray, resid: &mut [f32]) {
+pub(super) fn warp_and_fit(
+    src: &Gray,
+    leak: &Gray,
+    pw: &PairWarp,
+    warped: &mut Gray,
+    resid: &mut [f32],
+    toned: &mut [f32],
+) {
     let (xr, yr) = (pw.warp.x_range(), pw.warp.y_range());
     warped.data.fill(0.0);
     resid.fill(0.0);
@@ -339,18 +349,31 @@ pub(super) fn warp_and_fit(src: &Gray, leak: &Gray, pw: &PairWarp, warped: &mut 
         *out = window.iter().sum::<f64>() / window.len() as f64;
     }
     let fit: [f32; 256] = std::array::from_fn(|b| smooth[b] as f32);
-    for j in yr {
-        let s_row = &src.data[j * src.w..][xr.clone()];
-        let w_row = &warped.data[j * src.w..][xr.clone()];
-        let u_row = &usable[j * src.w..][xr.clone()];
-        // Every pixel computed and the unusable ones zeroed: no branch in the loop.
-        for (((r, &s), &v), &u) in resid[j * src.w..][xr.clone()].iter_mut().zip(s_row).zip(w_row).zip(u_row)
-        {
-            let s = s.clamp(0.0, 255.0);
-            let b0 = (s as usize).min(254);
-            let f = s - b0 as f32;
-            let d = v - (fit[b0] + (fit[b0 + 1] - fit[b0]) * f);
-            *r = if u { d } else { 0.0 };
+    let tone = |s: f32| {
+        let s = s.clamp(0.0, 255.0);
+        let b0 = (s as usize).min(254);
+        fit[b0] + (fit[b0 + 1] - fit[b0]) * (s - b0 as f32)
+    };
+    for (t, &s) in toned.iter_mut().zip(&src.data) {
+        *t = tone(s);
+    }
+    // The codec's blur changes across the picture with its quantiser: one channel per
+    // tile-sized region (city at crf 38, eight exports at 48.3 dB: mean score 5.43 with
+    // the tone curve alone, 5.75 with one channel for the picture, 6.14 per region).
+    for rows in regions(yr) {
+        for cols in regions(xr.clone()) {
+            let ch = Channel::fit(toned, &warped.data, usable, src.w, src.h, rows.clone(), cols.clone());
+            for j in rows.clone() {
+                let at = j * src.w;
+                ch.apply_row(toned, src.w, src.h, j, cols.clone(), &mut resid[at..][cols.clone()]);
+                for ((r, &v), &u) in resid[at..][cols.clone()]
+                    .iter_mut()
+                    .zip(&warped.data[at..][cols.clone()])
+                    .zip(&usable[at..][cols.clone()])
+                {
+                    *r = if u { v - *r } else { 0.0 };
+                }
+            }
         }
     }
 }
