@@ -59,7 +59,16 @@ pub(super) fn shift_into(src: &Gray, (dx, dy): (f64, f64), out: &mut Gray) {
     }
 }
 
-/// Whitened, locally normalised residual of one analysis image, into `out`.
+/// Where a whitened residual is clipped, in units of its local RMS. What a still picture's
+/// edges and texture leave after the median are heavy-tailed and the same in every frame,
+/// so they add up frame after frame as the mark does; the mark and the codec's noise are
+/// small and near Gaussian. Clipping keeps the sign of the one and caps the other (vtest's
+/// broadcast chain read blind, eight exports at 48.3 dB: mean score 7.69 unclipped, 7.82 at
+/// 2, 8.12 at 1.2, 8.09 at 0.7; moving clips within +-0.3 either way).
+pub(super) const WHITE_CLIP: f32 = 1.0;
+
+/// Whitened, locally normalised residual of one analysis image, into `out`, clipped at
+/// [`WHITE_CLIP`].
 pub(super) fn whiten_into(img: &Gray, s: &mut FrameScratch, out: &mut Gray) {
     img.median3_into(&mut s.lanes, &mut s.med);
     let (w, h) = (img.w, img.h);
@@ -102,7 +111,7 @@ pub(super) fn whiten_into(img: &Gray, s: &mut FrameScratch, out: &mut Gray) {
         for (x, ((o, &v), &sum)) in o.iter_mut().zip(resid).zip(win.iter()).enumerate() {
             let n = rows * ((x + 5).min(w) - x.saturating_sub(4)) as f32;
             // Rounding can leave a sum of squares a hair below zero.
-            *o = v / ((sum / n).max(0.0).sqrt() + 1.0);
+            *o = (v / ((sum / n).max(0.0).sqrt() + 1.0)).clamp(-WHITE_CLIP, WHITE_CLIP);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The blind search's parts against their references and planted marks.
 
-use super::frames::{resize_into, whiten_into, FrameScratch};
+use super::frames::{resize_into, whiten_into, FrameScratch, WHITE_CLIP};
 use super::lattice::{lattice_shapes, shape_map, ONE_PARAMETER_PEAKS};
 use super::pilot::{surface_peak, whiten_spectrum, Mirror, Pilot, PilotSearch, Shape, WHOLE_PICTURE};
 use super::sampling::{fold, fold_resampled, fold_splatted, resample, resample_reference, GridMap, Linear};
@@ -11,8 +11,8 @@ use crate::register;
 use rustfft::num_complex::Complex32;
 
 /// The straightforward whitening (fresh buffers, sorting median) the reused path must
-/// reproduce exactly.
-fn whiten_reference(img: &Gray) -> Gray {
+/// reproduce exactly with `clip` = [`WHITE_CLIP`].
+fn whiten_reference(img: &Gray, clip: f32) -> Gray {
     let med = img.median3_reference();
     let (w, h) = (img.w, img.h);
     let r: Vec<f32> = img.data.iter().zip(&med.data).map(|(a, b)| a - b).collect();
@@ -27,7 +27,7 @@ fn whiten_reference(img: &Gray) -> Gray {
                 }
             }
             let rms = (s / ((x1 - x0) * (y1 - y0)) as f64).sqrt() as f32;
-            out.data[y * w + x] = r[y * w + x] / (rms + 1.0);
+            out.data[y * w + x] = (r[y * w + x] / (rms + 1.0)).clamp(-clip, clip);
         }
     }
     out
@@ -412,12 +412,54 @@ fn reused_buffers_give_what_fresh_ones_give() {
         let picture = std::mem::take(&mut s.picture);
         let mut white = std::mem::take(&mut s.white);
         whiten_into(&picture, &mut s, &mut white);
-        let reference = whiten_reference(&picture);
+        let reference = whiten_reference(&picture, WHITE_CLIP);
         let worst = white.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         // The integral image and the direct window sums round differently in the last bits.
         assert!(worst < 1e-4, "{pw}x{ph} -> {w}x{h}: {worst}");
         (s.picture, s.white) = (picture, white);
     }
+}
+
+#[test]
+fn clipping_keeps_a_faint_mark_from_drowning_in_a_still_pictures_edges() {
+    // A still picture of hard-edged patches, a faint sign-random mark on it, and fresh codec
+    // noise each frame: the whitened frames summed, clipped and not.
+    let (w, h) = (192, 128);
+    let mut x = 0x2545_F491u32;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    };
+    let levels: Vec<f32> = (0..64).map(|_| 128.0 + 200.0 * rand()).collect();
+    let mark: Vec<f32> = (0..w * h).map(|_| if rand() > 0.0 { 1.0 } else { -1.0 }).collect();
+    let (mut clipped, mut plain) = (vec![0f32; w * h], vec![0f32; w * h]);
+    let mut s = FrameScratch::default();
+    let mut white = Gray::new(w, h);
+    for _ in 0..8 {
+        let mut frame = Gray::new(w, h);
+        for (p, v) in frame.data.iter_mut().enumerate() {
+            let (px, py) = (p % w, p / w);
+            *v = levels[(py / 21) * 8 + (px * 7 + py) / 29 % 8] + mark[p] + 2.0 * rand();
+        }
+        whiten_into(&frame, &mut s, &mut white);
+        let unclipped = whiten_reference(&frame, f32::INFINITY);
+        for ((c, u), (a, b)) in
+            clipped.iter_mut().zip(plain.iter_mut()).zip(white.data.iter().zip(&unclipped.data))
+        {
+            *c += a;
+            *u += b;
+        }
+    }
+    let corr = |acc: &[f32]| {
+        let dot: f64 = acc.iter().zip(&mark).map(|(&a, &m)| f64::from(a * m)).sum();
+        let n: f64 = acc.iter().map(|&a| f64::from(a * a)).sum();
+        dot / (n * mark.len() as f64).sqrt()
+    };
+    assert!(white.data.iter().all(|v| v.abs() <= WHITE_CLIP));
+    let (c, u) = (corr(&clipped), corr(&plain));
+    assert!(c > 1.1 * u, "mark correlation clipped {c:.3}, unclipped {u:.3}");
 }
 
 #[test]
