@@ -58,16 +58,20 @@ fn rotation(deg: f64, stretch: f64) -> Linear {
     Linear([[c * a, -s * b], [s * a, c * b]])
 }
 
-/// A tile of noise repeated under `shape` (rotation, stretch, scale), plus fresh noise
-/// `noise` times as strong: what an accumulated residual of a rotated copy looks like.
-fn tiled(w: usize, h: usize, shape: (f64, f64, f64), noise: f32) -> Gray {
-    let mut x = 0x9E37_79B9u32;
-    let mut rand = move || {
+/// Uniform values in [-0.5, 0.5) from a xorshift generator seeded with `x` (non-zero).
+fn xorshift(mut x: u32) -> impl FnMut() -> f32 {
+    move || {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
         (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-    };
+    }
+}
+
+/// A tile of noise repeated under `shape` (rotation, stretch, scale), plus fresh noise
+/// `noise` times as strong: what an accumulated residual of a rotated copy looks like.
+fn tiled(w: usize, h: usize, shape: (f64, f64, f64), noise: f32) -> Gray {
+    let mut rand = xorshift(0x9E37_79B9);
     let tile: Vec<f32> = (0..TILE_PX * TILE_PX).map(|_| rand()).collect();
     let m = shape_map(shape);
     let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
@@ -339,13 +343,8 @@ fn splatting_finds_the_pilot_where_resampling_does() {
 fn the_best_block_rectangle_is_the_planted_one() {
     // Noise blocks, and a 12x9 patch of blocks that all agree with the pilot.
     let (bx, by) = (60, 40);
-    let mut x = 0x2545_F491u32;
-    let mut rand = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        f64::from(x >> 8) / f64::from(1u32 << 24) - 0.5
-    };
+    let mut rand32 = xorshift(0x2545_F491);
+    let mut rand = move || f64::from(rand32());
     let mut blocks: Vec<[f64; 2]> = (0..bx * by).map(|_| [rand(), 1.0 / 12.0]).collect();
     for j in 20..29 {
         for i in 33..45 {
@@ -425,13 +424,7 @@ fn clipping_keeps_a_faint_mark_from_drowning_in_a_still_pictures_edges() {
     // A still picture of hard-edged patches, a faint sign-random mark on it, and fresh codec
     // noise each frame: the whitened frames summed, clipped and not.
     let (w, h) = (192, 128);
-    let mut x = 0x2545_F491u32;
-    let mut rand = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-    };
+    let mut rand = xorshift(0x2545_F491);
     let levels: Vec<f32> = (0..64).map(|_| 128.0 + 200.0 * rand()).collect();
     let mark: Vec<f32> = (0..w * h).map(|_| if rand() > 0.0 { 1.0 } else { -1.0 }).collect();
     let (mut clipped, mut plain) = (vec![0f32; w * h], vec![0f32; w * h]);
