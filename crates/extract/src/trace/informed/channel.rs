@@ -174,6 +174,11 @@ impl Channel {
     }
 }
 
+/// The pixels of `0..len` a channel reads to give the outputs at `range` on that axis.
+pub(super) fn reach(range: &std::ops::Range<usize>, len: usize) -> std::ops::Range<usize> {
+    range.start.saturating_sub(R)..(range.end + R).min(len)
+}
+
 /// `range` cut into equal runs of about [`CHANNEL_REGION`] (at least one).
 pub(super) fn regions(range: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
     let len = range.len();

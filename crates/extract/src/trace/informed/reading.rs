@@ -251,8 +251,10 @@ pub(super) fn read_pairs(
 
 /// Warps `leak` onto the grid of `src` under `taps` into `warped` (zero where the leaked
 /// picture does not cover the source), fits a tone curve (leaked level as a function of
-/// source level: brightness, contrast, gamma), and writes leaked minus fitted source into
-/// `resid` (zero where the source is not visible).
+/// source level: brightness, contrast, gamma) and then, region by region, the copy's
+/// channel ([`Channel`]) from the tone-fitted source (kept in `toned`) to the leaked
+/// picture, and writes leaked minus the source through both into `resid` (zero where the
+/// source is not visible).
 pub(super) fn warp_and_fit(
     src: &Gray,
     leak: &Gray,
@@ -354,8 +356,13 @@ pub(super) fn warp_and_fit(
         let b0 = (s as usize).min(254);
         fit[b0] + (fit[b0 + 1] - fit[b0]) * (s - b0 as f32)
     };
-    for (t, &s) in toned.iter_mut().zip(&src.data) {
-        *t = tone(s);
+    // Only where the channel will read.
+    let cols_read = reach(&xr, src.w);
+    for j in reach(&yr, src.h) {
+        let at = j * src.w;
+        for (t, &s) in toned[at..][cols_read.clone()].iter_mut().zip(&src.data[at..][cols_read.clone()]) {
+            *t = tone(s);
+        }
     }
     // The codec's blur changes across the picture with its quantiser: one channel per
     // tile-sized region (city at crf 38, eight exports at 48.3 dB: mean score 5.43 with
