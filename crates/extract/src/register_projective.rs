@@ -311,11 +311,11 @@ pub(crate) fn solve<const N: usize>(mut m: [[f64; N]; N], mut v: [f64; N]) -> Op
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A smooth, textured picture with no symmetry.
-    fn textured(w: usize, h: usize) -> Gray {
+    pub(crate) fn textured(w: usize, h: usize) -> Gray {
         let mut g = Gray::new(w, h);
         for y in 0..h {
             for x in 0..w {
@@ -332,7 +332,7 @@ mod tests {
     }
 
     /// `src` seen through `h` on a `w` x `h` canvas of level `bg`.
-    fn render(src: &Gray, h: &Homography, size: (usize, usize), bg: f32) -> Gray {
+    pub(crate) fn render(src: &Gray, h: &Homography, size: (usize, usize), bg: f32) -> Gray {
         let inv = h.inverse().expect("invertible");
         let mut out = Gray::new(size.0, size.1);
         for j in 0..size.1 {

@@ -15,21 +15,40 @@ pub(super) fn reading_factor(sx: f64, sy: f64, grid: &Grid) -> f64 {
 /// matches far better than this).
 pub(super) const ORIENTATION_SEARCH_BELOW: f64 = 0.9;
 
+/// A projective thumbnail registration that beats the axis-aligned one by less than this
+/// robust NCC may be fitting noise, a logo or a ticker rather than a tilt: the axis-aligned
+/// map is read too and the pilot decides. At 128 px the projective fit of an axis-aligned
+/// copy gained up to 0.0017 (the public gauntlet's broadcast chains, logos, picture-in-
+/// picture); real tilts and keystones gained 0.0009 to 0.3, rotations of 4 degrees 0.02
+/// and more.
+pub(super) const PROJECTIVE_CLEAR_GAIN: f64 = 0.003;
+
+/// A thumbnail registration: the map chosen and the axis-aligned map when a projective
+/// one was chosen over it by less than [`PROJECTIVE_CLEAR_GAIN`].
+pub(super) struct ThumbRegistration {
+    pub(super) map: Homography,
+    pub(super) axis_alternative: Option<Homography>,
+}
+
 /// Registers a leaked thumbnail against a source thumbnail: the axis-aligned search
 /// (scale, crop, bars, picture-in-picture), a projective refinement of it (small tilts,
 /// keystones), and when neither fits well the search over mirrors and rotations. Every
 /// candidate is judged by the same robust NCC. The map is in thumbnail pixels.
-pub(super) fn register_thumbs(src: &Gray, leak: &Gray) -> Option<(Homography, f64)> {
+pub(super) fn register_thumbs(src: &Gray, leak: &Gray) -> Option<ThumbRegistration> {
     let axis = register::coarse(src, leak, 3)
         .into_iter()
         .map(|(g, _)| register::refine(src, leak, g, 1))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(g, _)| Homography::from_geometry(&g));
     let mut best = axis.and_then(|h| register_projective::quality(src, leak, h, 1).map(|q| (h, q)));
+    let mut axis_alternative = None;
     if let Some((h, q)) = best {
         if let Some((p, pq)) = register_projective::refine(src, leak, h, 1, 40) {
             if pq > q && p.corner_distance(&h, src.w as f64, src.h as f64) > 0.3 {
                 best = Some((p, pq));
+                if pq < q + PROJECTIVE_CLEAR_GAIN {
+                    axis_alternative = Some(h);
+                }
             }
         }
     }
@@ -40,10 +59,11 @@ pub(super) fn register_thumbs(src: &Gray, leak: &Gray) -> Option<(Homography, f6
             let margin = if best.is_some_and(|b| b.1 >= 0.8) { 0.1 } else { 0.01 };
             if best.is_none_or(|b| q > b.1 + margin) {
                 best = Some((h, q));
+                axis_alternative = None;
             }
         }
     }
-    best
+    best.map(|(map, _)| ThumbRegistration { map, axis_alternative })
 }
 
 /// Refines a working-grid registration on one pair of frames at reading resolution. An
