@@ -1,6 +1,15 @@
 //! The `tracemark` command-line tool: a thin layer over `tracemark-core` (embedding) and
 //! `tracemark-extract` (tracing), plus the export registry.
 
+/// `println!` for the program's output: when the reader has gone (`tracemark trace --json |
+/// head -c 100`), the work is done and nobody is listening, so the program ends quietly
+/// with success instead of panicking on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod inputs;
 mod officer;
 mod report;
@@ -154,6 +163,18 @@ enum RegistryAction {
     },
 }
 
+/// Writes one line of output (see [`out!`]).
+fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        panic!("failed printing to stdout: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // FFmpeg's own messages would break the one-line error contract: errors come back as
@@ -200,7 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keygen { out } => {
             let key = MasterKey::generate();
             key.save_new(&out)?;
-            println!(
+            out!(
                 "wrote key {} (fingerprint {}); keep it secret, keep a backup",
                 out.display(),
                 key.fingerprint()
@@ -260,14 +281,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 let mut v = trace_json(&result);
                 v["registry"] = trust.to_json();
-                println!("{v}");
+                out!("{v}");
             } else {
                 if !trust.verified {
-                    println!("WARNING: {}", trust.statement);
+                    out!("WARNING: {}", trust.statement);
                 }
                 print_trace(&result, report.as_deref(), &trust.exports);
                 if trust.verified {
-                    println!("{}", trust.statement);
+                    out!("{}", trust.statement);
                 }
             }
         }
@@ -276,16 +297,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let reg = Registry::open_read_only(&registry)?;
                 let all = reg.exports()?;
                 if json {
-                    println!("{}", serde_json::Value::Array(all.iter().map(export_json).collect()));
+                    out!("{}", serde_json::Value::Array(all.iter().map(export_json).collect()));
                 } else {
-                    println!(
+                    out!(
                         "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  {:<9}  {:<29}  created",
-                        "mark id", "recipient", "officer", "approved by", "case", "status", "approval"
+                        "mark id",
+                        "recipient",
+                        "officer",
+                        "approved by",
+                        "case",
+                        "status",
+                        "approval"
                     );
                     for x in all {
                         let e = &x.record;
                         let t = |s: &str| names::escape_for_terminal(s);
-                        println!(
+                        out!(
                             "{:<16}  {:<20}  {:<16}  {:<16}  {:<12}  {:<9}  {:<29}  {}",
                             t(&e.mark_id),
                             t(&e.recipient),
@@ -305,11 +332,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .find(&id)?
                     .ok_or_else(|| anyhow!("no export with mark id {id:?} in {}", registry.display()))?;
                 if json {
-                    println!("{}", export_json(&e));
+                    out!("{}", export_json(&e));
                 } else {
                     for (k, v) in export_json(&e).as_object().expect("record is an object") {
                         let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                        println!("{k:>16}: {}", names::escape_for_terminal(&v));
+                        out!("{k:>16}: {}", names::escape_for_terminal(&v));
                     }
                 }
             }
@@ -332,7 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 if rep.problems.is_empty() {
                     let declared = rep.exports.len() - rep.signed_approvals;
-                    println!(
+                    out!(
                         "registry OK: {} exports ({} with signed approvals verified, {} approval declared, not signed), \
                          {} officers on the roster, {} audit entries, chain head {}{}{}{}",
                         rep.exports.len(),
@@ -353,7 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 } else {
                     for p in &rep.problems {
-                        println!("PROBLEM: {}", names::escape_for_terminal(p));
+                        out!("PROBLEM: {}", names::escape_for_terminal(p));
                     }
                     bail!(
                         "registry {} FAILED verification: {} problem(s)",
@@ -372,7 +399,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let cp = reg.checkpoint(&mac_key)?;
                 write_new_file(&[&registry, &key], &out, cp.to_file_text().as_bytes())
                     .map_err(|e| anyhow!("{e}"))?;
-                println!(
+                out!(
                     "wrote checkpoint {} ({} audit entries, head {}); keep it away from the registry: \
                      `registry verify --checkpoint {}` proves nothing up to it was removed",
                     out.display(),
@@ -848,9 +875,9 @@ fn embed(a: EmbedArgs, show_progress: bool) -> Result<()> {
         Ok(rep) => {
             let rec = record.expect("the commit hook ran");
             if a.json {
-                println!("{}", rec.to_json());
+                out!("{}", rec.to_json());
             } else {
-                println!(
+                out!(
                     "exported {} -> {} for {} (mark {}, {} frames {}x{}; approved by {}, {}; recorded in {})",
                     a.input.display(),
                     a.output.display(),
@@ -961,9 +988,9 @@ fn print_trace(r: &TraceResult, report: Option<&Path>, exports: &[Export]) {
     let mode = if r.informed { "informed" } else { "blind" };
     match d.verdict {
         tracemark_extract::Verdict::Identified => {
-            println!("IDENTIFIED ({mode}, {} frames):", r.frames_used);
+            out!("IDENTIFIED ({mode}, {} frames):", r.frames_used);
             for s in &d.suspects {
-                println!(
+                out!(
                     "  {}  mark {}  score {:.1}  false-positive probability {:.2e}",
                     names::escape_for_terminal(&s.recipient),
                     s.mark_id,
@@ -972,7 +999,7 @@ fn print_trace(r: &TraceResult, report: Option<&Path>, exports: &[Export]) {
                 );
                 if let Some(e) = exports.iter().find(|e| e.record.mark_id == s.mark_id.to_string()) {
                     let e = &e.record;
-                    println!(
+                    out!(
                         "    exported {} by {}, approved by {} ({})",
                         names::escape_for_terminal(&e.created_at),
                         names::escape_for_terminal(&e.officer),
@@ -982,7 +1009,7 @@ fn print_trace(r: &TraceResult, report: Option<&Path>, exports: &[Export]) {
                 }
             }
         }
-        tracemark_extract::Verdict::Inconclusive => println!(
+        tracemark_extract::Verdict::Inconclusive => out!(
             "INCONCLUSIVE ({mode}, {} frames): signs of a mark, but no export reaches p <= {:.0e}{}",
             r.frames_used,
             r.threshold,
@@ -994,14 +1021,14 @@ fn print_trace(r: &TraceResult, report: Option<&Path>, exports: &[Export]) {
             ))
         ),
         tracemark_extract::Verdict::NoMark => {
-            println!(
+            out!(
                 "NO MARK found ({mode}, {} frames): no export of this key is evident in this clip",
                 r.frames_used
             )
         }
     }
     if let Some(p) = report {
-        println!("evidence report: {}", p.display());
+        out!("evidence report: {}", p.display());
     }
 }
 

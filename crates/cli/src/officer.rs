@@ -206,7 +206,7 @@ pub(crate) fn officer(action: OfficerAction) -> Result<()> {
                 let _ = std::fs::remove_file(&out);
                 bail!("{e}; nothing was written");
             }
-            println!(
+            out!(
                 "wrote officer key {} (secret, keep it on your machine) and {} (give this to the roster keeper); officer id {}",
                 out.display(),
                 public_path.display(),
@@ -221,7 +221,7 @@ pub(crate) fn officer(action: OfficerAction) -> Result<()> {
             let mac_key = unit.subkey(Purpose::Registry);
             let mut reg = Registry::open_or_create(&db, &unit.fingerprint(), &mac_key, None)?;
             let e = reg.add_officer(&public, role, &mac_key)?;
-            println!(
+            out!(
                 "added {} as {} (officer id {}) to {}",
                 names::escape_for_terminal(&e.name),
                 e.role.as_str(),
@@ -243,19 +243,19 @@ pub(crate) fn officer(action: OfficerAction) -> Result<()> {
                                "revoked_at": e.revoked_at.map(registry::format_utc)})
                     })
                     .collect();
-                println!("{}", json!({"officers": list, "registry_verified": rep.is_ok()}));
+                out!("{}", json!({"officers": list, "registry_verified": rep.is_ok()}));
             } else {
                 if !rep.is_ok() {
-                    println!(
+                    out!(
                         "WARNING: the registry FAILED verification ({} problem(s)); run `tracemark registry verify`",
                         rep.problems.len()
                     );
                 }
                 if rep.roster.entries.is_empty() {
-                    println!("no officers on the roster: exports use declared approvals (approval declared, not signed)");
+                    out!("no officers on the roster: exports use declared approvals (approval declared, not signed)");
                 }
                 for e in &rep.roster.entries {
-                    println!(
+                    out!(
                         "{}  {:<24}  {:<8}  added {}{}",
                         short_id(&e.id),
                         names::escape_for_terminal(&e.name),
@@ -274,7 +274,7 @@ pub(crate) fn officer(action: OfficerAction) -> Result<()> {
             Registry::open_read_only(&db)?.check_key(&unit.fingerprint())?;
             let mut reg = Registry::open_or_create(&db, &unit.fingerprint(), &mac_key, None)?;
             let e = reg.revoke_officer(officer_id.trim(), &mac_key)?;
-            println!("revoked {} (officer id {})", names::escape_for_terminal(&e.name), e.id);
+            out!("revoked {} (officer id {})", names::escape_for_terminal(&e.name), e.id);
         }
     }
     Ok(())
@@ -335,7 +335,7 @@ pub(crate) fn request(a: RequestArgs) -> Result<()> {
     let req = Request::sign(body, &key)?;
     write_new_file(&[&a.input, &a.registry, &a.officer_key], &a.out, req.to_file_text().as_bytes())
         .map_err(|e| anyhow!("{e}"))?;
-    println!(
+    out!(
         "wrote request {} for {} (valid until {}); a senior officer approves it with `tracemark approve`",
         a.out.display(),
         names::escape_for_terminal(&req.body.recipient),
@@ -364,7 +364,7 @@ pub(crate) fn approve(a: ApproveArgs) -> Result<()> {
     let approval = Approval::sign(&req, &key, now())?;
     write_new_file(&[&a.request, &a.officer_key], &a.out, approval.to_file_text().as_bytes())
         .map_err(|e| anyhow!("{e}"))?;
-    println!(
+    out!(
         "wrote approval {}; the exporting officer runs `tracemark embed --approval {}`",
         a.out.display(),
         a.out.display()

@@ -527,6 +527,24 @@ fn two_exports_at_once_both_land() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `tracemark ... | head -c 10`: the reader is gone before the program prints.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tm()
+        .args(["keygen", "--out", "unit.key"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.is_empty(), "{:?}: {err}", o.status);
+    assert!(dir.path().join("unit.key").exists());
+}
+
+#[test]
 fn keygen_never_overwrites() {
     let s = Setup::new();
     let before = std::fs::read(s.p().join("unit.key")).unwrap();
