@@ -2,8 +2,9 @@
 //! `tracemark-extract` (tracing), plus the export registry.
 
 /// `println!` for the program's output: when the reader has gone (`tracemark trace --json |
-/// head -c 100`), the work is done and nobody is listening, so the program ends quietly
-/// with success instead of panicking on a broken pipe.
+/// head -c 100`) the program ends quietly, as a Unix tool killed by SIGPIPE does (status
+/// 141), instead of panicking; not with success, which could hide a failure it had yet to
+/// report (`registry verify | head -1`).
 macro_rules! out {
     ($($arg:tt)*) => {
         $crate::print_line(format_args!($($arg)*))
@@ -169,7 +170,7 @@ fn print_line(line: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            std::process::exit(128 + 13);
         }
         panic!("failed printing to stdout: {e}");
     }

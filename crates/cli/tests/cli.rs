@@ -540,7 +540,8 @@ fn output_into_a_closed_pipe_ends_quietly() {
     drop(child.stdout.take());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.is_empty(), "{:?}: {err}", o.status);
+    // Quietly, with the status of a tool killed by SIGPIPE: not a success nobody saw.
+    assert!(o.status.code() == Some(141) && err.is_empty(), "{:?}: {err}", o.status);
     assert!(dir.path().join("unit.key").exists());
 }
 
