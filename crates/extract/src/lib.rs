@@ -16,6 +16,9 @@ pub mod register_projective;
 pub mod trace;
 pub mod verdict;
 
+#[cfg(all(test, feature = "video"))]
+mod test_support;
+
 pub use detect::{Detector, SlotSums};
 pub use tracemark_core as core;
 pub use verdict::{Candidate, Decision, Scored, Verdict};

@@ -8,6 +8,7 @@ use super::views::{best_block_rectangle, equalised, pip_windows, Analysis};
 use super::*;
 use crate::fft2d::Fft2d;
 use crate::register;
+use crate::test_support::xorshift;
 use rustfft::num_complex::Complex32;
 
 /// The straightforward whitening (fresh buffers, sorting median) the reused path must
@@ -56,16 +57,6 @@ fn rotation(deg: f64, stretch: f64) -> Linear {
     let (s, c) = deg.to_radians().sin_cos();
     let (a, b) = (stretch.sqrt(), 1.0 / stretch.sqrt());
     Linear([[c * a, -s * b], [s * a, c * b]])
-}
-
-/// Uniform values in [-0.5, 0.5) from a xorshift generator seeded with `x` (non-zero).
-fn xorshift(mut x: u32) -> impl FnMut() -> f32 {
-    move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-    }
 }
 
 /// A tile of noise repeated under `shape` (rotation, stretch, scale), plus fresh noise

@@ -243,13 +243,8 @@ mod tests {
     /// A picture with detail at several scales: bilinear value noise on lattices of 24, 9
     /// and 4 pixels, from a fixed seed.
     fn scene(w: usize, h: usize) -> Gray {
-        let mut state = 0x2545_f491u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 8) as f32 / (1u32 << 24) as f32
-        };
+        let mut rand = crate::test_support::xorshift(0x2545_f491);
+        let mut next = move || rand() + 0.5;
         let mut g = Gray::new(w, h);
         for (cell, amp) in [(24usize, 80.0f32), (9, 40.0), (4, 15.0)] {
             let (cw, ch) = (w / cell + 2, h / cell + 2);
