@@ -133,11 +133,11 @@ pub fn trace_informed(
     let pairs = if look_alike == same_time { vec![same_time] } else { vec![same_time, look_alike] };
     for pair in pairs {
         let Some(reg) = register_pair(pair) else { continue };
+        // The map sends source thumbnail corners into the leak: compare maps there.
+        let (tw, th) = (src.thumbs[pair].w as f64, src.thumbs[pair].h as f64);
         // A projective map that barely beats the axis-aligned one may be an overfit (on a
         // half-size broadcast copy a skew of 4e-4 cost a fifth of the score): both are read.
         for g in std::iter::once(reg.map).chain(reg.axis_alternative) {
-            // The map sends source thumbnail corners into the leak: compare it there.
-            let (tw, th) = (src.thumbs[pair].w as f64, src.thumbs[pair].h as f64);
             let differs = |h: &Homography| h.corner_distance(&g, tw, th) > 0.5;
             if pairings.iter().all(differs) {
                 pairings.push(g);
