@@ -174,6 +174,40 @@ impl Gray {
         out
     }
 
+    /// The picture's fine detail: each pixel minus the mean of the square of side
+    /// `2 * radius + 1` around it (the square clipped at the picture's edges). Broad shading
+    /// lines up with many wrong maps between two pictures; detail only with the true one.
+    pub fn detail(&self, radius: usize) -> Gray {
+        let (w, h) = (self.w, self.h);
+        let mut out = Gray::new(w, h);
+        if w == 0 || h == 0 {
+            return out;
+        }
+        // Box sums along rows, then along columns, from running prefix sums.
+        let mut across = vec![0f32; w * h];
+        let mut prefix = vec![0f64; w.max(h) + 1];
+        for (row, o) in self.data.chunks_exact(w).zip(across.chunks_exact_mut(w)) {
+            for (x, &v) in row.iter().enumerate() {
+                prefix[x + 1] = prefix[x] + f64::from(v);
+            }
+            for (x, o) in o.iter_mut().enumerate() {
+                let (lo, hi) = (x.saturating_sub(radius), (x + radius + 1).min(w));
+                *o = ((prefix[hi] - prefix[lo]) / (hi - lo) as f64) as f32;
+            }
+        }
+        for x in 0..w {
+            for y in 0..h {
+                prefix[y + 1] = prefix[y] + f64::from(across[y * w + x]);
+            }
+            for y in 0..h {
+                let (lo, hi) = (y.saturating_sub(radius), (y + radius + 1).min(h));
+                let mean = (prefix[hi] - prefix[lo]) / (hi - lo) as f64;
+                out.data[y * w + x] = self.data[y * w + x] - mean as f32;
+            }
+        }
+        out
+    }
+
     /// Makes this a `w` x `h` image, keeping the allocation (contents unspecified).
     pub fn reshape(&mut self, w: usize, h: usize) {
         self.w = w;
@@ -275,6 +309,36 @@ impl Ncc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detail_is_each_pixel_less_its_clipped_square_mean() {
+        let mut g = Gray::new(19, 11);
+        for (n, v) in g.data.iter_mut().enumerate() {
+            *v = ((n * 7919) % 251) as f32 + 0.25 * (n % 19) as f32;
+        }
+        let d = g.detail(2);
+        for y in 0..11usize {
+            for x in 0..19usize {
+                let (mut s, mut c) = (0f64, 0f64);
+                for yy in y.saturating_sub(2)..(y + 3).min(11) {
+                    for xx in x.saturating_sub(2)..(x + 3).min(19) {
+                        s += f64::from(g.data[yy * 19 + xx]);
+                        c += 1.0;
+                    }
+                }
+                let want = f64::from(g.data[y * 19 + x]) - s / c;
+                assert!((f64::from(d.data[y * 19 + x]) - want).abs() < 1e-3, "({x},{y})");
+            }
+        }
+        // A ramp has no detail away from the edges; a flat picture none anywhere.
+        let mut ramp = Gray::new(16, 8);
+        for (n, v) in ramp.data.iter_mut().enumerate() {
+            *v = 3.0 * (n % 16) as f32 + 5.0 * (n / 16) as f32;
+        }
+        let d = ramp.detail(2);
+        assert!((2..6).all(|y| (2..14).all(|x| d.data[y * 16 + x].abs() < 1e-3)));
+        assert!(Gray::new(5, 4).detail(2).data.iter().all(|&v| v == 0.0));
+    }
 
     #[test]
     fn fast_median_agrees_with_reference() {

@@ -254,6 +254,47 @@ fn blind_trace_finds_rotations_and_stretches_from_the_marks_lattice() {
     }
 }
 
+/// Copies whose thumbnails a wrong map matches well on the robust NCC (which keeps the
+/// pixels that agree): black bars over 44% of the picture, and turns past the orientation
+/// search's 5-degree steps with black corners. Both used to be registered to a wrong map
+/// (turned 164 degrees; shrunk to 0.95 x 0.77) and read as unmarked; their detail lines up
+/// only under the true map.
+#[test]
+fn informed_trace_is_not_misled_by_black_bars_or_black_corners() {
+    let key = MasterKey::from_seed(2035);
+    let dir = tempfile::tempdir().unwrap();
+    let source = testdata("vtest-4s.avi");
+    let marked = export(&key, &source, dir.path());
+    for (vf, rot) in [
+        ("crop=iw:trunc(iw/2.39/2)*2,pad=iw:576:0:(oh-ih)/2:black", 0.0),
+        ("rotate=-8*PI/180:fillcolor=black", -8.0),
+        ("rotate=8*PI/180:fillcolor=black", 8.0),
+    ] {
+        let leak = dir.path().join("leak.mp4");
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&marked)
+            .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"])
+            .arg(&leak)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r = trace_informed(&key, &leak, &source, &candidates(), &TraceConfig::new(), &mut no_progress)
+            .unwrap();
+        let Registration::Informed { homography, rotation_deg, .. } = r.registration else {
+            panic!("informed")
+        };
+        // The truth: ffmpeg turns the picture about its centre, clockwise on screen.
+        let truth = Homography::about_centre(W as f64, H as f64, f64::to_radians(rot), false);
+        let err = homography.corner_distance(&truth, W as f64, H as f64);
+        eprintln!("{vf}: rotation {rotation_deg:.3}, corner error {err:.2} px");
+        assert!(err <= 1.0, "{vf}: corner error {err:.2} px; found {homography:?}");
+        assert_eq!(r.decision.verdict, Verdict::Identified, "{vf}: {:?}", r.decision);
+        assert_eq!(r.decision.suspects[0].mark_id, MARK, "{vf}");
+        assert_eq!(r.decision.suspects.len(), 1, "{vf}");
+    }
+}
+
 #[test]
 fn blind_trace_reads_mirrored_and_flipped_copies() {
     let key = MasterKey::from_seed(2032);
