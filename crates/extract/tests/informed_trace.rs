@@ -114,3 +114,41 @@ fn picture_in_picture_reads_the_leak_at_its_own_resolution() {
     assert_eq!(r.decision.verdict, Verdict::Identified, "{:?}", r.decision);
     assert_eq!(r.decision.suspects[0].mark_id, MARK);
 }
+
+/// A slow-motion replay (half speed, every frame shown twice) and a copy sped up by a
+/// quarter: each leaked frame is paired with the source frame it shows, which drifts out of
+/// any constant time offset's window within a second. Read with a constant offset the
+/// replay was named at pilot z 6 on half its frames.
+#[test]
+fn slow_motion_and_sped_up_copies_are_paired_frame_by_frame() {
+    let key = MasterKey::from_seed(43);
+    let dir = tempfile::tempdir().unwrap();
+    let source = testdata("city-2s.mpg");
+    let marked = export(&key, "city-2s.mpg", dir.path());
+    for (setpts, frames) in [("setpts=2*PTS", 100), ("setpts=0.8*PTS", 40)] {
+        let leak = dir.path().join("retimed.mp4");
+        ffmpeg(&[
+            "-i",
+            marked.to_str().unwrap(),
+            "-vf",
+            setpts,
+            "-r",
+            "25",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "23",
+            leak.to_str().unwrap(),
+        ]);
+        let r = trace(&key, &leak, &source, usize::MAX);
+        eprintln!("{setpts}: {} frames, pilot z {:.2}", r.frames_used, r.decision.pilot_z);
+        assert_eq!(r.decision.verdict, Verdict::Identified, "{setpts}: {:?}", r.decision);
+        assert_eq!(r.decision.suspects.len(), 1, "{setpts}");
+        assert_eq!(r.decision.suspects[0].mark_id, MARK, "{setpts}");
+        // Every leaked frame found its source frame (the last one or two may lie past it).
+        assert!(r.frames_used + 2 >= frames, "{setpts}: {} of {frames} frames", r.frames_used);
+        assert!(r.decision.pilot_z > 12.0, "{setpts}: pilot z {:.2}", r.decision.pilot_z);
+    }
+}

@@ -46,35 +46,38 @@ impl Reading {
 
 impl Informed<'_> {
     /// For each leaked frame, the source frame it shows under the thumbnail geometry
-    /// `g_thumb` (`None` when none fits), and the time offset (leaked + offset = source).
+    /// `g_thumb` (`None` when none fits), and the time offset at the leaked clip's first
+    /// frame (leaked + offset = source).
     pub(super) fn align_in_time(&self, g_thumb: &Homography) -> (Vec<Option<usize>>, f64) {
         let (src, leak) = (self.src, self.leak);
         let index = TimeIndex::new(src, leak, g_thumb);
         let best_match = |k: usize, range: std::ops::Range<usize>| {
             range.map(|a| (index.ncc(a, k), a)).reduce(|x, y| if y.0 > x.0 { y } else { x }).map(|(_, a)| a)
         };
-        let probe: Vec<usize> = (0..leak.thumbs.len()).step_by((leak.thumbs.len() / 24).max(1)).collect();
-        let mut offsets: Vec<f64> = probe
-            .par_iter()
-            .map(|&k| src.times[best_match(k, 0..src.thumbs.len()).unwrap_or(0)] - leak.times[k])
-            .collect();
-        offsets.sort_by(f64::total_cmp);
-        let offset = offsets[offsets.len() / 2];
         let frame_dt = if src.times.len() > 1 {
             (src.times[src.times.len() - 1] - src.times[0]) / (src.times.len() - 1) as f64
         } else {
             0.04
         };
+        let probe: Vec<usize> = (0..leak.thumbs.len()).step_by((leak.thumbs.len() / 24).max(1)).collect();
+        let probes: Vec<(f64, f64)> = probe
+            .par_iter()
+            .map(|&k| (leak.times[k], src.times[best_match(k, 0..src.thumbs.len()).unwrap_or(0)]))
+            .collect();
+        // A sped-up copy or a slow-motion replay drifts out of any constant offset's window
+        // within a second or two.
+        let map = fit_time_map(&probes, 1.5 * frame_dt);
         let matches = (0..leak.thumbs.len())
             .into_par_iter()
             .map(|k| {
-                let t = leak.times[k] + offset;
+                let t = map.source_time(leak.times[k]);
                 let lo = src.times.partition_point(|&s| s < t - 2.5 * frame_dt);
                 let hi = src.times.partition_point(|&s| s <= t + 2.5 * frame_dt);
                 best_match(k, lo..hi)
             })
             .collect();
-        (matches, offset)
+        let first = leak.times.first().copied().unwrap_or(0.0);
+        (matches, map.source_time(first) - first)
     }
 
     /// Aligns time under the thumbnail geometry `g_thumb`, refines the geometry on the first

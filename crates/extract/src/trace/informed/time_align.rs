@@ -7,6 +7,59 @@ pub(super) fn nearest(times: &[f64], t: f64) -> usize {
     (0..times.len()).min_by(|&a, &b| (times[a] - t).abs().total_cmp(&(times[b] - t).abs())).unwrap_or(0)
 }
 
+/// How leaked time maps to source time: `source = rate * leaked + offset`. A copy cut and
+/// re-timed has rate 1; a sped-up copy or a slow-motion replay another rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct TimeMap {
+    pub(super) rate: f64,
+    pub(super) offset: f64,
+}
+
+impl TimeMap {
+    pub(super) fn source_time(&self, leaked: f64) -> f64 {
+        self.rate * leaked + self.offset
+    }
+
+    /// How many `probes` (leaked time, source time) it puts within `tol` of their time.
+    fn agrees_with(&self, probes: &[(f64, f64)], tol: f64) -> usize {
+        probes.iter().filter(|&&(l, s)| (self.source_time(l) - s).abs() <= tol).count()
+    }
+}
+
+/// The slowest and fastest play a fitted time map may have.
+const RATES: std::ops::RangeInclusive<f64> = 0.25..=4.0;
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// Fits the time map to probes (leaked time, time of the source frame that looks most like
+/// it), some of them wrong (a still scene matches many frames). A constant offset (the
+/// median) is the answer unless a line through the probes (Theil–Sen: the median of the
+/// slopes between probes at least `8 * tol` apart, then the median intercept) agrees with
+/// clearly more of them within `tol`: more by two and by a tenth of the probes.
+pub(super) fn fit_time_map(probes: &[(f64, f64)], tol: f64) -> TimeMap {
+    let offset = median(probes.iter().map(|&(l, s)| s - l).collect()).unwrap_or(0.0);
+    let constant = TimeMap { rate: 1.0, offset };
+    let slopes: Vec<f64> = probes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| probes[i + 1..].iter().map(move |b| (a, b)))
+        .filter(|(a, b)| (b.0 - a.0).abs() >= 8.0 * tol)
+        .map(|(a, b)| (b.1 - a.1) / (b.0 - a.0))
+        .collect();
+    let Some(rate) = median(slopes).filter(|r| RATES.contains(r)) else { return constant };
+    let Some(offset) = median(probes.iter().map(|&(l, s)| s - rate * l).collect()) else { return constant };
+    let line = TimeMap { rate, offset };
+    let (on_line, on_constant) = (line.agrees_with(probes, tol), constant.agrees_with(probes, tol));
+    if on_line >= on_constant + 2.max(probes.len() / 10) {
+        line
+    } else {
+        constant
+    }
+}
+
 /// The thumbnails as time alignment compares them under one geometry. The leaked picture
 /// covers a rectangle of the source thumbnail grid; over it, each warped leaked thumbnail
 /// is kept as a zero-mean, unit-norm vector and each source thumbnail is summarised by its
@@ -97,4 +150,44 @@ pub(super) fn dot(a: &[u16], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_re_timed_copy_keeps_rate_one_and_a_replay_gets_its_rate() {
+        let dt = 0.04;
+        let tol = 1.5 * dt;
+        // A copy cut 1.2 s in: source = leaked + 1.2, a quarter of the probes wrong (a
+        // still scene's look-alikes).
+        let cut: Vec<(f64, f64)> = (0..24)
+            .map(|k| {
+                let l = k as f64 * 0.2;
+                (l, if k % 4 == 3 { (k * 37 % 50) as f64 * 0.1 } else { l + 1.2 })
+            })
+            .collect();
+        let m = fit_time_map(&cut, tol);
+        assert!(m.rate == 1.0 && (m.offset - 1.2).abs() < 1e-9, "{m:?}");
+        // A slow-motion replay at half speed from 0.5 s, and a copy sped up 1.25x, with the
+        // source frame times on a 25 fps grid and wrong probes among them.
+        for (rate, start) in [(0.5, 0.5), (1.25, 0.0)] {
+            let probes: Vec<(f64, f64)> = (0..24)
+                .map(|k| {
+                    let l = k as f64 * 0.17;
+                    let s = ((rate * l + start) / dt).round() * dt;
+                    (l, if k % 5 == 2 { 4.0 - s } else { s })
+                })
+                .collect();
+            let m = fit_time_map(&probes, tol);
+            assert!((m.rate - rate).abs() < 0.01 && (m.offset - start).abs() < dt, "{m:?}");
+        }
+        // Probes that agree on nothing keep the constant offset; so do too few.
+        let noise: Vec<(f64, f64)> =
+            (0..24).map(|k| (k as f64 * 0.2, (k * 7919 % 97) as f64 * 0.05)).collect();
+        assert_eq!(fit_time_map(&noise, tol).rate, 1.0);
+        assert_eq!(fit_time_map(&[(0.0, 0.3)], tol), TimeMap { rate: 1.0, offset: 0.3 });
+        assert_eq!(fit_time_map(&[], tol), TimeMap { rate: 1.0, offset: 0.0 });
+    }
 }
