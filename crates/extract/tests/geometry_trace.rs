@@ -146,6 +146,18 @@ fn export(key: &MasterKey, source: &Path, dir: &Path) -> PathBuf {
     marked
 }
 
+/// `input` through the ffmpeg filter chain `vf`, encoded by x264 (crf 23, 4:2:0) into `out`.
+fn filtered_copy(input: &Path, vf: &str, out: &Path) {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(input)
+        .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"])
+        .arg(out)
+        .output()
+        .expect("ffmpeg CLI");
+    assert!(o.status.success(), "ffmpeg -vf {vf}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn known_homographies_are_recovered_to_half_a_pixel_and_the_export_named() {
     let key = MasterKey::from_seed(2031);
@@ -232,14 +244,7 @@ fn blind_trace_finds_rotations_and_stretches_from_the_marks_lattice() {
         ("scale=768:trunc(576*1.2/2)*2,crop=768:576", 0.0, 1.0 / 1.2),
     ] {
         let leak = dir.path().join("leak.mp4");
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-i"])
-            .arg(&marked)
-            .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
-            .arg(&leak)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        filtered_copy(&marked, vf, &leak);
         let r = trace_blind(&key, &leak, &candidates(), &TraceConfig::new(), &mut no_progress).unwrap();
         let Registration::Blind { rotation_deg, stretch: found, .. } = r.registration else {
             panic!("blind")
@@ -271,14 +276,7 @@ fn informed_trace_is_not_misled_by_black_bars_or_black_corners() {
         ("rotate=8*PI/180:fillcolor=black", 8.0),
     ] {
         let leak = dir.path().join("leak.mp4");
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-i"])
-            .arg(&marked)
-            .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"])
-            .arg(&leak)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        filtered_copy(&marked, vf, &leak);
         let r = trace_informed(&key, &leak, &source, &candidates(), &TraceConfig::new(), &mut no_progress)
             .unwrap();
         let Registration::Informed { homography, rotation_deg, .. } = r.registration else {
@@ -303,14 +301,7 @@ fn blind_trace_reads_mirrored_and_flipped_copies() {
     let marked = export(&key, &source, dir.path());
     for (vf, want) in [("hflip", (true, false)), ("vflip", (false, true)), ("hflip,vflip", (true, true))] {
         let leak = dir.path().join("leak.mp4");
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-i"])
-            .arg(&marked)
-            .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
-            .arg(&leak)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        filtered_copy(&marked, vf, &leak);
         let r = trace_blind(&key, &leak, &candidates(), &TraceConfig::new(), &mut no_progress).unwrap();
         let Registration::Blind { mirrored, .. } = r.registration else { panic!("blind") };
         assert_eq!(mirrored, want, "{vf}");
