@@ -952,6 +952,7 @@ fn registration_json(r: &Registration) -> serde_json::Value {
             shift,
             hypotheses,
             mirrored,
+            transposed,
             rotation_deg,
             stretch,
             window,
@@ -959,8 +960,9 @@ fn registration_json(r: &Registration) -> serde_json::Value {
             "kind": "blind", "scale": scale, "analysis_factor": analysis_factor,
             "tile_shift": [shift.0, shift.1], "hypotheses": hypotheses,
             "mirrored": mirrored.0 || mirrored.1, "mirrored_horizontally": mirrored.0,
-            "mirrored_vertically": mirrored.1, "rotation_deg": rotation_deg, "stretch": stretch,
-            "window": window,
+            "mirrored_vertically": mirrored.1, "transposed": transposed,
+            "orientation": r.orientation().map(|o| o.as_str()),
+            "rotation_deg": rotation_deg, "stretch": stretch, "window": window,
         }),
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use plotters::prelude::*;
 use tracemark_extract::image::Gray;
-use tracemark_extract::trace::{Registration, TraceResult};
+use tracemark_extract::trace::{Orientation, Registration, TraceResult};
 
 use tracemark_registry::Export;
 
@@ -307,15 +307,15 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
             analysis_factor,
             shift,
             hypotheses,
-            mirrored,
             rotation_deg,
             stretch,
             window,
+            ..
         } => write!(
             h,
             "<tr><th>mark scale</th><td>{:.4} (analysis grid {:.3} leaked px per px)</td></tr>\
              <tr><th>read from</th><td>{}</td></tr>\
-             <tr><th>mirrored</th><td>{}</td></tr>\
+             <tr><th>orientation</th><td>{}</td></tr>\
              <tr><th>rotation, stretch</th><td>{:.2}&deg;, {:.3}</td></tr>\
              <tr><th>tile shift</th><td>({:.2}, {:.2})</td></tr><tr><th>geometries searched</th><td>{:.0}</td></tr>",
             scale,
@@ -324,11 +324,15 @@ pub fn render(inp: &ReportInput<'_>) -> Result<String> {
                 None => "the whole picture".to_string(),
                 Some([x, y, w, h]) => format!("a window of {w:.0}x{h:.0} px at ({x:.0}, {y:.0}) (picture-in-picture)"),
             },
-            match mirrored {
-                (false, false) => "no",
-                (true, false) => "left-right",
-                (false, true) => "upside down",
-                (true, true) => "both (a half turn)",
+            match r.registration.orientation() {
+                None | Some(Orientation::AsMarked) => "as marked",
+                Some(Orientation::MirroredLeftRight) => "mirrored left-right",
+                Some(Orientation::UpsideDown) => "flipped upside down",
+                Some(Orientation::HalfTurn) => "turned half a turn",
+                Some(Orientation::QuarterTurnClockwise) => "turned a quarter clockwise",
+                Some(Orientation::QuarterTurnCounterClockwise) => "turned a quarter counter-clockwise",
+                Some(Orientation::Transposed) => "mirrored about the main diagonal",
+                Some(Orientation::AntiTransposed) => "mirrored about the other diagonal",
             },
             rotation_deg,
             stretch,

@@ -174,6 +174,18 @@ impl Gray {
         out
     }
 
+    /// The picture with rows and columns swapped (pixel (x, y) moved to (y, x)): a quarter
+    /// turn once flipped.
+    pub fn transposed(&self) -> Gray {
+        let mut out = Gray::new(self.h, self.w);
+        for (y, row) in self.data.chunks_exact(self.w.max(1)).enumerate() {
+            for (x, &v) in row.iter().enumerate() {
+                out.data[x * self.h + y] = v;
+            }
+        }
+        out
+    }
+
     /// The picture's fine detail: each pixel minus the mean of the square of side
     /// `2 * radius + 1` around it (the square clipped at the picture's edges). Broad shading
     /// lines up with many wrong maps between two pictures; detail only with the true one.
@@ -338,6 +350,22 @@ mod tests {
         let d = ramp.detail(2);
         assert!((2..6).all(|y| (2..14).all(|x| d.data[y * 16 + x].abs() < 1e-3)));
         assert!(Gray::new(5, 4).detail(2).data.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn transposed_swaps_rows_and_columns() {
+        let mut g = Gray::new(5, 3);
+        for (n, v) in g.data.iter_mut().enumerate() {
+            *v = n as f32;
+        }
+        let t = g.transposed();
+        assert_eq!((t.w, t.h), (3, 5));
+        for y in 0..3 {
+            for x in 0..5 {
+                assert_eq!(t.data[x * 3 + y], g.data[y * 5 + x], "({x},{y})");
+            }
+        }
+        assert_eq!(t.transposed(), g);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tracemark_core::pipeline::no_progress;
 use tracemark_core::video::{transcode, TranscodeConfig};
 use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey};
 use tracemark_extract::homography::Homography;
-use tracemark_extract::trace::{trace_blind, trace_informed, Registration, TraceConfig};
+use tracemark_extract::trace::{trace_blind, trace_informed, Orientation, Registration, TraceConfig};
 use tracemark_extract::verdict::{Candidate, Verdict};
 
 const MARK: MarkId = MarkId(0x6e0e_7e57_0000_0010);
@@ -293,18 +293,26 @@ fn informed_trace_is_not_misled_by_black_bars_or_black_corners() {
     }
 }
 
+/// Every flip and turn of a rectangle's grid: the flips, and the quarter turns and diagonal
+/// mirrors a square tile's lattice cannot tell from the upright picture.
 #[test]
-fn blind_trace_reads_mirrored_and_flipped_copies() {
+fn blind_trace_reads_mirrored_flipped_and_turned_copies() {
     let key = MasterKey::from_seed(2032);
     let dir = tempfile::tempdir().unwrap();
     let source = testdata("vtest-4s.avi");
     let marked = export(&key, &source, dir.path());
-    for (vf, want) in [("hflip", (true, false)), ("vflip", (false, true)), ("hflip,vflip", (true, true))] {
+    for (vf, want) in [
+        ("hflip", Orientation::MirroredLeftRight),
+        ("vflip", Orientation::UpsideDown),
+        ("hflip,vflip", Orientation::HalfTurn),
+        ("transpose=clock", Orientation::QuarterTurnClockwise),
+        ("transpose=cclock", Orientation::QuarterTurnCounterClockwise),
+        ("transpose=cclock_flip", Orientation::Transposed),
+    ] {
         let leak = dir.path().join("leak.mp4");
         filtered_copy(&marked, vf, &leak);
         let r = trace_blind(&key, &leak, &candidates(), &TraceConfig::new(), &mut no_progress).unwrap();
-        let Registration::Blind { mirrored, .. } = r.registration else { panic!("blind") };
-        assert_eq!(mirrored, want, "{vf}");
+        assert_eq!(r.registration.orientation(), Some(want), "{vf}");
         assert_eq!(r.decision.verdict, Verdict::Identified, "{vf}: {:?}", r.decision);
         assert_eq!(r.decision.suspects[0].mark_id, MARK, "{vf}");
         // The flip search must not cost the other recipients their innocence.

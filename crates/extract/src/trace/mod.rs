@@ -145,8 +145,12 @@ pub enum Registration {
         /// Number of (scale, mirror, shift) hypotheses searched.
         hypotheses: f64,
         /// The leaked picture is flipped (left-right, upside down) relative to the mark;
-        /// both at once is a half turn.
+        /// both at once is a half turn. With `transposed`, the flips come first.
         mirrored: (bool, bool),
+        /// The leaked picture's rows are the mark's columns: after the flips, the picture
+        /// was transposed. With a flip upside down that is a quarter turn clockwise, with a
+        /// flip left-right counter-clockwise ([`Registration::orientation`]).
+        transposed: bool,
         /// Rotation of the mark's axes in the leaked picture (degrees, from the lattice
         /// of the mark itself; 0 when the plain search won).
         rotation_deg: f64,
@@ -156,6 +160,62 @@ pub enum Registration {
         /// window (a picture-in-picture): x, y, width, height in leaked pixels.
         window: Option<[f64; 4]>,
     },
+}
+
+/// How a leaked picture is turned or flipped relative to the mark (the eight symmetries of
+/// a rectangle's grid), as a blind trace finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Orientation {
+    /// As the mark was made.
+    AsMarked,
+    /// Mirrored left-right.
+    MirroredLeftRight,
+    /// Flipped upside down.
+    UpsideDown,
+    /// Turned half a turn.
+    HalfTurn,
+    /// Turned a quarter clockwise (ffmpeg's `transpose=clock`).
+    QuarterTurnClockwise,
+    /// Turned a quarter counter-clockwise (ffmpeg's `transpose=cclock`).
+    QuarterTurnCounterClockwise,
+    /// Rows and columns swapped (mirrored about the main diagonal).
+    Transposed,
+    /// Mirrored about the other diagonal.
+    AntiTransposed,
+}
+
+impl Orientation {
+    /// A short name for reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Orientation::AsMarked => "as_marked",
+            Orientation::MirroredLeftRight => "mirrored_left_right",
+            Orientation::UpsideDown => "upside_down",
+            Orientation::HalfTurn => "half_turn",
+            Orientation::QuarterTurnClockwise => "quarter_turn_clockwise",
+            Orientation::QuarterTurnCounterClockwise => "quarter_turn_counter_clockwise",
+            Orientation::Transposed => "transposed",
+            Orientation::AntiTransposed => "anti_transposed",
+        }
+    }
+}
+
+impl Registration {
+    /// The leaked picture's orientation relative to the mark, for a blind registration.
+    pub fn orientation(&self) -> Option<Orientation> {
+        let Registration::Blind { mirrored, transposed, .. } = *self else { return None };
+        // The picture is the mark flipped by `mirrored`, then transposed.
+        Some(match (transposed, mirrored) {
+            (false, (false, false)) => Orientation::AsMarked,
+            (false, (true, false)) => Orientation::MirroredLeftRight,
+            (false, (false, true)) => Orientation::UpsideDown,
+            (false, (true, true)) => Orientation::HalfTurn,
+            (true, (false, false)) => Orientation::Transposed,
+            (true, (false, true)) => Orientation::QuarterTurnClockwise,
+            (true, (true, false)) => Orientation::QuarterTurnCounterClockwise,
+            (true, (true, true)) => Orientation::AntiTransposed,
+        })
+    }
 }
 
 /// Detection strength in one second of the leaked clip.

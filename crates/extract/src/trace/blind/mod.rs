@@ -314,6 +314,13 @@ pub fn trace_accumulated(
     // whole picture follows the studio, not the inset).
     let whole = acc.views[0].unequalised();
     let windows = pip_windows(&whole);
+    // Every whole-picture set again with rows and columns swapped, searched last: a copy
+    // turned a quarter (a clip turned on its side, or filmed on a phone held upright).
+    let transpose = |views: &[Analysis]| views.iter().map(Analysis::transposed).collect::<Vec<_>>();
+    let transposed_plain = transpose(&acc.views);
+    let transposed_moved = acc.moved.each_ref().map(|m| m.as_deref().map(transpose));
+    let planned =
+        |views, set, scales, candidates| Planned { views, set, scales, candidates, shapes: OnceLock::new() };
     let mut plan: Vec<Planned> = Vec::new();
     // Newest layout first. With no registry the mark is decoded blind, as new exports lay it out.
     for tracking in Tracking::COPY.into_iter().rev() {
@@ -321,34 +328,25 @@ pub fn trace_accumulated(
         let follows = |s: Scheme| s.tracking().map(Tracking::copy_measure) == Some(tracking);
         let moving: Vec<Candidate> = candidates.iter().filter(|c| follows(c.scheme)).cloned().collect();
         if !moving.is_empty() || (candidates.is_empty() && follows(Scheme::default())) {
-            let set = ViewSet::Moved(tracking.index());
-            plan.push(Planned {
-                views: moved,
-                set,
-                scales: WHOLE_PICTURE,
-                candidates: moving,
-                shapes: OnceLock::new(),
-            });
+            plan.push(planned(moved, ViewSet::Moved(tracking.index()), WHOLE_PICTURE, moving));
         }
     }
-    let set = ViewSet::Plain;
-    plan.push(Planned {
-        views: &acc.views,
-        set,
-        scales: WHOLE_PICTURE,
-        candidates: candidates.to_vec(),
-        shapes: OnceLock::new(),
-    });
+    plan.push(planned(&acc.views, ViewSet::Plain, WHOLE_PICTURE, candidates.to_vec()));
+    let turned: Vec<Planned> = plan
+        .iter()
+        .map(|p| {
+            let (set, views) = match p.set {
+                ViewSet::Moved(t) => (ViewSet::Transposed(Some(t)), transposed_moved[t].as_deref()),
+                _ => (ViewSet::Transposed(None), Some(transposed_plain.as_slice())),
+            };
+            let views = views.expect("a moved set has its transposed sums");
+            planned(views, set, WHOLE_PICTURE, p.candidates.clone())
+        })
+        .collect();
     if !windows.is_empty() {
-        let (set, scales) = (ViewSet::Windows, PICTURE_IN_PICTURE);
-        plan.push(Planned {
-            views: &windows,
-            set,
-            scales,
-            candidates: candidates.to_vec(),
-            shapes: OnceLock::new(),
-        });
+        plan.push(planned(&windows, ViewSet::Windows, PICTURE_IN_PICTURE, candidates.to_vec()));
     }
+    plan.extend(turned);
     let mut found: Vec<(f64, Vec<(SlotSums, Registration)>)> = Vec::with_capacity(plan.len());
     // When the pilot names nobody, each candidate's whole mark is searched for, if there
     // are few enough: each stage then has half the error budget.
@@ -370,9 +368,11 @@ pub fn trace_accumulated(
         let parent = p.scales.windows.then_some(&whole);
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
         let shapes = p.shapes(acc.folds.as_ref());
-        found.push(search_and_read(
+        let mut searched = search_and_read(
             &detector, &pilot, p.views, shapes, cache, parent, &p.scales, acc.frames, acc.size,
-        )?);
+        )?;
+        p.mark_orientation(&mut searched.1);
+        found.push(searched);
         // Only readings that have scored every candidate can settle the trace.
         if i + 1 == plan.len() || !plan[..=i].iter().any(|p| p.candidates.len() == candidates.len()) {
             continue;
@@ -444,7 +444,10 @@ fn search_whole_marks<'p>(
 ) -> Result<(f64, Vec<CandidateReading<'p>>)> {
     let scales = &WHOLE_MARK;
     let (mut hypotheses, mut read) = (0.0, Vec::new());
-    for p in plan.iter().filter(|p| !p.scales.windows && !p.candidates.is_empty()) {
+    // Not the transposed sets: a mark too faint for its pilot is rarely also turned, and
+    // searching them would double this stage's time on every unmarked clip.
+    let searched = |p: &&Planned| !p.scales.windows && !p.transposed() && !p.candidates.is_empty();
+    for p in plan.iter().filter(searched) {
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
         let shapes = p.shapes(acc.folds.as_ref());
         let coarse = coarse_hypotheses(shapes, scales);
@@ -553,6 +556,21 @@ struct Planned<'a> {
 }
 
 impl Planned<'_> {
+    fn transposed(&self) -> bool {
+        matches!(self.set, ViewSet::Transposed(_))
+    }
+
+    /// Marks readings of a transposed set as such (the search itself does not know).
+    fn mark_orientation(&self, readings: &mut [(SlotSums, Registration)]) {
+        if self.transposed() {
+            for (_, r) in readings {
+                if let Registration::Blind { transposed, .. } = r {
+                    *transposed = true;
+                }
+            }
+        }
+    }
+
     fn shapes(&self, folds: Option<&FoldCache>) -> &[Vec<Shape>] {
         self.shapes.get_or_init(|| shapes_of(self.views, &self.scales, folds.map(|c| (c, self.set))))
     }
@@ -714,6 +732,7 @@ fn read_peak(
         shift,
         hypotheses,
         mirrored: (mirror.horizontal, mirror.vertical),
+        transposed: false,
         rotation_deg,
         stretch,
         window,

@@ -248,6 +248,9 @@ pub(super) enum ViewSet {
     Moved(usize),
     /// Windows of the finest plain view ([`pip_windows`](super::views::pip_windows)).
     Windows,
+    /// The plain sums (`None`) or those moved back by a tracking (`Some` of its index),
+    /// transposed ([`Analysis::transposed`](super::views::Analysis::transposed)).
+    Transposed(Option<usize>),
 }
 
 /// One folded spectrum of a search: the view (of which set), the map and the way of folding.

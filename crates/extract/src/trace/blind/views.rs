@@ -52,6 +52,19 @@ impl Analysis {
         }
     }
 
+    /// This view with rows and columns swapped (a copy): searched with the mirrors, it
+    /// reads copies turned a quarter. A square tile's lattice looks the same turned, so the
+    /// turn cannot be seen from it and is searched like the flips.
+    pub(super) fn transposed(&self) -> Analysis {
+        Analysis {
+            factor: (self.factor.1, self.factor.0),
+            acc: self.acc.transposed(),
+            host: self.host.transposed(),
+            sync: self.sync.transposed(),
+            origin: (self.origin.1, self.origin.0),
+        }
+    }
+
     /// Fills [`Analysis::sync`] once the frames are summed: the sums equalised
     /// ([`equalised`]).
     pub(super) fn finish(&mut self) {
