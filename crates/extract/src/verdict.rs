@@ -28,6 +28,11 @@ pub struct Scored {
     /// Family-wise probability that an innocent export scores this high: the tail bound
     /// times the number of candidates tested.
     pub false_positive_probability: f64,
+    /// How many innocent draws `score` is the best of: the readings that scored this
+    /// export, or for a score where a search for its whole mark peaked, every geometry
+    /// searched. An innocent export scores this high with probability at most `looks`
+    /// times the tail bound (the family-wise probability counts every export's looks).
+    pub looks: f64,
 }
 
 /// The outcome of a trace.
@@ -123,10 +128,18 @@ pub fn decide_readings(
         best.suspects.append(&mut suspects);
     }
     // A candidate read twice (from two readings) is listed once, by its better score.
+    // Every reading lists every one of its candidates (a suspect only where it passes).
+    let mut looks: std::collections::HashMap<MarkId, f64> = std::collections::HashMap::new();
+    for c in &best.candidates {
+        *looks.entry(c.mark_id).or_default() += c.looks;
+    }
     for list in [&mut best.candidates, &mut best.suspects] {
         list.sort_by(|a, b| b.score.total_cmp(&a.score));
         let mut seen = std::collections::HashSet::new();
         list.retain(|c| seen.insert(c.mark_id));
+        for c in list.iter_mut() {
+            c.looks = looks[&c.mark_id];
+        }
     }
     best.verdict = verdict_of(&best, threshold);
     best
@@ -160,6 +173,7 @@ pub fn add_whole_mark_readings(
         };
         if p < entry.false_positive_probability {
             (entry.score, entry.false_positive_probability) = (score, p);
+            entry.looks = hypotheses.max(1.0);
             taken.retain(|t| t.0 != candidate.mark_id);
             taken.push((candidate.mark_id, i));
         }
@@ -220,6 +234,7 @@ fn decide_in_family(
                 recipient: c.recipient.clone(),
                 score,
                 false_positive_probability: (n * tail_bound(score)).min(1.0),
+                looks: 1.0,
             }
         })
         .collect();
@@ -305,6 +320,9 @@ mod tests {
         let ratio = d.suspects[0].false_positive_probability / alone.suspects[0].false_positive_probability;
         assert!((ratio - 2.0).abs() < 1e-9, "{ratio}");
         assert!((d.pilot_p / alone.pilot_p - 2.0).abs() < 1e-9, "{} vs {}", d.pilot_p, alone.pilot_p);
+        // Each listed score is the best of the two readings' draws.
+        assert!(d.candidates.iter().chain(&d.suspects).all(|c| c.looks == 2.0), "{d:?}");
+        assert!(alone.candidates.iter().all(|c| c.looks == 1.0));
     }
 
     #[test]
@@ -345,6 +363,7 @@ mod tests {
         assert_eq!(s.mark_id, guilty);
         let expected = hypotheses * tail_bound(det.score(&det.soft_bits(&strong), guilty));
         assert!((s.false_positive_probability / expected - 1.0).abs() < 1e-12, "{s:?} vs {expected:e}");
+        assert_eq!(s.looks, hypotheses, "the whole mark's score is the best over every geometry");
         assert_eq!(d.candidates.len(), 2);
         assert_eq!(d.candidates[1].mark_id, innocent.mark_id);
         assert_eq!(

@@ -319,8 +319,14 @@ pub fn trace_accumulated(
     let transpose = |views: &[Analysis]| views.iter().map(Analysis::transposed).collect::<Vec<_>>();
     let transposed_plain = transpose(&acc.views);
     let transposed_moved = acc.moved.each_ref().map(|m| m.as_deref().map(transpose));
-    let planned =
-        |views, set, scales, candidates| Planned { views, set, scales, candidates, shapes: OnceLock::new() };
+    let planned = |views, set, scales, candidates| Planned {
+        views,
+        set,
+        scales,
+        candidates,
+        shapes: OnceLock::new(),
+        transposes: None,
+    };
     let mut plan: Vec<Planned> = Vec::new();
     // Newest layout first. With no registry the mark is decoded blind, as new exports lay it out.
     for tracking in Tracking::COPY.into_iter().rev() {
@@ -334,13 +340,14 @@ pub fn trace_accumulated(
     plan.push(planned(&acc.views, ViewSet::Plain, WHOLE_PICTURE, candidates.to_vec()));
     let turned: Vec<Planned> = plan
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             let (set, views) = match p.set {
                 ViewSet::Moved(t) => (ViewSet::Transposed(Some(t)), transposed_moved[t].as_deref()),
                 _ => (ViewSet::Transposed(None), Some(transposed_plain.as_slice())),
             };
             let views = views.expect("a moved set has its transposed sums");
-            planned(views, set, WHOLE_PICTURE, p.candidates.clone())
+            Planned { transposes: Some(i), ..planned(views, set, WHOLE_PICTURE, p.candidates.clone()) }
         })
         .collect();
     if !windows.is_empty() {
@@ -367,7 +374,7 @@ pub fn trace_accumulated(
     for (i, p) in plan.iter().enumerate() {
         let parent = p.scales.windows.then_some(&whole);
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
-        let shapes = p.shapes(acc.folds.as_ref());
+        let shapes = plan_shapes(&plan, i, acc.folds.as_ref());
         let mut searched = search_and_read(
             &detector, &pilot, p.views, shapes, cache, parent, &p.scales, acc.frames, acc.size,
         )?;
@@ -446,10 +453,10 @@ fn search_whole_marks<'p>(
     let (mut hypotheses, mut read) = (0.0, Vec::new());
     // Not the transposed sets: a mark too faint for its pilot is rarely also turned, and
     // searching them would double this stage's time on every unmarked clip.
-    let searched = |p: &&Planned| !p.scales.windows && !p.transposed() && !p.candidates.is_empty();
-    for p in plan.iter().filter(searched) {
+    let searched = |p: &Planned| !p.scales.windows && !p.transposed() && !p.candidates.is_empty();
+    for (i, p) in plan.iter().enumerate().filter(|(_, p)| searched(p)) {
         let cache = acc.folds.as_ref().map(|c| (c, p.set));
-        let shapes = p.shapes(acc.folds.as_ref());
+        let shapes = plan_shapes(plan, i, acc.folds.as_ref());
         let coarse = coarse_hypotheses(shapes, scales);
         let tried = coarse.len();
         let wholes: Vec<Pilot> = p
@@ -553,6 +560,8 @@ struct Planned<'a> {
     /// The views' shapes ([`shapes_of`]), found when the set is first searched and kept
     /// for the whole-mark stage.
     shapes: OnceLock<Vec<Vec<Shape>>>,
+    /// The plan entry whose views this one's are, transposed.
+    transposes: Option<usize>,
 }
 
 impl Planned<'_> {
@@ -570,10 +579,20 @@ impl Planned<'_> {
             }
         }
     }
+}
 
-    fn shapes(&self, folds: Option<&FoldCache>) -> &[Vec<Shape>] {
-        self.shapes.get_or_init(|| shapes_of(self.views, &self.scales, folds.map(|c| (c, self.set))))
-    }
+/// The shapes plan entry `i`'s views are searched under: their own ([`shapes_of`]), or
+/// for a transposed set those of the set it transposes, transposed (its lattice is theirs,
+/// transposed, and the lattice sums need not run again).
+fn plan_shapes<'p>(plan: &'p [Planned], i: usize, folds: Option<&FoldCache>) -> &'p [Vec<Shape>] {
+    let p = &plan[i];
+    p.shapes.get_or_init(|| match p.transposes {
+        Some(j) => plan_shapes(plan, j, folds)
+            .iter()
+            .map(|view| view.iter().map(|s| s.transposed()).collect())
+            .collect(),
+        None => shapes_of(p.views, &p.scales, folds.map(|c| (c, p.set))),
+    })
 }
 
 /// Searches one set of accumulated views under their `shapes` for the pilot and reads the

@@ -156,6 +156,12 @@ pub(super) struct Shape {
 
 impl Shape {
     pub(super) const PLAIN: Shape = Shape { map: Linear::IDENTITY, lattice_scale: None };
+
+    /// This shape as the picture transposed shows it (conjugation by the swap of axes).
+    pub(super) fn transposed(self) -> Shape {
+        let m = self.map.0;
+        Shape { map: Linear([[m[1][1], m[1][0]], [m[0][1], m[0][0]]]), ..self }
+    }
 }
 
 /// A mirror of the leaked picture relative to the mark: copies are flipped left-right

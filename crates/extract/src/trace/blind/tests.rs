@@ -102,6 +102,17 @@ fn lattice_sums_find_a_rotated_zoomed_tile_under_noise() {
             && scale.is_some_and(|k| (k / 1.08 - 1.0).abs() < 0.01)
     });
     assert!(found.is_some(), "shapes found: {:?}", described(&shapes));
+    // The picture transposed holds the lattice transposed: a turn of -1.5 degrees, which
+    // the transposed shapes the quarter-turn search uses hold.
+    let transposed: Vec<Shape> = shapes.iter().map(|s| s.transposed()).collect();
+    let turned = described(&transposed).into_iter().find(|&(r, s, scale)| {
+        (r + 1.5).abs() < 0.25
+            && (s - 1.0).abs() < 0.01
+            && scale.is_some_and(|k| (k / 1.08 - 1.0).abs() < 0.01)
+    });
+    assert!(turned.is_some(), "transposed: {:?}", described(&transposed));
+    let own = described(&lattice_shapes(&acc.transposed()));
+    assert!(own.iter().any(|&(r, s, _)| (r + 1.5).abs() < 0.25 && (s - 1.0).abs() < 0.01), "{own:?}");
     // Plain noise: no single peak stands out, so only the lattice sums' shapes are tried
     // (the general one and the best few of each one-parameter sum).
     let noise = tiled(720, 404, (0.0, 1.0, 1.0), 1e4);
