@@ -9,6 +9,8 @@
 //! whose summary lines add up to one run.
 #![cfg(feature = "video")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,19 +29,10 @@ use tracemark_extract::detect::tail_bound;
 use tracemark_extract::trace::{accumulate_blind, trace_accumulated, BlindAccumulation, TraceConfig};
 use tracemark_extract::verdict::{Candidate, Verdict};
 
+use common::filtered_copy;
+
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
-}
-
-fn ffmpeg(input: &Path, vf: &str, out: &Path) {
-    let o = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(input)
-        .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"])
-        .arg(out)
-        .output()
-        .expect("ffmpeg CLI");
-    assert!(o.status.success(), "ffmpeg {vf}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
@@ -51,7 +44,7 @@ fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
         [("hflip", "hflip"), ("rotate", "rotate=3*PI/180"), ("flip-scale", "vflip,scale=640:-2")]
     {
         let out = dir.join(format!("{name}.mp4"));
-        ffmpeg(&testdata("vtest-4s.avi"), vf, &out);
+        filtered_copy(&testdata("vtest-4s.avi"), vf, &out);
         files.push(out);
     }
     // Marked, but with a key no trial uses: the wrong-key case, mirrored for good measure.
@@ -61,7 +54,7 @@ fn sources(dir: &Path) -> Vec<(String, BlindAccumulation)> {
     let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
     transcode(&testdata("vtest-4s.avi"), &marked, &cfg, Arc::clone(&embedder), &mut no_progress).unwrap();
     let mirrored = dir.join("other-key-hflip.mp4");
-    ffmpeg(&marked, "hflip", &mirrored);
+    filtered_copy(&marked, "hflip", &mirrored);
     // That copy as a small picture-in-picture over a moving background: the window search
     // finds its mark (of the other key) and must name nobody.
     let inset = dir.join("other-key-pip.mp4");
@@ -208,7 +201,7 @@ fn kept_folds_give_the_same_traces() {
     let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
     transcode(&testdata("vtest-4s.avi"), &marked, &cfg, embedder, &mut no_progress).unwrap();
     let mirrored = dir.path().join("marked-hflip.mp4");
-    ffmpeg(&marked, "hflip", &mirrored);
+    filtered_copy(&marked, "hflip", &mirrored);
     let exported =
         Candidate { mark_id: MarkId(0x5eed), recipient: "exported".into(), scheme: Scheme::default() };
     let others = Scheme::ALL.iter().enumerate().map(|(i, &scheme)| Candidate {

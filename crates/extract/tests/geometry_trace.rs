@@ -4,6 +4,8 @@
 //! informed mode, find the homography to within half a pixel at every corner.
 #![cfg(feature = "video")]
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +18,8 @@ use tracemark_core::{EmbedConfig, Embedder, MarkId, MasterKey};
 use tracemark_extract::homography::Homography;
 use tracemark_extract::trace::{trace_blind, trace_informed, Orientation, Registration, TraceConfig};
 use tracemark_extract::verdict::{Candidate, Verdict};
+
+use common::filtered_copy;
 
 const MARK: MarkId = MarkId(0x6e0e_7e57_0000_0010);
 const W: usize = 768;
@@ -144,18 +148,6 @@ fn export(key: &MasterKey, source: &Path, dir: &Path) -> PathBuf {
     let cfg = TranscodeConfig::new().with_crf(18).with_preset("veryfast");
     transcode(source, &marked, &cfg, Arc::new(embedder), &mut no_progress).unwrap();
     marked
-}
-
-/// `input` through the ffmpeg filter chain `vf`, encoded by x264 (crf 23, 4:2:0) into `out`.
-fn filtered_copy(input: &Path, vf: &str, out: &Path) {
-    let o = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(input)
-        .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"])
-        .arg(out)
-        .output()
-        .expect("ffmpeg CLI");
-    assert!(o.status.success(), "ffmpeg -vf {vf}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
