@@ -9,7 +9,7 @@ use tracemark_core::layout::{PILOT, TILE_PX};
 use tracemark_core::MasterKey;
 
 use super::lattice::{lattice_shapes, LATTICE_SCALE_SPAN};
-use super::sampling::{fold_resampled, fold_splatted, Linear};
+use super::sampling::{fold_resampled, fold_splatted, AxisFold, Linear};
 use super::views::{FIT_EDGES, WINDOW_CANDIDATES};
 use crate::fft2d::Fft2d;
 use crate::image::Gray;
@@ -323,6 +323,8 @@ pub(super) struct PilotSearch<'p> {
     pilot: &'p Pilot,
     fft: Fft2d,
     folded: Vec<f32>,
+    /// Rows the separable fold of a map without rotation reuses.
+    axis: AxisFold,
     /// Spectrum of the folded tile.
     spectrum: Vec<Complex32>,
     pub(super) product: Vec<Complex32>,
@@ -339,6 +341,7 @@ impl<'p> PilotSearch<'p> {
             pilot,
             fft: Fft2d::new(TILE_PX, TILE_PX),
             folded: vec![0f32; n],
+            axis: AxisFold::default(),
             spectrum: vec![Complex32::default(); n],
             product: vec![Complex32::default(); n],
             surface: vec![0f32; n],
@@ -375,7 +378,7 @@ impl<'p> PilotSearch<'p> {
         let (w, h) = if self.splat {
             fold_splatted(acc, map, &mut self.folded)
         } else {
-            fold_resampled(acc, map, &mut self.folded)
+            fold_resampled(acc, map, &mut self.folded, &mut self.axis)
         };
         if w < TILE_PX / 2 || h < TILE_PX / 2 {
             return false;

@@ -156,9 +156,15 @@ pub(super) fn resample_reference(img: &Gray, map: Linear, offset: (f64, f64)) ->
 
 /// The tests' plain `fold` of [`resample`]`(img, map, (0, 0))` into `tile`, without the
 /// resampled picture: the same values added in the same order, so the result is
-/// bit-identical (the blind search runs this for every hypothesis). Returns the resampled
-/// size.
-pub(super) fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usize, usize) {
+/// bit-identical (the blind search runs this for every hypothesis). A map without rotation
+/// (a scale, a stretch, a mirror) samples separably ([`fold_axis`]); `axis` holds its rows.
+/// Returns the resampled size.
+pub(super) fn fold_resampled(
+    img: &Gray,
+    map: Linear,
+    tile: &mut [f32],
+    axis: &mut AxisFold,
+) -> (usize, usize) {
     /// Adds the picture modulo the tile.
     struct Folded<'a>(&'a mut [f32]);
     impl ResampledRows for Folded<'_> {
@@ -176,8 +182,87 @@ pub(super) fn fold_resampled(img: &Gray, map: Linear, tile: &mut [f32]) -> (usiz
     const _: () = assert!(TILE_PX % LANES == 0);
     let g = GridMap::new(img, map, (0.0, 0.0));
     tile.fill(0.0);
-    resample_rows(img, &g, &mut Folded(tile));
+    if map.0[0][1] == 0.0 && map.0[1][0] == 0.0 && img.w >= 2 && img.h >= 2 {
+        fold_axis(img, &g, tile, axis);
+    } else {
+        resample_rows(img, &g, &mut Folded(tile));
+    }
     (g.w, g.h)
+}
+
+/// Rows and taps [`fold_axis`] reuses from one hypothesis to the next.
+#[derive(Default)]
+pub(super) struct AxisFold {
+    /// Per output column: the input column left of it and the fraction, or `None` outside.
+    cols: Vec<Option<(u32, f32)>>,
+    /// Two input rows interpolated across ([`AxisFold::cols`]), and which rows they are.
+    upper: (usize, Vec<f32>),
+    lower: (usize, Vec<f32>),
+    /// One output row.
+    values: Vec<f32>,
+}
+
+/// [`fold_resampled`] for a map without rotation: input column `u` depends on the output
+/// column alone and row `v` on the output row alone, so each input row is interpolated
+/// across once (and kept while two output rows read it) and each output row is one
+/// interpolation between two such rows. Every value is computed with the same f32
+/// operations on the same operands as [`resample_rows`]'s (and [`Gray::sample`]'s), and
+/// added in the same order: bit for bit the same fold.
+fn fold_axis(img: &Gray, g: &GridMap, tile: &mut [f32], s: &mut AxisFold) {
+    let (w, h) = (img.w, img.h);
+    let (xmax, ymax) = ((w - 1) as f32, (h - 1) as f32);
+    let first = g.row(0);
+    s.cols.clear();
+    s.cols.extend((0..g.w).map(|x| {
+        let u = g.along(first, x).0;
+        (u >= 0.0 && u <= xmax).then(|| {
+            let xi = (u as usize).min(w - 2);
+            (xi as u32, u - xi as f32)
+        })
+    }));
+    let across = |y: usize, cols: &[Option<(u32, f32)>], out: &mut Vec<f32>| {
+        let r = &img.data[y * w..][..w];
+        out.clear();
+        out.extend(cols.iter().map(|c| match *c {
+            Some((xi, fx)) => {
+                let xi = xi as usize;
+                r[xi] + (r[xi + 1] - r[xi]) * fx
+            }
+            None => 0.0,
+        }));
+    };
+    (s.upper.0, s.lower.0) = (usize::MAX, usize::MAX);
+    s.values.resize(g.w, 0.0);
+    for y in 0..g.h {
+        let v = g.along(g.row(y), 0).1;
+        if v >= 0.0 && v <= ymax {
+            let yi = (v as usize).min(h - 2);
+            let fy = v - yi as f32;
+            if s.upper.0 != yi {
+                if s.lower.0 == yi {
+                    std::mem::swap(&mut s.upper, &mut s.lower);
+                } else {
+                    across(yi, &s.cols, &mut s.upper.1);
+                    s.upper.0 = yi;
+                }
+            }
+            if s.lower.0 != yi + 1 {
+                across(yi + 1, &s.cols, &mut s.lower.1);
+                s.lower.0 = yi + 1;
+            }
+            for ((o, &top), &bot) in s.values.iter_mut().zip(&s.upper.1).zip(&s.lower.1) {
+                *o = top + (bot - top) * fy;
+            }
+        } else {
+            s.values.fill(0.0);
+        }
+        let row = &mut tile[(y % TILE_PX) * TILE_PX..][..TILE_PX];
+        for chunk in s.values.chunks(TILE_PX) {
+            for (o, v) in row.iter_mut().zip(chunk) {
+                *o += v;
+            }
+        }
+    }
 }
 
 /// Where [`resample_rows`] puts the resampled picture: a row at a time, and within a row

@@ -3,7 +3,9 @@
 use super::frames::{resize_into, whiten_into, FrameScratch, WHITE_CLIP};
 use super::lattice::{lattice_shapes, shape_map, ONE_PARAMETER_PEAKS};
 use super::pilot::{surface_peak, whiten_spectrum, Mirror, Pilot, PilotSearch, Shape, WHOLE_PICTURE};
-use super::sampling::{fold, fold_resampled, fold_splatted, resample, resample_reference, GridMap, Linear};
+use super::sampling::{
+    fold, fold_resampled, fold_splatted, resample, resample_reference, AxisFold, GridMap, Linear,
+};
 use super::views::{best_block_rectangle, equalised, pip_windows, Analysis};
 use super::*;
 use crate::fft2d::Fft2d;
@@ -127,15 +129,21 @@ fn resampling_and_the_fused_fold_match_the_per_pixel_sampler() {
         Linear::IDENTITY,
         Linear::IDENTITY.scaled(0.5),
         Linear::IDENTITY.scaled(1.37),
+        // Without rotation: the separable fold.
+        rotation(0.0, 1.25).scaled(0.87),
+        rotation(0.0, 0.8).mirrored(Mirror::ALL[3]).scaled(1.02),
+        Linear::IDENTITY.mirrored(Mirror::ALL[1]).scaled(2.3),
         rotation(4.0, 1.0).scaled(0.93),
         rotation(-11.0, 1.3).scaled(1.08),
         rotation(2.0, 0.8).mirrored(Mirror::ALL[1]).scaled(0.71),
     ];
     for (w, h, seed) in [(300, 170, 7), (129, 257, 8), (1, 40, 9), (40, 1, 10)] {
         let img = gray(w, h, seed);
+        // One scratch for every map, as a search reuses it.
+        let mut axis = AxisFold::default();
         for map in maps {
             let mut tile = vec![1f32; TILE_PX * TILE_PX];
-            let size = fold_resampled(&img, map, &mut tile);
+            let size = fold_resampled(&img, map, &mut tile, &mut axis);
             let resampled = resample_reference(&img, map, (0.0, 0.0));
             assert_eq!(size, (resampled.w, resampled.h), "{w}x{h} {map:?}");
             assert_eq!(tile, fold(&resampled), "{w}x{h} {map:?}");
