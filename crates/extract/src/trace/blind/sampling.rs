@@ -193,8 +193,12 @@ pub(super) fn fold_resampled(
 /// Rows and taps [`fold_axis`] reuses from one hypothesis to the next.
 #[derive(Default)]
 pub(super) struct AxisFold {
-    /// Per output column: the input column left of it and the fraction, or `None` outside.
-    cols: Vec<Option<(u32, f32)>>,
+    /// The output columns inside the picture (input column `u` moves monotonically with
+    /// the output column, so they are one run; the others read 0), and for each of them the
+    /// input column left of it and the fraction.
+    inside: std::ops::Range<usize>,
+    left: Vec<u32>,
+    frac: Vec<f32>,
     /// Two input rows interpolated across ([`AxisFold::cols`]), and which rows they are.
     upper: (usize, Vec<f32>),
     lower: (usize, Vec<f32>),
@@ -212,25 +216,34 @@ fn fold_axis(img: &Gray, g: &GridMap, tile: &mut [f32], s: &mut AxisFold) {
     let (w, h) = (img.w, img.h);
     let (xmax, ymax) = ((w - 1) as f32, (h - 1) as f32);
     let first = g.row(0);
-    s.cols.clear();
-    s.cols.extend((0..g.w).map(|x| {
-        let u = g.along(first, x).0;
-        (u >= 0.0 && u <= xmax).then(|| {
-            let xi = (u as usize).min(w - 2);
-            (xi as u32, u - xi as f32)
-        })
-    }));
-    let across = |y: usize, cols: &[Option<(u32, f32)>], out: &mut Vec<f32>| {
-        let r = &img.data[y * w..][..w];
-        out.clear();
-        out.extend(cols.iter().map(|c| match *c {
-            Some((xi, fx)) => {
-                let xi = xi as usize;
-                r[xi] + (r[xi + 1] - r[xi]) * fx
-            }
-            None => 0.0,
-        }));
+    let u_at = |x: usize| g.along(first, x).0;
+    let is_inside = |x: usize| {
+        let u = u_at(x);
+        u >= 0.0 && u <= xmax
     };
+    let a = (0..g.w).find(|&x| is_inside(x)).unwrap_or(g.w);
+    let b = (a..g.w).find(|&x| !is_inside(x)).unwrap_or(g.w);
+    debug_assert!((b..g.w).all(|x| !is_inside(x)), "one run of columns inside");
+    s.inside = a..b;
+    s.left.clear();
+    s.frac.clear();
+    for x in a..b {
+        let u = u_at(x);
+        let xi = (u as usize).min(w - 2);
+        s.left.push(xi as u32);
+        s.frac.push(u - xi as f32);
+    }
+    let across =
+        |y: usize, s_inside: &std::ops::Range<usize>, left: &[u32], frac: &[f32], out: &mut Vec<f32>| {
+            let r = &img.data[y * w..][..w];
+            out.clear();
+            out.resize(g.w, 0.0);
+            for ((o, &xi), &fx) in out[s_inside.clone()].iter_mut().zip(left).zip(frac) {
+                let xi = xi as usize;
+                let (p, q) = (r[xi], r[xi + 1]);
+                *o = p + (q - p) * fx;
+            }
+        };
     (s.upper.0, s.lower.0) = (usize::MAX, usize::MAX);
     s.values.resize(g.w, 0.0);
     for y in 0..g.h {
@@ -242,12 +255,12 @@ fn fold_axis(img: &Gray, g: &GridMap, tile: &mut [f32], s: &mut AxisFold) {
                 if s.lower.0 == yi {
                     std::mem::swap(&mut s.upper, &mut s.lower);
                 } else {
-                    across(yi, &s.cols, &mut s.upper.1);
+                    across(yi, &s.inside, &s.left, &s.frac, &mut s.upper.1);
                     s.upper.0 = yi;
                 }
             }
             if s.lower.0 != yi + 1 {
-                across(yi + 1, &s.cols, &mut s.lower.1);
+                across(yi + 1, &s.inside, &s.left, &s.frac, &mut s.lower.1);
                 s.lower.0 = yi + 1;
             }
             for ((o, &top), &bot) in s.values.iter_mut().zip(&s.upper.1).zip(&s.lower.1) {
