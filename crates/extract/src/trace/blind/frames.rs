@@ -20,6 +20,12 @@ pub(super) struct FrameScratch {
     /// Squared residual, and its 9-row and 9x9 window sums along one row.
     squares: Vec<f32>,
     down_sum: Vec<f32>,
+    /// The 9-row sums carried from row to row (a row enters, a row leaves), in f64 so the
+    /// running sum does not drift.
+    running: Vec<f64>,
+    /// Sums of 2 and 4 neighbouring columns, on the way to the 9-column sums.
+    pairs: Vec<f32>,
+    quads: Vec<f32>,
     window_sum: Vec<f32>,
     /// The frame on the grid, and its whitened residual (the outputs).
     pub(super) picture: Gray,
@@ -76,42 +82,72 @@ pub(super) fn whiten_into(img: &Gray, s: &mut FrameScratch, out: &mut Gray) {
     for (o, (a, b)) in s.resid.data.iter_mut().zip(img.data.iter().zip(&s.med.data)) {
         *o = a - b;
     }
-    // Local RMS over 9x9 windows (clamped at the edges): squares summed down 9 rows, then
-    // across 9 columns, whole rows at a time (the sums vectorise; no running sum drifts).
+    // Local RMS over 9x9 windows (clamped at the edges): squares summed down 9 rows (a
+    // running sum: one row in, one out), then across 9 columns as sums of 2, 4 and 8, whole
+    // rows at a time (every pass vectorises).
     let r = &s.resid;
     s.squares.clear();
     s.squares.extend(r.data.iter().map(|v| v * v));
     s.down_sum.resize(w, 0.0);
     s.window_sum.resize(w, 0.0);
+    s.running.clear();
+    s.running.resize(w, 0.0);
+    for yy in 0..h.min(4) {
+        for (c, &q) in s.running.iter_mut().zip(&s.squares[yy * w..][..w]) {
+            *c += f64::from(q);
+        }
+    }
     out.reshape(w, h);
     for y in 0..h {
         let (y0, y1) = (y.saturating_sub(4), (y + 5).min(h));
-        let col = &mut s.down_sum;
-        col.copy_from_slice(&s.squares[y0 * w..][..w]);
-        for yy in y0 + 1..y1 {
-            for (c, q) in col.iter_mut().zip(&s.squares[yy * w..][..w]) {
-                *c += q;
+        // Rows y0..y1 are in: y + 4 enters, y - 5 leaves.
+        if y + 4 < h {
+            for (c, &q) in s.running.iter_mut().zip(&s.squares[(y + 4) * w..][..w]) {
+                *c += f64::from(q);
             }
+        }
+        if y >= 5 {
+            for (c, &q) in s.running.iter_mut().zip(&s.squares[(y - 5) * w..][..w]) {
+                *c -= f64::from(q);
+            }
+        }
+        let col = &mut s.down_sum;
+        for (c, &v) in col.iter_mut().zip(&s.running) {
+            *c = v as f32;
         }
         let win = &mut s.window_sum;
         for x in (0..w.min(4)).chain(w.saturating_sub(4).max(4)..w) {
             win[x] = col[x.saturating_sub(4)..(x + 5).min(w)].iter().sum();
         }
         if w > 8 {
-            let inner = &mut win[4..w - 4];
-            inner.copy_from_slice(&col[..w - 8]);
-            for k in 1..9 {
-                for (o, c) in inner.iter_mut().zip(&col[k..]) {
-                    *o += c;
-                }
+            let (pairs, quads) = (&mut s.pairs, &mut s.quads);
+            pairs.clear();
+            pairs.extend(col.iter().zip(&col[1..]).map(|(a, b)| a + b));
+            quads.clear();
+            quads.extend(pairs.iter().zip(&pairs[2..]).map(|(a, b)| a + b));
+            // Column x's window starts at x - 4: eight columns from there, and one more.
+            for (((o, a), b), c) in win[4..w - 4].iter_mut().zip(quads.iter()).zip(&quads[4..]).zip(&col[8..])
+            {
+                *o = a + b + c;
             }
         }
         let rows = (y1 - y0) as f32;
         let (resid, o) = (&r.data[y * w..][..w], &mut out.data[y * w..][..w]);
-        for (x, ((o, &v), &sum)) in o.iter_mut().zip(resid).zip(win.iter()).enumerate() {
+        // Rounding can leave a sum of squares a hair below zero.
+        let white = |v: f32, mean_square: f32| {
+            (v / (mean_square.max(0.0).sqrt() + 1.0)).clamp(-WHITE_CLIP, WHITE_CLIP)
+        };
+        let inner = if w > 8 { 4..w - 4 } else { 0..0 };
+        // Whole windows: one count for the row (a multiply, where a divide per pixel
+        // was a fifth of the whitening).
+        let per_window = 1.0 / (rows * 9.0);
+        for ((o, &v), &sum) in o[inner.clone()].iter_mut().zip(&resid[inner.clone()]).zip(&win[inner.clone()])
+        {
+            *o = white(v, sum * per_window);
+        }
+        for x in (0..w).filter(|x| !inner.contains(x)) {
             let n = rows * ((x + 5).min(w) - x.saturating_sub(4)) as f32;
-            // Rounding can leave a sum of squares a hair below zero.
-            *o = (v / ((sum / n).max(0.0).sqrt() + 1.0)).clamp(-WHITE_CLIP, WHITE_CLIP);
+            o[x] = white(resid[x], win[x] / n);
         }
     }
 }
