@@ -26,8 +26,9 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Shape> {
         *c = Complex32::new(c.norm_sqr().sqrt(), 0.0);
     }
     fft.inverse(&mut buf);
+    let ac: Vec<f64> = buf.iter().map(|c| f64::from(c.re)).collect();
     let at = |dx: i64, dy: i64| -> f64 {
-        f64::from(buf[(dy.rem_euclid(h as i64) as usize) * w + dx.rem_euclid(w as i64) as usize].re)
+        ac[(dy.rem_euclid(h as i64) as usize) * w + dx.rem_euclid(w as i64) as usize]
     };
     // Lattice periods the scale search covers: a tile of 128 mark pixels at 0.5-2 mark
     // pixels per analysis pixel; directions within 12 degrees of the axes.
@@ -92,7 +93,7 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Shape> {
     // axes found: rotation and stretch; one axis only: a rotation of square pixels), then
     // the lattice sums' one-parameter shapes.
     let tile = TILE_PX as f64;
-    let sums = lattice_from_sums(&at, (w, h), (mu, sd));
+    let sums = lattice_from_sums(&ac, (w, h), (mu, sd));
     let from_sums =
         |&(rot, stretch, scale): &(f64, f64, f64)| (Linear(shape_map((rot, stretch, 1.0))), scale);
     for (map, scale) in sums.iter().take(1).map(from_sums) {
@@ -121,8 +122,8 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Shape> {
     shapes
 }
 
-/// The lattice shape (rotation, stretch) whose points the autocorrelation `at` (of a `w` x
-/// `h` picture; `mu`, `sd`: its mean and spread over the lattice ring) is highest at, summed over
+/// The lattice shape (rotation, stretch) whose points the autocorrelation `ac` (of a `w` x
+/// `h` picture, row-major, cyclic; `mu`, `sd`: its mean and spread over the lattice ring) is highest at, summed over
 /// several lattice vectors at once (p, q, p + q, p - q, 2p, ...): a rotated and zoomed
 /// lattice whose single peaks are lost among the host's and the codec's is found by all
 /// of them together. Coarse steps on the autocorrelation's 3x3 maximum, then fine steps
@@ -137,31 +138,45 @@ pub(super) fn lattice_shapes(acc: &Gray) -> Vec<Shape> {
 /// rotations' and the stretches' best peaks, in turn; none when the picture is too small
 /// to hold the lattice.
 pub(super) fn lattice_from_sums(
-    at: &dyn Fn(i64, i64) -> f64,
+    ac: &[f64],
     (w, h): (usize, usize),
     (mu, sd): (f64, f64),
 ) -> Vec<(f64, f64, f64)> {
     const POINTS: [(f64, f64); 8] =
         [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, -1.0), (2.0, 0.0), (0.0, 2.0), (2.0, 1.0), (1.0, 2.0)];
     let (hw, hh) = (w as f64 / 2.0 - 2.0, h as f64 / 2.0 - 2.0);
+    // Cyclic indices, and the next one: one division each, not one per tap.
+    let wrap = |i: i64, n: usize| i.rem_euclid(n as i64) as usize;
+    let next = |i: usize, n: usize| if i + 1 == n { 0 } else { i + 1 };
     let bilinear = |x: f64, y: f64| {
         let (ix, iy) = (x.floor() as i64, y.floor() as i64);
         let (fx, fy) = (x - ix as f64, y - iy as f64);
-        let v = at(ix, iy) * (1.0 - fx) * (1.0 - fy)
-            + at(ix + 1, iy) * fx * (1.0 - fy)
-            + at(ix, iy + 1) * (1.0 - fx) * fy
-            + at(ix + 1, iy + 1) * fx * fy;
+        let (x0, y0) = (wrap(ix, w), wrap(iy, h));
+        let (x1, y1) = (next(x0, w), next(y0, h));
+        let (r0, r1) = (&ac[y0 * w..][..w], &ac[y1 * w..][..w]);
+        let v = r0[x0] * (1.0 - fx) * (1.0 - fy)
+            + r0[x1] * fx * (1.0 - fy)
+            + r1[x0] * (1.0 - fx) * fy
+            + r1[x1] * fx * fy;
         (v - mu) / sd
     };
+    // The autocorrelation's 3x3 maximum, once (rows, then columns: the same maximum).
+    let mut across = vec![0f64; w * h];
+    for (o, r) in across.chunks_exact_mut(w).zip(ac.chunks_exact(w)) {
+        for x in 0..w {
+            o[x] = r[(x + w - 1) % w].max(r[x]).max(r[next(x, w)]);
+        }
+    }
+    let mut widest_at = vec![0f64; w * h];
+    for y in 0..h {
+        let (up, here, down) = ((y + h - 1) % h, y, next(y, h));
+        for x in 0..w {
+            widest_at[y * w + x] = across[up * w + x].max(across[here * w + x]).max(across[down * w + x]);
+        }
+    }
     let widest = |x: f64, y: f64| {
         let (ix, iy) = (x.round() as i64, y.round() as i64);
-        let mut m = f64::MIN;
-        for dy in -1..=1 {
-            for dx in -1..=1 {
-                m = m.max(at(ix + dx, iy + dy));
-            }
-        }
-        (m - mu) / sd
+        (widest_at[wrap(iy, h) * w + wrap(ix, w)] - mu) / sd
     };
     let score = |shape: (f64, f64, f64), sample: &dyn Fn(f64, f64) -> f64, points: usize| -> f64 {
         let m = shape_map(shape);
