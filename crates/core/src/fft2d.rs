@@ -105,12 +105,47 @@ pub fn cross_correlate(
     buf_b: &mut Vec<Complex32>,
     out: &mut [f32],
 ) {
-    let n = fft.width() * fft.height();
     buf_a.clear();
     buf_a.extend(a.iter().map(|&v| Complex32::new(v, 0.0)));
+    fft.forward(buf_a);
+    correlate_with_spectrum(fft, buf_a, b, phase_only, buf_b, out);
+}
+
+/// The spectrum [`cross_correlate`] takes of `a` (one picture correlated with many takes it
+/// once).
+pub fn spectrum(fft: &mut Fft2d, a: &[f32]) -> Vec<Complex32> {
+    let mut s: Vec<Complex32> = a.iter().map(|&v| Complex32::new(v, 0.0)).collect();
+    fft.forward(&mut s);
+    s
+}
+
+/// [`cross_correlate`] of a picture whose [`spectrum`] is `spectrum_a` (copied into
+/// `buf_a`, then overwritten) with `b`: the same surface, bit for bit.
+pub fn cross_correlate_spectrum(
+    fft: &mut Fft2d,
+    spectrum_a: &[Complex32],
+    b: &[f32],
+    phase_only: bool,
+    (buf_a, buf_b): (&mut Vec<Complex32>, &mut Vec<Complex32>),
+    out: &mut [f32],
+) {
+    buf_a.clear();
+    buf_a.extend_from_slice(spectrum_a);
+    correlate_with_spectrum(fft, buf_a, b, phase_only, buf_b, out);
+}
+
+/// The common tail: `buf_a` holds `a`'s spectrum.
+fn correlate_with_spectrum(
+    fft: &mut Fft2d,
+    buf_a: &mut [Complex32],
+    b: &[f32],
+    phase_only: bool,
+    buf_b: &mut Vec<Complex32>,
+    out: &mut [f32],
+) {
+    let n = fft.width() * fft.height();
     buf_b.clear();
     buf_b.extend(b.iter().map(|&v| Complex32::new(v, 0.0)));
-    fft.forward(buf_a);
     fft.forward(buf_b);
     for (x, y) in buf_a.iter_mut().zip(buf_b.iter()) {
         let p = *x * y.conj();
@@ -142,6 +177,25 @@ mod tests {
             for x in 0..w {
                 dst[x * h + y] = src[y * w + x];
             }
+        }
+    }
+
+    #[test]
+    fn a_spectrum_made_once_correlates_as_the_picture_does() {
+        let (w, h) = (30, 20);
+        let a: Vec<f32> = (0..w * h).map(|i| ((i * 7919) % 31) as f32).collect();
+        let b: Vec<f32> = (0..w * h).map(|i| ((i * 104_729) % 17) as f32 - 8.0).collect();
+        let mut fft = Fft2d::new(w, h);
+        let (mut ba, mut bb) = (Vec::new(), Vec::new());
+        for phase_only in [false, true] {
+            let (mut direct, mut reused) = (vec![0f32; w * h], vec![0f32; w * h]);
+            cross_correlate(&mut fft, &a, &b, phase_only, &mut ba, &mut bb, &mut direct);
+            let s = spectrum(&mut Fft2d::new(w, h), &a);
+            cross_correlate_spectrum(&mut fft, &s, &b, phase_only, (&mut ba, &mut bb), &mut reused);
+            assert!(
+                direct.iter().zip(&reused).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "phase only {phase_only}"
+            );
         }
     }
 

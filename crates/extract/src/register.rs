@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 
-use crate::fft2d::{cross_correlate, Fft2d};
+use crate::fft2d::{cross_correlate_spectrum, spectrum, Fft2d};
 use crate::image::{Gray, Ncc};
 
 /// Where the source picture sits in the leaked picture.
@@ -325,7 +325,8 @@ pub fn coarse_with_step(src: &Gray, leak: &Gray, keep: usize, ratio: f64) -> Vec
     let max_s = hyps.iter().fold(0f64, |m, h| m.max(h.0).max(h.1));
     let cw = fft_friendly((src.w as f64 * max_s).ceil() as usize + leak.w);
     let ch = fft_friendly((src.h as f64 * max_s).ceil() as usize + leak.h);
-    let lc = canvas(leak, cw, ch);
+    // The leaked picture's spectrum is the same for every hypothesis: taken once.
+    let leak_spectrum = spectrum(&mut Fft2d::new(cw, ch), &canvas(leak, cw, ch));
     // Every hypothesis is independent: one FFT plan and buffers per worker thread.
     let mut found: Vec<(Geometry, f64)> = hyps
         .into_par_iter()
@@ -338,7 +339,7 @@ pub fn coarse_with_step(src: &Gray, leak: &Gray, keep: usize, ratio: f64) -> Vec
                     return None;
                 }
                 let sc = canvas(&s, cw, ch);
-                cross_correlate(fft, &lc, &sc, true, ba, bb, surface);
+                cross_correlate_spectrum(fft, &leak_spectrum, &sc, true, (ba, bb), surface);
                 let (best, _) =
                     surface
                         .iter()
