@@ -199,7 +199,7 @@ pub(super) struct AxisFold {
     inside: std::ops::Range<usize>,
     left: Vec<u32>,
     frac: Vec<f32>,
-    /// Two input rows interpolated across ([`AxisFold::cols`]), and which rows they are.
+    /// Two input rows interpolated across (by `left` and `frac`), and which rows they are.
     upper: (usize, Vec<f32>),
     lower: (usize, Vec<f32>),
     /// One output row.
@@ -251,13 +251,13 @@ fn fold_axis(img: &Gray, g: &GridMap, tile: &mut [f32], s: &mut AxisFold) {
         if v >= 0.0 && v <= ymax {
             let yi = (v as usize).min(h - 2);
             let fy = v - yi as f32;
+            // Rows kept from the last output row are reused (in either order).
+            if s.lower.0 == yi || s.upper.0 == yi + 1 {
+                std::mem::swap(&mut s.upper, &mut s.lower);
+            }
             if s.upper.0 != yi {
-                if s.lower.0 == yi {
-                    std::mem::swap(&mut s.upper, &mut s.lower);
-                } else {
-                    across(yi, &s.inside, &s.left, &s.frac, &mut s.upper.1);
-                    s.upper.0 = yi;
-                }
+                across(yi, &s.inside, &s.left, &s.frac, &mut s.upper.1);
+                s.upper.0 = yi;
             }
             if s.lower.0 != yi + 1 {
                 across(yi + 1, &s.inside, &s.left, &s.frac, &mut s.lower.1);
