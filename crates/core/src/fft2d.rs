@@ -105,8 +105,7 @@ pub fn cross_correlate(
     buf_b: &mut Vec<Complex32>,
     out: &mut [f32],
 ) {
-    buf_a.clear();
-    buf_a.extend(a.iter().map(|&v| Complex32::new(v, 0.0)));
+    load_real(buf_a, a);
     fft.forward(buf_a);
     correlate_with_spectrum(fft, buf_a, b, phase_only, buf_b, out);
 }
@@ -114,9 +113,16 @@ pub fn cross_correlate(
 /// The spectrum [`cross_correlate`] takes of `a` (one picture correlated with many takes it
 /// once).
 pub fn spectrum(fft: &mut Fft2d, a: &[f32]) -> Vec<Complex32> {
-    let mut s: Vec<Complex32> = a.iter().map(|&v| Complex32::new(v, 0.0)).collect();
+    let mut s = Vec::new();
+    load_real(&mut s, a);
     fft.forward(&mut s);
     s
+}
+
+/// `buf` := the real picture `a` as complex samples.
+fn load_real(buf: &mut Vec<Complex32>, a: &[f32]) {
+    buf.clear();
+    buf.extend(a.iter().map(|&v| Complex32::new(v, 0.0)));
 }
 
 /// [`cross_correlate`] of a picture whose [`spectrum`] is `spectrum_a` (copied into
@@ -144,8 +150,7 @@ fn correlate_with_spectrum(
     out: &mut [f32],
 ) {
     let n = fft.width() * fft.height();
-    buf_b.clear();
-    buf_b.extend(b.iter().map(|&v| Complex32::new(v, 0.0)));
+    load_real(buf_b, b);
     fft.forward(buf_b);
     for (x, y) in buf_a.iter_mut().zip(buf_b.iter()) {
         let p = *x * y.conj();
